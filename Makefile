@@ -1,0 +1,34 @@
+# Two entry points: `make demo` (set up, then run the main job against the simulator into the
+# embedded SQLite database) and `make test` (set up, then lint, type-check and run every test).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/qianfan-etl: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/qianfan-etl
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/qianfan-etl
+	$(BIN)/qianfan-etl demo
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check etl tests migrations bench
+	$(BIN)/ruff format --check etl tests migrations bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(VENV)/.test-deps
+	$(BIN)/python -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) qianfan_demo.db* .pytest_cache .mypy_cache .ruff_cache

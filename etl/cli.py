@@ -1,0 +1,297 @@
+"""The `qianfan-etl` command line: parse options, call the stages, map errors to exit codes."""
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import click
+from sqlalchemy import Engine
+
+from etl import config, db, report
+from etl.errors import EtlError
+from etl.qianfan import QianfanClient
+from etl.simulator import Simulator, SimulatorConfig
+from etl.sync import SyncOptions, SyncResult, sync
+
+log = logging.getLogger("etl")
+
+
+class EtlGroup(click.Group):
+    """A group that turns expected failures into one clear line and their exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EtlError as exc:
+            log.error("%s", exc)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=EtlGroup)
+@click.version_option(package_name="qianfan-etl")
+def cli() -> None:
+    """Copy Baidu Qianfan fine-tuning jobs, tasks, metrics and checkpoints into SQL."""
+
+
+DATABASE_HELP = (
+    f"SQLAlchemy URL [env {config.DATABASE_URL_VAR}; default {config.DEFAULT_DATABASE_URL}]"
+)
+
+
+def database_option(default: str | None = None) -> Callable[..., Any]:
+    """The --database-url option, read from DATABASE_URL unless given."""
+    return click.option(
+        "--database-url",
+        envvar=config.DATABASE_URL_VAR if default is None else None,
+        default=default,
+        show_default=default is not None,
+        help=DATABASE_HELP if default is None else "SQLAlchemy URL of the demo database.",
+    )
+
+
+def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """-v/-q and --log-format, shared by the commands that log."""
+    func = click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")(
+        func
+    )
+    func = click.option(
+        "-q", "--quiet", is_flag=True, help="Only errors; no progress, no summary."
+    )(func)
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        envvar="QIANFAN_ETL_LOG_FORMAT",
+        show_default=True,
+        help="Log lines as text, or as one JSON object per line for log shippers.",
+    )(func)
+
+
+def engine_for(database_url: str | None) -> Engine:
+    """An engine for the URL given (or DATABASE_URL, or the embedded default)."""
+    return db.create(config.database_url(database_url))
+
+
+@cli.command("sync")
+@click.option("--job-id", "job_ids", multiple=True, help="Only this job (repeatable).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    envvar="QIANFAN_ETL_CONCURRENCY",
+    help="Jobs whose tasks are fetched at once.",
+)
+@click.option(
+    "--qps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    envvar="QIANFAN_ETL_QPS",
+    help="Client-side limit on API requests per second.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Fetch and compare, report what would change, write nothing."
+)
+@click.option(
+    "--max-rejects",
+    type=click.IntRange(0),
+    default=100,
+    show_default=True,
+    envvar="QIANFAN_ETL_MAX_REJECTS",
+    help="More rejected records than this fail the run (exit 65).",
+)
+@click.option(
+    "--lock-wait",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    envvar="QIANFAN_ETL_LOCK_WAIT",
+    help="Seconds to wait for another run's lock before exit 75.",
+)
+@database_option()
+@logging_options
+def sync_command(
+    job_ids: tuple[str, ...],
+    concurrency: int,
+    qps: float | None,
+    dry_run: bool,
+    max_rejects: int,
+    lock_wait: float,
+    database_url: str | None,
+    log_format: str,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Fetch every job and task of the account and load them into the database.
+
+    \b
+    Example:
+        export QIANFAN_ACCESS_KEY=... QIANFAN_SECRET_KEY=...
+        qianfan-etl sync --database-url postgresql://etl@db/analytics
+    """
+    setup_logging(log_format, verbose, quiet)
+    settings = config.api_settings()
+    engine = engine_for(database_url)
+    options = SyncOptions(frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait)
+    progress = report.Progress() if not quiet and sys.stderr.isatty() else None
+    with (
+        _terminate_as_exit(),
+        QianfanClient(
+            settings.base_url, settings.access_key, settings.secret_key, qps=qps
+        ) as client,
+    ):
+        result = sync(engine, client, options, progress.update if progress else None)
+    if progress:
+        progress.close()
+    if not quiet:
+        emit_summary(result, log_format)
+
+
+def emit_summary(result: SyncResult, log_format: str) -> None:
+    """One line at the end of a run, for people and for log shippers alike."""
+    if log_format == "json":
+        click.echo(json.dumps({"event": "sync_finished", **report.summary_fields(result)}))
+    else:
+        click.echo(report.summary_line(result))
+
+
+class _terminate_as_exit:
+    """SIGTERM raises SystemExit(143) so that transactions roll back and the lock is freed."""
+
+    def __enter__(self) -> None:
+        self.previous = signal.signal(signal.SIGTERM, _raise_exit)
+
+    def __exit__(self, *_exc: object) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Manage the database schema (Alembic)."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@database_option()
+def db_upgrade(revision: str, database_url: str | None) -> None:
+    """Create or migrate the tables and views to the code's revision."""
+    engine = engine_for(database_url)
+    db.upgrade(engine, revision)
+    click.echo(f"database {config.show_url(engine.url)} at revision {db.current_revision(engine)}")
+
+
+@db_group.command("current")
+@database_option()
+def db_current(database_url: str | None) -> None:
+    """Show the database's schema revision and the code's head."""
+    engine = engine_for(database_url)
+    current = db.current_revision(engine)
+    head = db.head_revision()
+    state = "up to date" if current == head else "run `qianfan-etl db upgrade`"
+    click.echo(f"current: {current or 'none'}  head: {head}  ({state})")
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--runs", type=click.IntRange(1), default=10, show_default=True, help="Recent runs to list."
+)
+@database_option()
+def status_command(as_json: bool, runs: int, database_url: str | None) -> None:
+    """Show recent runs and table counts."""
+    engine = engine_for(database_url)
+    db.require_head(engine)
+    with db.translated_errors(engine.url):
+        status = report.status(engine, runs)
+    click.echo(json.dumps(status, indent=2, default=str) if as_json else report.status_text(status))
+
+
+def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Dataset options shared by `simulate` and `demo`."""
+    for option in reversed(
+        [
+            click.option("--jobs", type=click.IntRange(0), default=20, show_default=True),
+            click.option("--tasks-per-job", type=click.IntRange(0), default=10, show_default=True),
+            click.option("--checkpoints", type=click.IntRange(0), default=20, show_default=True),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--latency-ms", type=click.FloatRange(0), default=0.0, show_default=True),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@cli.command("simulate")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@simulator_options
+def simulate_command(
+    port: int, jobs: int, tasks_per_job: int, checkpoints: int, seed: int, latency_ms: float
+) -> None:
+    """Serve a Qianfan-compatible API with synthetic data on 127.0.0.1."""
+    sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
+    server = Simulator(sim_config).serve(port=port)
+    keys = f"{config.ACCESS_KEY_VAR}={sim_config.access_key} "
+    keys += f"{config.SECRET_KEY_VAR}={sim_config.secret_key}"
+    click.echo(f"Qianfan simulator on {server.url}; point qianfan-etl at it with:")
+    click.echo(f"  export {config.BASE_URL_VAR}={server.url} {keys}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+@cli.command("demo")
+@database_option(default="sqlite:///qianfan_demo.db")
+@simulator_options
+def demo_command(
+    database_url: str, jobs: int, tasks_per_job: int, checkpoints: int, seed: int, latency_ms: float
+) -> None:
+    """Start the simulator, migrate the demo database, sync into it, print a summary."""
+    setup_logging("text", 0, False)
+    sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
+    engine = engine_for(database_url)
+    db.upgrade(engine)
+    with (
+        Simulator(sim_config).serve() as server,
+        QianfanClient(server.url, sim_config.access_key, sim_config.secret_key) as client,
+    ):
+        click.echo(f"simulator: {server.url}, database: {config.show_url(engine.url)}")
+        result = sync(engine, client, SyncOptions())
+    click.echo(report.summary_line(result))
+    with db.translated_errors(engine.url):
+        click.echo(report.status_text(report.status(engine, 3)))
+        click.echo(report.sample_text(engine))
+    click.echo(f"Explore it: qianfan-etl status --database-url {database_url}")
+
+
+def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
+    """Log to stderr, as text or JSON lines, at the level -v/-q ask for."""
+    level = (
+        logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        report.JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main() -> None:
+    """Console-script entry point: `.env` first, then click."""
+    config.load_env_file()
+    if not logging.getLogger().handlers:
+        setup_logging(os.environ.get("QIANFAN_ETL_LOG_FORMAT", "text"), 0, False)
+    cli(prog_name="qianfan-etl")

@@ -1,0 +1,141 @@
+"""Connecting to the database, classifying its errors, and Alembic: upgrade, current, head check."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+from etl.config import show_url
+from etl.errors import AuthError, ConfigError, EtlError, TransientError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+
+# Bounded waits, so a BI session holding a lock or a stuck statement cannot hang cron forever.
+POSTGRES_OPTIONS = (
+    "-c timezone=UTC -c statement_timeout=300000 -c lock_timeout=30000 "
+    "-c idle_in_transaction_session_timeout=600000"
+)
+INSUFFICIENT_PRIVILEGE = "42501"
+INVALID_PASSWORD = "28P01"
+INVALID_AUTHORIZATION = "28000"
+
+
+def create(url: URL) -> Engine:
+    """An engine with the session settings this job wants on each backend."""
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={
+            "application_name": "qianfan-etl",
+            "connect_timeout": 10,
+            "options": POSTGRES_OPTIONS,
+        },
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def classify(exc: DBAPIError, url: URL) -> EtlError:
+    """Turn a driver error into the run-ending error with the right exit code."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    where = show_url(url)
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    if sqlstate in (INSUFFICIENT_PRIVILEGE, INVALID_PASSWORD, INVALID_AUTHORIZATION):
+        return AuthError(
+            f"database {where} refused access: {detail}. Grant the ETL role ownership of "
+            "the qianfan-etl tables (see README, 'Permissions')."
+        )
+    if isinstance(exc, OperationalError):
+        return TransientError(f"database {where} unavailable: {detail}. Try again later.")
+    return EtlError(f"database error on {where}: {detail}")
+
+
+@contextmanager
+def translated_errors(url: URL) -> Iterator[None]:
+    """Re-raise driver errors as EtlErrors carrying exit codes."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise classify(exc, url) from exc
+
+
+def alembic_config(engine: Engine) -> Config:
+    """Alembic's config for the project's migrations, bound to this engine's URL."""
+    config = Config(str(ALEMBIC_INI))
+    config.attributes["url"] = engine.url.render_as_string(hide_password=False)
+    config.attributes["quiet"] = True
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database to `revision`."""
+    config = alembic_config(engine)
+    with translated_errors(engine.url), engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate the database down to `revision` (tests and rollbacks)."""
+    config = alembic_config(engine)
+    with translated_errors(engine.url), engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+    with translated_errors(engine.url), engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest revision this code knows."""
+    return ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
+
+
+def require_head(engine: Engine) -> None:
+    """Refuse to run on a schema this code was not written for."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return
+    known = {
+        rev.revision
+        for rev in ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).walk_revisions()
+    }
+    where = show_url(engine.url)
+    if current is None:
+        raise ConfigError(
+            f"database {where} has no qianfan-etl schema: run `qianfan-etl db upgrade`"
+        )
+    if current in known:
+        raise ConfigError(
+            f"database {where} is at schema revision {current}, this qianfan-etl needs {head}: "
+            "run `qianfan-etl db upgrade`"
+        )
+    raise ConfigError(
+        f"database {where} is at schema revision {current}, newer than this qianfan-etl "
+        f"(head {head}): upgrade qianfan-etl"
+    )
+
+
+def is_permission_error(exc: ProgrammingError) -> bool:
+    """Whether a statement failed for lack of privilege."""
+    return getattr(exc.orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE

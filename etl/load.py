@@ -1,0 +1,349 @@
+"""Writing to the database: upserts, child replacement, status history, soft deletes, run
+records and the one-run-at-a-time lock."""
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from filelock import FileLock, Timeout
+from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects import postgresql, sqlite
+
+from etl.errors import LockBusyError
+from etl.schema import (
+    etl_rejects,
+    etl_runs,
+    finetune_jobs,
+    finetune_task_checkpoints,
+    finetune_task_metrics,
+    finetune_task_status_history,
+    finetune_tasks,
+)
+from etl.transform import Reject, TaskRows
+
+# pg_advisory_lock key: the first 8 bytes of sha256("qianfan-etl"), as a signed bigint.
+ADVISORY_LOCK_KEY = 0x5A3F0E3C6B1D2E4F
+LOCK_POLL_SECONDS = 0.2
+ID_CHUNK = 1000
+
+
+def now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+# -- the lock ------------------------------------------------------------------------------
+
+
+@contextmanager
+def run_lock(engine: Engine, wait: float) -> Iterator[None]:
+    """Hold the database's run lock for the block, waiting at most `wait` seconds for it."""
+    if engine.dialect.name == "postgresql":
+        with _advisory_lock(engine, wait):
+            yield
+    else:
+        with _file_lock(engine, wait):
+            yield
+
+
+@contextmanager
+def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
+    # A session-level lock on its own connection: it dies with the session, even on SIGKILL.
+    with engine.connect() as connection:
+        deadline = time.monotonic() + wait
+        try_lock = sa.text("SELECT pg_try_advisory_lock(:key)").bindparams(key=ADVISORY_LOCK_KEY)
+        while not connection.execute(try_lock).scalar_one():
+            connection.rollback()
+            if time.monotonic() >= deadline:
+                raise LockBusyError(_busy_message(wait))
+            time.sleep(LOCK_POLL_SECONDS)
+        connection.commit()
+        try:
+            yield
+        finally:
+            unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=ADVISORY_LOCK_KEY)
+            connection.execute(unlock)
+            connection.commit()
+
+
+@contextmanager
+def _file_lock(engine: Engine, wait: float) -> Iterator[None]:
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    lock = FileLock(str(Path(database).resolve()) + ".lock")
+    try:
+        lock.acquire(timeout=wait, poll_interval=LOCK_POLL_SECONDS)
+    except Timeout:
+        raise LockBusyError(_busy_message(wait)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _busy_message(wait: float) -> str:
+    return (
+        f"another qianfan-etl run holds the lock on this database (waited {wait:g}s); "
+        "nothing was fetched. Let it finish, or pass --lock-wait SECONDS to wait for it."
+    )
+
+
+# -- run records ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunCounts:
+    """What a run saw and wrote, as recorded in etl_runs."""
+
+    jobs_seen: int = 0
+    tasks_seen: int = 0
+    tasks_changed: int = 0
+    rows_written: int = 0
+    api_calls: int = 0
+    rejects: int = 0
+
+    def add(self, other: "RunCounts") -> None:
+        """Accumulate another batch's counts."""
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def start_run(connection: Connection) -> int:
+    """Mark runs that died without finishing as abandoned, then record a new running one."""
+    connection.execute(
+        etl_runs.update()
+        .where(etl_runs.c.status == "running")
+        .values(status="abandoned", error="the process ended without finishing its run")
+    )
+    result = connection.execute(
+        etl_runs.insert().values(started_at=now(), status="running").returning(etl_runs.c.run_id)
+    )
+    return int(result.scalar_one())
+
+
+def finish_run(
+    connection: Connection, run_id: int, counts: RunCounts, error: str | None = None
+) -> None:
+    """Record the end of a run with its counts (and its error, when it failed)."""
+    connection.execute(
+        etl_runs.update()
+        .where(etl_runs.c.run_id == run_id)
+        .values(
+            finished_at=now(),
+            status="failed" if error else "succeeded",
+            error=error,
+            **vars(counts),
+        )
+    )
+
+
+# -- batches of whole jobs -----------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Whole jobs with all their tasks, written in one transaction."""
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[TaskRows] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    # jobs whose task listing is complete and clean: their absent tasks are soft-deleted
+    listed_jobs: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.jobs) + len(self.tasks)
+
+
+def write_batch(connection: Connection, batch: Batch, run_id: int) -> RunCounts:
+    """Write what changed in a batch of whole jobs; skip what is unchanged, children included."""
+    stamp = now()
+    jobs = list({job["job_id"]: job for job in batch.jobs}.values())
+    tasks = list({rows.task["task_id"]: rows for rows in batch.tasks}.values())
+    stored_jobs = _stored(connection, finetune_jobs, [j["job_id"] for j in jobs])
+    stored_tasks = _stored(connection, finetune_tasks, [r.task["task_id"] for r in tasks])
+    changed_jobs = [job for job in jobs if _is_changed(job, "job_id", stored_jobs)]
+    changed = [rows for rows in tasks if _is_changed(rows.task, "task_id", stored_tasks)]
+    written = _undelete(connection, finetune_jobs, _returning(stored_jobs), stamp)
+    written += _upsert(connection, finetune_jobs, _stamped(changed_jobs, stamp), "job_id")
+    written += _undelete(connection, finetune_tasks, _returning(stored_tasks), stamp)
+    written += _upsert(
+        connection, finetune_tasks, _stamped([r.task for r in changed], stamp), "task_id"
+    )
+    written += _replace_children(connection, changed)
+    history = _status_changes(changed, stored_tasks, run_id, stamp)
+    written += _insert(connection, finetune_task_status_history, history)
+    seen = {r.task["task_id"] for r in tasks} | {r.source_id for r in batch.rejects if r.source_id}
+    written += _delete_absent_tasks(connection, batch.listed_jobs, seen, stamp)
+    written += _insert(connection, etl_rejects, _reject_rows(batch.rejects, run_id, stamp))
+    return RunCounts(
+        tasks_seen=len(tasks),
+        tasks_changed=len(changed),
+        rows_written=written,
+        rejects=len(batch.rejects),
+    )
+
+
+def delete_absent_jobs(connection: Connection, seen_jobs: set[str]) -> int:
+    """After a complete listing: soft-delete live jobs it did not contain, and their tasks."""
+    stamp = now()
+    live = connection.execute(
+        sa.select(finetune_jobs.c.job_id).where(finetune_jobs.c.deleted_at.is_(None))
+    ).scalars()
+    gone = sorted(set(live) - seen_jobs)
+    written = 0
+    for chunk in _chunks(gone):
+        written += _soft_delete(
+            connection, finetune_tasks, finetune_tasks.c.job_id.in_(chunk), stamp
+        )
+        written += _soft_delete(connection, finetune_jobs, finetune_jobs.c.job_id.in_(chunk), stamp)
+    return written
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(ids), ID_CHUNK):
+        yield ids[start : start + ID_CHUNK]
+
+
+def _key(table: sa.Table) -> sa.Column[Any]:
+    return next(iter(table.primary_key.columns))
+
+
+def _stored(connection: Connection, table: sa.Table, ids: Sequence[str]) -> dict[str, sa.Row[Any]]:
+    """What is already stored for these ids: hash, deletion mark and (for tasks) status."""
+    key = _key(table)
+    columns = [key, table.c.content_hash, table.c.deleted_at]
+    if "run_status" in table.c:
+        columns.append(table.c.run_status)
+    found: dict[str, sa.Row[Any]] = {}
+    for chunk in _chunks(ids):
+        for row in connection.execute(sa.select(*columns).where(key.in_(chunk))):
+            found[row[0]] = row
+    return found
+
+
+def _is_changed(row: dict[str, Any], key: str, stored: dict[str, sa.Row[Any]]) -> bool:
+    before = stored.get(row[key])
+    return before is None or before.content_hash != row["content_hash"]
+
+
+def _returning(stored: dict[str, sa.Row[Any]]) -> list[str]:
+    """Stored ids marked deleted: listed again, so they came back."""
+    return [key for key, row in stored.items() if row.deleted_at is not None]
+
+
+def _stamped(rows: list[dict[str, Any]], stamp: datetime) -> list[dict[str, Any]]:
+    return [
+        {**row, "first_seen_at": stamp, "last_changed_at": stamp, "deleted_at": None}
+        for row in rows
+    ]
+
+
+def _upsert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]], key: str) -> int:
+    """Insert rows, or update every column but first_seen_at where the key exists."""
+    if not rows:
+        return 0
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    keep = {key, "first_seen_at"}
+    update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keep}
+    connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=update), rows)
+    return len(rows)
+
+
+def _insert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> int:
+    if rows:
+        connection.execute(table.insert(), rows)
+    return len(rows)
+
+
+def _undelete(connection: Connection, table: sa.Table, ids: list[str], stamp: datetime) -> int:
+    written = 0
+    for chunk in _chunks(ids):
+        result = connection.execute(
+            table.update()
+            .where(_key(table).in_(chunk))
+            .values(deleted_at=None, last_changed_at=stamp)
+        )
+        written += result.rowcount
+    return written
+
+
+def _soft_delete(
+    connection: Connection, table: sa.Table, where: sa.ColumnElement[bool], stamp: datetime
+) -> int:
+    result = connection.execute(
+        table.update()
+        .where(where, table.c.deleted_at.is_(None))
+        .values(deleted_at=stamp, last_changed_at=stamp)
+    )
+    return result.rowcount
+
+
+def _replace_children(connection: Connection, changed: list[TaskRows]) -> int:
+    """Children of changed tasks are replaced, so what vanished upstream vanishes here."""
+    ids = [rows.task["task_id"] for rows in changed]
+    written = 0
+    for table in (finetune_task_metrics, finetune_task_checkpoints):
+        for chunk in _chunks(ids):
+            written += connection.execute(table.delete().where(table.c.task_id.in_(chunk))).rowcount
+    written += _insert(connection, finetune_task_metrics, [m for r in changed for m in r.metrics])
+    written += _insert(
+        connection, finetune_task_checkpoints, [c for r in changed for c in r.checkpoints]
+    )
+    return written
+
+
+def _status_changes(
+    changed: list[TaskRows], stored: dict[str, sa.Row[Any]], run_id: int, stamp: datetime
+) -> list[dict[str, Any]]:
+    """A history row for each task first seen, or seen with a new status."""
+    return [
+        {
+            "task_id": rows.task["task_id"],
+            "run_id": run_id,
+            "run_status": rows.task["run_status"],
+            "observed_at": stamp,
+        }
+        for rows in changed
+        if rows.task["task_id"] not in stored
+        or stored[rows.task["task_id"]].run_status != rows.task["run_status"]
+    ]
+
+
+def _delete_absent_tasks(
+    connection: Connection, listed_jobs: list[str], seen: set[str], stamp: datetime
+) -> int:
+    """Soft-delete live tasks of completely listed jobs that the listing did not contain."""
+    written = 0
+    for jobs in _chunks(listed_jobs):
+        live = connection.execute(
+            sa.select(finetune_tasks.c.task_id).where(
+                finetune_tasks.c.job_id.in_(jobs), finetune_tasks.c.deleted_at.is_(None)
+            )
+        ).scalars()
+        for chunk in _chunks(sorted(set(live) - seen)):
+            written += _soft_delete(
+                connection, finetune_tasks, finetune_tasks.c.task_id.in_(chunk), stamp
+            )
+    return written
+
+
+def _reject_rows(rejects: list[Reject], run_id: int, stamp: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": run_id,
+            "entity": reject.entity,
+            "source_id": reject.source_id,
+            "reason": reject.reason,
+            "raw": reject.raw,
+            "rejected_at": stamp,
+        }
+        for reject in rejects
+    ]

@@ -1,0 +1,19 @@
+"""The Qianfan console v2 fine-tuning API: signing, client and pagination."""
+
+from etl.qianfan import signing
+from etl.qianfan.client import (
+    QianfanClient,
+    RetryPolicy,
+    fetch_job_pages,
+    fetch_pages,
+    fetch_tasks,
+)
+
+__all__ = [
+    "QianfanClient",
+    "RetryPolicy",
+    "fetch_job_pages",
+    "fetch_pages",
+    "fetch_tasks",
+    "signing",
+]

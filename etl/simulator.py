@@ -1,0 +1,743 @@
+"""A Qianfan-compatible fine-tuning API on 127.0.0.1 with seeded synthetic data and faults."""
+
+import copy
+import hashlib
+import hmac
+import json
+import math
+import random
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, cast
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from etl.qianfan.signing import AUTH_VERSION, signature
+
+API_PATH = "/v2/finetuning"
+ACTIONS = ("DescribeFineTuningJobs", "DescribeFineTuningTasks", "DescribeFineTuningTask")
+SENTINEL_TIME = "0000-00-00T00:00:00Z"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+MAX_FUTURE_SKEW = 300
+MODELS = ("ERNIE-Speed-8K", "ERNIE-Lite-8K", "ERNIE-4.0-8K", "ERNIE-3.5-8K", "ERNIE-Tiny-8K")
+TRAIN_MODES = ("SFT", "PostPretrain", "DPO", "KTO")
+TEXT_MODES = frozenset({"SFT", "DPO", "KTO"})
+SCALES = ("FullFineTuning", "LoRA", "PromptTuning")
+UNFINISHED = ("Running", "Waiting")
+OTHER_STATUSES = ("Running", "Failed", "Stopped", "Waiting")
+METRIC_NAMES = ("BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L")
+PAGINATION_FAULTS = frozenset(
+    {
+        "missing_next_marker",
+        "repeat_marker",
+        "marker_cycle",
+        "empty_truncated_page",
+        "oversized_page",
+        "duplicate_across_pages",
+        "truncated_as_string",
+    }
+)
+EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class SimulatorConfig:
+    """Size, seed, latency, credentials and time-field naming of a simulated account."""
+
+    jobs: int = 20
+    tasks_per_job: int = 10
+    checkpoints: int = 20
+    seed: int = 0
+    latency_ms: float = 0.0
+    access_key: str = "sim-access-key"
+    secret_key: str = "sim-secret-key"
+    field_style: str = "mixed"  # "seed": createTime/finishTime; "sdk": *Date; "mixed": per job
+
+
+@dataclass
+class Fault:
+    """A misbehaviour applied to the next `times` requests for `action` (None: any action)."""
+
+    kind: str  # "status" | "reset" | "legacy_error" | "raw_body" | "slow_body"
+    action: str | None = None
+    times: int = 1
+    status: int = 500
+    code: str | int | None = None
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    interval: float = 0.1
+
+
+@dataclass
+class RecordedRequest:
+    """One request as received; status 0 means the connection was reset."""
+
+    action: str | None
+    body: Any
+    headers: dict[str, str]
+    status: int
+
+
+class ApiError(Exception):
+    """A BCE v2 error response: HTTP status, string code, message, extra headers."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+# --- dataset: lazy generation from the seed, overlays for upstream changes, paging ---
+
+
+def _hex_id(prefix: str, seed: int, *parts: int) -> str:
+    """A stable opaque id such as job-1a2b3c4d5e, different for every seed."""
+    text = ":".join(str(part) for part in (seed, prefix, *parts))
+    return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def _iso(moment: datetime) -> str:
+    """ISO-8601 UTC with a Z, as the API writes times."""
+    return moment.strftime(TIME_FORMAT)
+
+
+def _time_keys(style: str, index: int) -> tuple[str, str]:
+    """The create/finish field names a job (and its tasks) use under a field style."""
+    sdk = style == "sdk" or (style == "mixed" and index % 2 == 1)
+    return ("createDate", "finishDate") if sdk else ("createTime", "finishTime")
+
+
+def _make_job(config: SimulatorConfig, index: int) -> dict[str, Any]:
+    """The generated job number `index`."""
+    rng = random.Random(f"{config.seed}:{index}")
+    model, mode = rng.choice(MODELS), rng.choice(TRAIN_MODES)
+    created = EPOCH + timedelta(hours=index, seconds=rng.randrange(60))  # before its tasks
+    description = "" if rng.random() < 0.2 else f"Synthetic {mode} run {index} on {model}"
+    return {
+        "jobId": _hex_id("job", config.seed, index),
+        "name": f"{mode.lower()}-{model.lower()}-{index:05d}",
+        "description": description,
+        "model": model,
+        "trainMode": mode,
+        _time_keys(config.field_style, index)[0]: _iso(created),
+    }
+
+
+def _make_checkpoints(rng: random.Random, count: int) -> list[dict[str, Any]]:
+    """A decreasing loss curve at a fixed step interval; the last step may fall off it."""
+    interval = rng.choice((10, 50, 100))
+    steps = [interval * (k + 1) for k in range(count)]
+    if steps and rng.random() < 0.5:
+        steps[-1] = interval * (count - 1) + rng.randrange(1, interval)
+    loss, points = rng.uniform(1.5, 3.0), []
+    for step in steps:
+        loss *= rng.uniform(0.9, 0.99)
+        points.append(
+            {"step": step, "perplexity": round(math.exp(loss), 4), "trainingLoss": round(loss, 4)}
+        )
+    return points
+
+
+def _make_task(
+    config: SimulatorConfig, job: dict[str, Any], index: int, number: int, done: bool
+) -> dict[str, Any]:
+    """Task `number` of job `index`; every draw happens whatever the status, so `done` is stable."""
+    rng = random.Random(f"{config.seed}:{index}:{number}")
+    status = "Done" if rng.random() < 0.8 else rng.choice(OTHER_STATUSES)
+    status = "Done" if done else status
+    created = EPOCH + timedelta(hours=index, minutes=2 * number + 1, seconds=rng.randrange(60))
+    finished = created + timedelta(seconds=rng.randrange(600, 86400))
+    checkpoints = _make_checkpoints(rng, config.checkpoints)
+    kept = rng.randrange(len(checkpoints)) if checkpoints else 0
+    metrics = {name: f"{rng.uniform(0, 100):.2f}%" for name in METRIC_NAMES}
+    scale, error_code = rng.choice(SCALES), rng.choice((400120, 500001, 500002))
+    create_key, finish_key = _time_keys(config.field_style, index)
+    task: dict[str, Any] = {
+        "taskId": _hex_id("task", config.seed, index, number),
+        "jobId": job["jobId"],
+        "jobName": job["name"],
+        "jobDescription": job["description"],
+        "model": job["model"],
+        "trainMode": job["trainMode"],
+        "parameterScale": scale,
+        "runStatus": status,
+        create_key: _iso(created),
+        finish_key: SENTINEL_TIME if status in UNFINISHED else _iso(finished),
+        "checkpointList": checkpoints if status == "Done" else [],
+    }
+    if status in ("Running", "Stopped", "Failed"):
+        task["checkpointList"] = checkpoints[:kept]
+    if status == "Done" and job["trainMode"] in TEXT_MODES:
+        task["metrics"] = metrics
+    if status == "Failed":
+        task.update(errorCode=error_code, errorMessage=f"training aborted (code {error_code})")
+    return task
+
+
+def _finish_raw(task: dict[str, Any]) -> dict[str, Any]:
+    """A put_task dict moved to Done: finish time now, metrics for text modes, no error."""
+    done = {k: v for k, v in task.items() if k not in ("errorCode", "errorMessage")}
+    done["runStatus"] = "Done"
+    done["finishDate" if "finishDate" in task else "finishTime"] = _iso(datetime.now(UTC))
+    if done.get("trainMode") in TEXT_MODES and "metrics" not in done:
+        rng = random.Random(str(task.get("taskId")))
+        done["metrics"] = {name: f"{rng.uniform(0, 100):.2f}%" for name in METRIC_NAMES}
+    return done
+
+
+def _id_of(raw: Any, key: str) -> str | None:
+    """raw[key] when raw is a dict with a string there."""
+    value = raw.get(key) if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class _Listing:
+    """Where one client's walk through one list stands (reset by a request without marker)."""
+
+    pages: int = 0
+    first_next: str = ""
+
+
+class _Dataset:
+    """The account: generated jobs/tasks plus overlays; tasks are regenerated on every read."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self._ids = [_hex_id("job", config.seed, i) for i in range(config.jobs)]
+        self._index = {job_id: i for i, job_id in enumerate(self._ids)}
+        self._job_cache: dict[int, dict[str, Any]] = {}  # jobs are small; tasks never cached
+        self._job_overrides: dict[str, Any] = {}
+        self._deleted_jobs: set[str] = set()
+        self._added_jobs: list[Any] = []
+        self._task_overrides: dict[str, Any] = {}
+        self._deleted_tasks: set[str] = set()
+        self._done_tasks: set[str] = set()
+        self._added_tasks: dict[str, list[Any]] = {}
+
+    def _base_job(self, index: int) -> dict[str, Any]:
+        if index not in self._job_cache:
+            self._job_cache[index] = _make_job(self.config, index)
+        return self._job_cache[index]
+
+    def _task_ids(self, index: int) -> list[str]:
+        return [
+            _hex_id("task", self.config.seed, index, n) for n in range(self.config.tasks_per_job)
+        ]
+
+    def job_listing(self) -> list[Any]:
+        """Every listed job, in listing order."""
+        base = [self.find_job(job_id) for job_id in self._ids if job_id not in self._deleted_jobs]
+        return base + self._added_jobs
+
+    def find_job(self, job_id: str) -> Any:
+        """The listed job with this id, or None."""
+        if job_id in self._index and job_id not in self._deleted_jobs:
+            return self._job_overrides.get(job_id, self._base_job(self._index[job_id]))
+        return next((raw for raw in self._added_jobs if _id_of(raw, "jobId") == job_id), None)
+
+    def task_listing(self, job_id: str) -> list[Any]:
+        """Every listed task of a listed job, in listing order ([] for an unknown job)."""
+        job = self.find_job(job_id)
+        if job is None:
+            return []
+        tasks: list[Any] = []
+        if job_id in self._index:
+            index = self._index[job_id]
+            for number, task_id in enumerate(self._task_ids(index)):
+                if task_id in self._task_overrides:
+                    tasks.append(self._task_overrides[task_id])
+                elif task_id not in self._deleted_tasks:
+                    done = task_id in self._done_tasks
+                    task = _make_task(self.config, self._base_job(index), index, number, done)
+                    task.update(jobName=job.get("name"), jobDescription=job.get("description"))
+                    tasks.append(task)
+        return tasks + self._added_tasks.get(job_id, [])
+
+    def locate_task(self, task_id: str) -> str:
+        """The id of the listed job that lists this task (KeyError if none does)."""
+        for job_id, raws in self._added_tasks.items():
+            if self.find_job(job_id) is not None and any(
+                _id_of(raw, "taskId") == task_id for raw in raws
+            ):
+                return job_id
+        for index, job_id in enumerate(self._ids):
+            if job_id not in self._deleted_jobs and task_id in self._task_ids(index):
+                if task_id in self._deleted_tasks and task_id not in self._task_overrides:
+                    break
+                return job_id
+        raise KeyError(task_id)
+
+    def find_task(self, task_id: str) -> Any:
+        """The listed task with this id, or None."""
+        try:
+            listing = self.task_listing(self.locate_task(task_id))
+        except KeyError:
+            return None
+        return next((raw for raw in listing if _id_of(raw, "taskId") == task_id), None)
+
+    def finish_task(self, task_id: str) -> None:
+        job_id = self.locate_task(task_id)
+        current = self.find_task(task_id)
+        if task_id in self._task_overrides or job_id not in self._index:
+            self.put_task(job_id, _finish_raw(current) if isinstance(current, dict) else current)
+        else:
+            self._done_tasks.add(task_id)
+
+    def delete_task(self, task_id: str) -> None:
+        job_id = self.locate_task(task_id)
+        added = self._added_tasks.get(job_id, [])
+        self._added_tasks[job_id] = [raw for raw in added if _id_of(raw, "taskId") != task_id]
+        if job_id in self._index and task_id in self._task_ids(self._index[job_id]):
+            self._task_overrides.pop(task_id, None)
+            self._deleted_tasks.add(task_id)
+
+    def delete_job(self, job_id: str) -> None:
+        if self.find_job(job_id) is None:
+            raise KeyError(job_id)
+        self._job_overrides.pop(job_id, None)
+        self._added_jobs = [raw for raw in self._added_jobs if _id_of(raw, "jobId") != job_id]
+        if job_id in self._index:
+            self._deleted_jobs.add(job_id)
+
+    def rename_job(self, job_id: str, name: str) -> None:
+        job = self.find_job(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        self.put_job({**job, "name": name})
+        for raw in self.task_listing(job_id):
+            task_id = _id_of(raw, "taskId")
+            if task_id and (task_id in self._task_overrides or job_id not in self._index):
+                self.put_task(job_id, {**raw, "jobName": name})
+
+    def put_task(self, job_id: str, raw: Any) -> None:
+        task_id = _id_of(raw, "taskId")
+        if job_id in self._index and task_id in self._task_ids(self._index[job_id]):
+            self._task_overrides[task_id] = raw
+            self._deleted_tasks.discard(task_id)
+            return
+        added = self._added_tasks.setdefault(job_id, [])
+        for position, old in enumerate(added):
+            if task_id is not None and _id_of(old, "taskId") == task_id:
+                added[position] = raw
+                return
+        added.append(raw)
+
+    def put_job(self, raw: Any) -> None:
+        job_id = _id_of(raw, "jobId")
+        if job_id in self._index:
+            self._job_overrides[job_id] = raw
+            self._deleted_jobs.discard(job_id)
+            return
+        for position, old in enumerate(self._added_jobs):
+            if job_id is not None and _id_of(old, "jobId") == job_id:
+                self._added_jobs[position] = raw
+                return
+        self._added_jobs.append(raw)
+
+
+def _page_params(body: dict[str, Any]) -> tuple[str, int, bool]:
+    """marker, clamped maxKeys and pageReverse from a list request."""
+    marker = body.get("marker") or ""
+    max_keys = body.get("maxKeys", 10)
+    reverse = body.get("pageReverse", False)
+    if not isinstance(marker, str):
+        raise ApiError(400, "InvalidParameter", "marker must be a string")
+    if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+        raise ApiError(400, "InvalidParameter", "maxKeys must be an integer >= 1")
+    if not isinstance(reverse, bool):
+        raise ApiError(400, "InvalidParameter", "pageReverse must be a boolean")
+    return marker, min(max_keys, 100), reverse
+
+
+def paginate(
+    items: list[Any], id_key: str, body: dict[str, Any], mode: str | None, walk: _Listing
+) -> tuple[list[Any], dict[str, Any]]:
+    """One page after `marker` (exclusive) and its pageInfo, broken as `mode` says."""
+    marker, max_keys, reverse = _page_params(body)
+    walk.pages = walk.pages + 1 if marker else 1
+    if mode == "empty_truncated_page" and marker:
+        fresh = f"gap-{uuid.uuid4().hex[:10]}"
+        return [], {"marker": marker, "maxKeys": max_keys, "isTruncated": True, "nextMarker": fresh}
+    # items without a usable id still need a marker: their position in the unreversed list
+    keyed = [(_id_of(item, id_key) or f"#{pos}", item) for pos, item in enumerate(items)]
+    if reverse:
+        keyed.reverse()
+    start = 0
+    if marker:
+        found = next((i for i, (key, _) in enumerate(keyed) if key == marker), None)
+        if found is None:
+            raise ApiError(400, "InvalidParameter", f"marker not found: {marker}")
+        start = found if mode == "duplicate_across_pages" and max_keys > 1 else found + 1
+    size = max_keys + max_keys // 2 + 1 if mode == "oversized_page" else max_keys
+    chunk = keyed[start : start + size]
+    truncated = start + size < len(keyed)
+    info: dict[str, Any] = {
+        "marker": marker,
+        "maxKeys": max_keys,
+        "isTruncated": truncated,
+        "nextMarker": chunk[-1][0] if truncated else "",
+    }
+    _break_page_info(info, mode, marker, walk)
+    return [item for _, item in chunk], info
+
+
+def _break_page_info(info: dict[str, Any], mode: str | None, marker: str, walk: _Listing) -> None:
+    """Apply a pagination fault to an honest pageInfo."""
+    if walk.pages == 1:
+        walk.first_next = info["nextMarker"]
+    if mode == "missing_next_marker" and info["isTruncated"]:
+        del info["nextMarker"]
+    elif mode == "repeat_marker" and walk.pages >= 2:
+        info.update(isTruncated=True, nextMarker=marker)
+    elif mode == "marker_cycle" and walk.pages >= 3 and walk.pages % 2 == 1:
+        # pages 3, 5, 7 … point back to page 1's nextMarker: A → B → A → B …
+        info.update(isTruncated=True, nextMarker=walk.first_next)
+    elif mode == "truncated_as_string":
+        info["isTruncated"] = "true" if info["isTruncated"] else "false"
+
+
+# --- auth: bce-auth-v1 verification ---
+
+
+def _auth_error(status: int, code: str, message: str) -> ApiError:
+    return ApiError(
+        status, code, message, {"X-Bce-Error-Code": code, "X-Bce-Error-Message": message}
+    )
+
+
+def verify_authorization(
+    config: SimulatorConfig, path: str, query: dict[str, str], headers: Message, now: float
+) -> None:
+    """Raise the ApiError BCE would answer for this request's Authorization, if any."""
+    parts = (headers.get("Authorization") or "").split("/")
+    if len(parts) != 6 or parts[0] != AUTH_VERSION:
+        raise _auth_error(400, "InvalidHTTPAuthHeader", "malformed or missing Authorization")
+    _, access_key, stamp, expiration, signed, digest = parts
+    try:
+        signed_at = datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=UTC).timestamp()
+        ttl = int(expiration)
+    except ValueError:
+        raise _auth_error(400, "InvalidHTTPAuthHeader", "bad timestamp or expiration") from None
+    if access_key != config.access_key:
+        raise _auth_error(403, "InvalidAccessKeyId", "unknown access key")
+    names = signed.split(";")
+    if "host" not in names or "x-bce-date" not in names or headers.get("x-bce-date") != stamp:
+        raise _auth_error(400, "InvalidHTTPAuthHeader", "host and x-bce-date must be signed")
+    if now - signed_at > ttl or signed_at - now > MAX_FUTURE_SKEW:
+        raise _auth_error(400, "RequestExpired", f"request timestamp {stamp} out of range")
+    values = {name: headers.get(name) or "" for name in names}
+    prefix = f"{AUTH_VERSION}/{access_key}/{stamp}/{expiration}"
+    expected = signature(config.secret_key, prefix, "POST", path, query, values)
+    if not hmac.compare_digest(expected, digest):
+        raise _auth_error(403, "SignatureDoesNotMatch", "signature does not match")
+
+
+# --- the simulator: dataset + faults + observation behind one lock ---
+
+
+class Simulator:
+    """The fake Qianfan account; its methods are the test oracle and the upstream changes."""
+
+    # under a pagination fault, a walk longer than this gets 500s: a client that follows the
+    # broken markers blindly cannot spin forever
+    max_pages = 1000
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.config = config or SimulatorConfig()
+        if self.config.field_style not in ("seed", "sdk", "mixed"):
+            raise ValueError(f"unknown field_style {self.config.field_style!r}")
+        self._data = _Dataset(self.config)
+        self._lock = threading.RLock()
+        self._faults: list[tuple[Fault, list[int]]] = []
+        self._walks: dict[tuple[str, str], _Listing] = {}
+        self.requests: list[RecordedRequest] = []
+        self.pagination_fault: str | None = None
+        self.pagination_fault_action: str | None = None
+
+    @property
+    def api_calls(self) -> int:
+        """Requests received so far."""
+        return len(self.requests)
+
+    def jobs(self) -> list[Any]:
+        """Every job the API lists right now, in listing order."""
+        with self._lock:
+            return copy.deepcopy(self._data.job_listing())
+
+    def tasks(self, job_id: str) -> list[Any]:
+        """Every task the API lists for this job right now, in listing order."""
+        with self._lock:
+            return copy.deepcopy(self._data.task_listing(job_id))
+
+    def _mutate(self, change: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            change(*copy.deepcopy(args))
+
+    def finish_task(self, task_id: str) -> None:
+        """Running/Waiting → Done with full checkpoints, metrics (text modes) and finish time."""
+        self._mutate(self._data.finish_task, task_id)
+
+    def delete_task(self, task_id: str) -> None:
+        """Remove a task from its job's listing."""
+        self._mutate(self._data.delete_task, task_id)
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove a job (and so its tasks) from the listing."""
+        self._mutate(self._data.delete_job, job_id)
+
+    def rename_job(self, job_id: str, name: str) -> None:
+        """Change a job's name and the jobName of its tasks."""
+        self._mutate(self._data.rename_job, job_id, name)
+
+    def put_task(self, job_id: str, raw: Any) -> None:
+        """Replace the task with raw's taskId in this job, or append raw (any JSON value)."""
+        self._mutate(self._data.put_task, job_id, raw)
+
+    def put_job(self, raw: Any) -> None:
+        """Replace the job with raw's jobId, or append raw (any JSON value) to the listing."""
+        self._mutate(self._data.put_job, raw)
+
+    def inject(self, fault: Fault) -> None:
+        """Arm a fault for the next `fault.times` matching requests."""
+        with self._lock:
+            self._faults.append((fault, [fault.times]))
+
+    def take_fault(self, action: str | None) -> Fault | None:
+        """The first armed fault matching this action, consuming one of its hits."""
+        with self._lock:
+            for fault, left in self._faults:
+                if left[0] > 0 and fault.action in (None, action):
+                    left[0] -= 1
+                    return fault
+        return None
+
+    def record(self, request: RecordedRequest) -> None:
+        """Keep a request for the tests."""
+        with self._lock:
+            self.requests.append(request)
+
+    def result(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The `result` of a valid, authenticated call (raises ApiError)."""
+        with self._lock:
+            if action == "DescribeFineTuningJobs":
+                return self._list(action, "", "jobList", "jobId", self._data.job_listing(), body)
+            if action == "DescribeFineTuningTasks":
+                job_id = body.get("jobId")
+                if not isinstance(job_id, str) or not job_id:
+                    raise ApiError(400, "InvalidParameter", "jobId is required")
+                tasks = self._data.task_listing(job_id)
+                return self._list(action, job_id, "taskList", "taskId", tasks, body)
+            return self._detail(body.get("taskId"))
+
+    def _list(
+        self, action: str, scope: str, key: str, id_key: str, items: list[Any], body: dict[str, Any]
+    ) -> dict[str, Any]:
+        walk = self._walks.setdefault((action, scope), _Listing())
+        if self.pagination_fault and body.get("marker") and walk.pages >= self.max_pages:
+            raise ApiError(500, "InternalError", "page limit exceeded")
+        if self.pagination_fault not in PAGINATION_FAULTS | {None}:
+            raise ApiError(500, "InternalError", f"unknown fault {self.pagination_fault!r}")
+        wanted = self.pagination_fault_action in (None, action)
+        page, info = paginate(items, id_key, body, self.pagination_fault if wanted else None, walk)
+        return {key: page, "pageInfo": info}
+
+    def _detail(self, task_id: Any) -> dict[str, Any]:
+        if not isinstance(task_id, str) or not task_id:
+            raise ApiError(400, "InvalidParameter", "taskId is required")
+        task = self._data.find_task(task_id)
+        if not isinstance(task, dict):
+            raise ApiError(404, "ResourceNotFound", f"task {task_id} not found")
+        detail = {**task, "vdlLink": f"https://console.bce.baidu.com/qianfan/vdl/{task_id}"}
+        if task.get("runStatus") == "Running":
+            done = len(task.get("checkpointList") or [])
+            detail["runProgress"] = f"{min(99, done * 100 // max(1, self.config.checkpoints))}%"
+        return detail
+
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> "SimulatorServer":
+        """Start serving in a daemon thread."""
+        return SimulatorServer(self, host, port)
+
+
+# --- HTTP ---
+
+
+def _parse_body(payload: bytes) -> dict[str, Any] | None:
+    """The JSON object sent ({} for an empty body), or None if it is not one."""
+    try:
+        body = json.loads(payload.decode("utf-8")) if payload.strip() else {}
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _legacy_code(code: str | int | None) -> int:
+    """The int error_code of an old-style error (500000, internal, unless given)."""
+    if isinstance(code, int):
+        return code
+    return int(code) if code and code.isdigit() else 500000
+
+
+def _error_body(request_id: str, code: str, message: str) -> bytes:
+    return json.dumps({"requestId": request_id, "code": code, "message": message}).encode()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
+        super().__init__(address, _Handler)
+        self.simulator = simulator
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Order per request: latency, path, injected fault (a gateway in front of the service,
+    so it hits before auth), auth, Action, JSON body, the call itself."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: tests read `Simulator.requests` instead."""
+
+    def do_POST(self) -> None:
+        self._handle(allowed=True)
+
+    def do_GET(self) -> None:
+        self._handle(allowed=False)
+
+    do_PUT = do_DELETE = do_PATCH = do_GET
+
+    def _handle(self, allowed: bool) -> None:
+        sim = cast(_Server, self.server).simulator
+        length = int(self.headers.get("Content-Length") or 0)
+        payload = self.rfile.read(length) if length > 0 else b""
+        url = urlsplit(self.path)
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        self._action, self._body = query.get("Action"), _parse_body(payload)
+        self._request_id = str(uuid.uuid4())
+        time.sleep(sim.config.latency_ms / 1000)
+        path = unquote(url.path)
+        if path != API_PATH:
+            return self._send_error(ApiError(404, "NotFound", f"no such path: {path}"))
+        if not allowed:
+            return self._send_error(ApiError(405, "MethodNotAllowed", f"use POST {API_PATH}"))
+        fault = sim.take_fault(self._action)
+        if fault is not None and fault.kind != "slow_body":
+            return self._apply_fault(fault)
+        status, data, headers = self._call(sim, path, query)
+        if fault is not None and fault.body is not None:
+            status, data, headers = 200, fault.body, {}
+        self._send(status, data, headers, interval=fault.interval if fault else 0.0)
+
+    def _call(
+        self, sim: Simulator, path: str, query: dict[str, str]
+    ) -> tuple[int, bytes, dict[str, str]]:
+        try:
+            verify_authorization(sim.config, path, query, self.headers, time.time())
+            if self._action not in ACTIONS:
+                raise ApiError(400, "InvalidAction", f"unknown Action {self._action!r}")
+            if self._body is None:
+                raise ApiError(400, "InappropriateJSON", "the body is not a JSON object")
+            result = sim.result(self._action, self._body)
+        except ApiError as error:
+            body = _error_body(self._request_id, error.code, error.message)
+            return error.status, body, error.headers
+        return 200, json.dumps({"requestId": self._request_id, "result": result}).encode(), {}
+
+    def _apply_fault(self, fault: Fault) -> None:
+        if fault.kind == "reset":
+            return self._reset()
+        if fault.kind == "legacy_error":
+            code = _legacy_code(fault.code)
+            body = {"error_code": code, "error_msg": f"simulated legacy error {code}"}
+            return self._send(200, json.dumps(body).encode())
+        if fault.kind == "raw_body":
+            return self._send(200, fault.body if fault.body is not None else b'{"result":')
+        if fault.kind != "status":
+            raise ValueError(f"unknown fault kind {fault.kind!r}")
+        name = fault.code or ("TooManyRequests" if fault.status == 429 else "InternalError")
+        data = fault.body
+        if data is None:
+            data = _error_body(self._request_id, str(name), f"simulated HTTP {fault.status}")
+        self._send(fault.status, data, fault.headers)
+
+    def _send_error(self, error: ApiError) -> None:
+        self._send(error.status, _error_body(self._request_id, error.code, error.message))
+
+    def _send(
+        self, status: int, data: bytes, extra: dict[str, str] | None = None, interval: float = 0.0
+    ) -> None:
+        sim = cast(_Server, self.server).simulator
+        headers = {"Content-Type": "application/json", "x-bce-request-id": self._request_id}
+        for name, value in (extra or {}).items():
+            headers = {k: v for k, v in headers.items() if k.lower() != name.lower()}
+            headers[name] = value
+        # record first, so a test reading `requests` after the response sees this one
+        sim.record(RecordedRequest(self._action, self._body, dict(self.headers.items()), status))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if interval <= 0:
+            self.wfile.write(data)
+            return
+        try:
+            for start in range(len(data)):
+                self.wfile.write(data[start : start + 1])
+                time.sleep(interval)
+        except OSError:
+            self.close_connection = True  # the client gave up on a slow body
+
+    def _reset(self) -> None:
+        sim = cast(_Server, self.server).simulator
+        sim.record(RecordedRequest(self._action, self._body, dict(self.headers.items()), 0))
+        # SO_LINGER 0: close() sends RST instead of FIN
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+
+class SimulatorServer:
+    """A running simulator on 127.0.0.1; a context manager."""
+
+    def __init__(self, simulator: Simulator, host: str, port: int) -> None:
+        self._httpd = _Server((host, port), simulator)
+        self.url = f"http://{host}:{self._httpd.server_port}"
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+    def serve_forever(self) -> None:
+        """Block in the foreground until interrupted, then shut down."""
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.5)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+    def __enter__(self) -> "SimulatorServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

@@ -1,0 +1,60 @@
+"""Alembic environment: the URL comes from etl.config, the target from etl.schema."""
+
+import os
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from etl import config as etl_config
+from etl.schema import metadata
+
+alembic_config = context.config
+if alembic_config.config_file_name and not alembic_config.attributes.get("quiet"):
+    fileConfig(alembic_config.config_file_name, disable_existing_loggers=False)
+
+
+def _url() -> str:
+    """The URL given by `qianfan-etl db …`, else DATABASE_URL / .env / the default."""
+    given = alembic_config.attributes.get("url")
+    if given is not None:
+        return str(given)
+    etl_config.load_env_file()
+    url = etl_config.database_url(os.environ.get(etl_config.DATABASE_URL_VAR))
+    return url.render_as_string(hide_password=False)
+
+
+def run_migrations_offline() -> None:
+    """Emit SQL to stdout instead of running it."""
+    context.configure(url=_url(), target_metadata=metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    """Run migrations on a live connection."""
+    connection = alembic_config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = create_engine(_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        _run(connection)
+    engine.dispose()
+
+
+def _run(connection: object) -> None:
+    context.configure(
+        connection=connection,  # type: ignore[arg-type]
+        target_metadata=metadata,
+        compare_type=True,
+        render_as_batch=True,  # SQLite can only ALTER through table copies
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

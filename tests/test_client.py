@@ -1,0 +1,514 @@
+"""The Qianfan client: signing, Retry-After, retries and pagination against the simulator."""
+
+import calendar
+import email.utils
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from baidubce import utils as bce_utils
+from baidubce.auth import bce_v1_signer
+from baidubce.auth.bce_credentials import BceCredentials
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from etl.errors import AuthError, ConfigError, ContractError, TransientError
+from etl.qianfan import QianfanClient, RetryPolicy, fetch_job_pages, fetch_tasks, signing
+from etl.qianfan.client import retry_after_seconds
+from etl.simulator import Fault, Simulator, SimulatorConfig
+
+AK = "example-access-key-id"
+SK = "example-secret-access-key"
+STAMP = "2024-01-30T09:41:54Z"
+VECTOR_HEADERS = {
+    "Host": "qianfan.baidubce.com",
+    "Content-Type": "application/json",
+    "x-bce-date": STAMP,
+}
+VECTOR_A = (
+    "bce-auth-v1/example-access-key-id/2024-01-30T09:41:54Z/1800/content-type;host;x-bce-date/"
+    "2c687a8e1f3a6d579f37bee3d1e3acc14a34c89713b8c31c2b9f89000aed82a0"
+)
+VECTOR_B = (
+    "bce-auth-v1/example-access-key-id/2024-01-30T09:41:54Z/300/host;x-bce-date/"
+    "6e38046f964348b5ab381c01a4e01a69bca0c5818d9beee69b6303606c315f73"
+)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_signing_vector_a() -> None:
+    """Vector A of qianfan-api.md: tasks action, 1800 s, content-type signed too."""
+    query = {"Action": "DescribeFineTuningTasks"}
+    names = ("content-type", "host", "x-bce-date")
+    auth = signing.authorization(
+        AK, SK, "POST", "/v2/finetuning", query, VECTOR_HEADERS, STAMP, 1800, names
+    )
+    assert auth == VECTOR_A
+
+
+def test_signing_vector_b() -> None:
+    """Vector B of qianfan-api.md: jobs action, 300 s, host and x-bce-date."""
+    query = {"Action": "DescribeFineTuningJobs"}
+    auth = signing.authorization(AK, SK, "POST", "/v2/finetuning", query, VECTOR_HEADERS, STAMP)
+    assert auth == VECTOR_B
+
+
+def sdk_sign(
+    path: str, query: dict[str, str], headers: dict[str, str], names: list[str], expiry: int
+) -> str:
+    """The bce-python-sdk signer, used only as a test oracle."""
+    credentials = BceCredentials(AK, SK)
+    stamp = calendar.timegm(time.strptime(STAMP, "%Y-%m-%dT%H:%M:%SZ"))
+    result = bce_v1_signer.sign(
+        credentials,
+        b"POST",
+        bce_utils.normalize_string(path.encode(), False),
+        {k.encode(): v.encode() for k, v in headers.items()},
+        {k.encode(): v.encode() for k, v in query.items()},
+        stamp,
+        expiry,
+        [name.encode() for name in sorted(names)],
+    )
+    return str(result.decode())
+
+
+header_text = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Zs", "Zl", "Zp")),
+    min_size=1,
+    max_size=20,
+).map(lambda value: f" {value} ")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    path=st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30),
+    query=st.dictionaries(st.text(min_size=1, max_size=8), st.text(max_size=12), max_size=4),
+    host=header_text,
+    content_type=header_text,
+    with_content_type=st.booleans(),
+    expiry=st.integers(1, 100_000),
+)
+def test_signing_agrees_with_the_sdk(
+    path: str,
+    query: dict[str, str],
+    host: str,
+    content_type: str,
+    with_content_type: bool,
+    expiry: int,
+) -> None:
+    """Our signer and bce-python-sdk's agree on random paths, queries and header values."""
+    query = {k: v for k, v in query.items() if "\x00" not in k + v}
+    headers = {"Host": host, "Content-Type": content_type, "x-bce-date": STAMP}
+    names = ["host", "x-bce-date"] + (["content-type"] if with_content_type else [])
+    sdk_headers = headers if with_content_type else {"Host": host, "x-bce-date": STAMP}
+    ours = signing.authorization(AK, SK, "POST", "/" + path, query, headers, STAMP, expiry, names)
+    assert ours == sdk_sign("/" + path, query, sdk_headers, names, expiry)
+
+
+def test_retry_after_delay_seconds() -> None:
+    """Delay-seconds form, with surrounding spaces."""
+    assert retry_after_seconds(" 7 ") == 7.0
+    assert retry_after_seconds("0") == 0.0
+
+
+def test_retry_after_http_date() -> None:
+    """HTTP-date form counts from now; dates in the past mean no wait."""
+    now = datetime(2024, 1, 30, 9, 41, 54, tzinfo=UTC).timestamp()
+    assert retry_after_seconds("Tue, 30 Jan 2024 09:42:04 GMT", now) == 10.0
+    assert retry_after_seconds("Tue, 30 Jan 2024 09:40:00 GMT", now) == 0.0
+    ahead = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28.0 <= (retry_after_seconds(ahead) or 0.0) <= 30.0
+
+
+@pytest.mark.parametrize("value", [None, "", "soon", "-5", "1.5", "Tue, 99 Foo 2024", "12abc"])
+def test_retry_after_garbage_is_ignored(value: str | None) -> None:
+    """Unusable values mean 'no header' (jittered backoff), never a crash."""
+    assert retry_after_seconds(value) is None
+
+
+def test_backoff_is_full_jitter_capped() -> None:
+    """Waits stay within [0, min(max_wait, base * 2**n)] and vary."""
+    policy = RetryPolicy(base_wait=1.0, max_wait=5.0)
+    waits = [policy.backoff(attempt) for attempt in range(1, 8) for _ in range(20)]
+    assert all(0.0 <= wait <= 5.0 for wait in waits)
+    assert all(0.0 <= policy.backoff(1) <= 1.0 for _ in range(50))
+    assert len(set(waits)) > 10
+    assert RetryPolicy(base_wait=0.0).backoff(5) == 0.0
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.com", "qianfan.baidubce.com", "https://", "https://ak:sk@host"]
+)
+def test_bad_base_url_is_a_config_error(url: str) -> None:
+    """Only http(s)://host[:port] URLs, never credentials in the URL."""
+    with pytest.raises(ConfigError) as caught:
+        QianfanClient(url, AK, SK)
+    assert SK not in str(caught.value)
+
+
+def test_connection_refused_is_retried_then_transient(free_port: int) -> None:
+    """Nothing listening: every attempt fails fast, then TransientError (75) with the host."""
+    sleeps: list[float] = []
+    retry = RetryPolicy(max_attempts=3, base_wait=0.0)
+    with QianfanClient(
+        f"http://127.0.0.1:{free_port}", AK, SK, retry=retry, sleep=sleeps.append
+    ) as client:
+        with pytest.raises(TransientError) as caught:
+            client.call("DescribeFineTuningJobs", {})
+        assert client.api_calls == 3
+    assert sleeps == [0.0, 0.0]
+    assert f"127.0.0.1:{free_port}" in str(caught.value)
+    assert "3 attempts" in str(caught.value)
+    assert caught.value.exit_code == 75
+
+
+def test_tls_verification_cannot_be_disabled() -> None:
+    """The session always verifies certificates."""
+    with QianfanClient("https://qianfan.baidubce.com", AK, SK) as client:
+        assert client._session.verify is True
+
+
+# --- against the simulator -------------------------------------------------------------------
+
+SIM_AK = "sim-access-key"
+SIM_SK = "sim-secret-key"
+JOBS = "DescribeFineTuningJobs"
+TASKS = "DescribeFineTuningTasks"
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    """A small simulated account."""
+    return Simulator(SimulatorConfig(jobs=3, tasks_per_job=4, checkpoints=2))
+
+
+@pytest.fixture
+def url(sim: Simulator) -> Iterator[str]:
+    """The simulator served on a loopback port."""
+    with sim.serve() as server:
+        yield server.url
+
+
+def client_for(
+    url: str,
+    sleeps: list[float] | None = None,
+    *,
+    access_key: str = SIM_AK,
+    secret_key: str = SIM_SK,
+    attempts: int = 4,
+    **options: Any,
+) -> QianfanClient:
+    """A client with zero backoff whose sleeps are recorded instead of slept."""
+    recorded = sleeps if sleeps is not None else []
+    retry = RetryPolicy(max_attempts=attempts, base_wait=0.0, retry_after_cap=60.0)
+    options.setdefault("sleep", recorded.append)
+    return QianfanClient(url, access_key, secret_key, retry=retry, **options)
+
+
+def header(request: Any, name: str) -> str:
+    """A recorded request's header, case-insensitively."""
+    lowered = {key.lower(): value for key, value in dict(request.headers).items()}
+    return str(lowered.get(name.lower(), ""))
+
+
+def assert_freshly_signed(request: Any) -> None:
+    """The recorded request carries a valid signature over its own x-bce-date."""
+    auth = header(request, "Authorization")
+    _, access_key, stamp, expiry, names, _digest = auth.split("/")
+    assert access_key == SIM_AK
+    assert stamp == header(request, "x-bce-date")
+    assert abs(time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))) < 60
+    headers = {name: header(request, name) for name in names.split(";")}
+    expected = signing.authorization(
+        SIM_AK,
+        SIM_SK,
+        "POST",
+        "/v2/finetuning",
+        {"Action": request.action},
+        headers,
+        stamp,
+        int(expiry),
+        names.split(";"),
+    )
+    assert auth == expected
+
+
+def test_job_listing_equals_the_oracle_across_pages() -> None:
+    """More than two pages of jobs come back complete and in order."""
+    sim = Simulator(SimulatorConfig(jobs=230, tasks_per_job=1, checkpoints=0))
+    with sim.serve() as server, client_for(server.url) as client:
+        pages = list(fetch_job_pages(client))
+        assert [job for page in pages for job in page] == sim.jobs()
+        assert len(pages) >= 3
+        assert client.api_calls == len(sim.requests) == len(pages)
+    first = sim.requests[0]
+    assert first.action == JOBS and first.body.get("maxKeys") == 100
+    assert header(first, "User-Agent").startswith("qianfan-etl/")
+    assert header(first, "Content-Type") == "application/json"
+    assert all(request.body.get("marker") for request in sim.requests[1:])
+
+
+def test_task_listing_equals_the_oracle_across_pages() -> None:
+    """A job with more than 100 tasks is listed completely."""
+    sim = Simulator(SimulatorConfig(jobs=1, tasks_per_job=250, checkpoints=1))
+    job_id = sim.jobs()[0]["jobId"]
+    with sim.serve() as server, client_for(server.url) as client:
+        assert fetch_tasks(client, job_id) == sim.tasks(job_id)
+    assert [request.body.get("jobId") for request in sim.requests] == [job_id] * 3
+    for request in sim.requests:
+        assert_freshly_signed(request)
+
+
+def test_wrong_secret_is_an_auth_error_without_retry(sim: Simulator, url: str) -> None:
+    """A wrong SK: AuthError (77) naming the variable, exactly one request, no secret leaked."""
+    wrong = "not-the-secret-key-123"
+    with client_for(url, secret_key=wrong) as client, pytest.raises(AuthError) as caught:
+        client.call(JOBS, {})
+    message = str(caught.value)
+    assert caught.value.exit_code == 77
+    assert len(sim.requests) == 1
+    assert "QIANFAN_SECRET_KEY" in message and "403" in message
+    assert wrong not in message and "bce-auth-v1" not in message
+
+
+def test_unknown_access_key_is_an_auth_error(sim: Simulator, url: str) -> None:
+    """An unknown AK names QIANFAN_ACCESS_KEY and is not retried."""
+    with client_for(url, access_key="who-is-this") as client, pytest.raises(AuthError) as caught:
+        client.call(JOBS, {})
+    assert "QIANFAN_ACCESS_KEY" in str(caught.value)
+    assert SIM_SK not in str(caught.value)
+    assert len(sim.requests) == 1
+
+
+def test_request_expired_hints_at_the_clock(sim: Simulator, url: str) -> None:
+    """RequestExpired is an AuthError that says to check the clock."""
+    sim.inject(Fault(kind="status", status=400, code="RequestExpired"))
+    with client_for(url) as client, pytest.raises(AuthError) as caught:
+        client.call(JOBS, {})
+    assert "clock" in str(caught.value)
+    assert len(sim.requests) == 1
+
+
+def test_429_retry_after_seconds_is_honoured_and_re_signed(sim: Simulator, url: str) -> None:
+    """429 + Retry-After: 2 waits exactly 2 s, then a freshly signed retry succeeds."""
+    sim.inject(Fault(kind="status", status=429, headers={"Retry-After": "2"}))
+    sleeps: list[float] = []
+    with client_for(url, sleeps) as client:
+        result = client.call(JOBS, {"maxKeys": 100})
+    assert result["jobList"] == sim.jobs()
+    assert sleeps == [2.0]
+    assert [request.status for request in sim.requests] == [429, 200]
+    for request in sim.requests:
+        assert_freshly_signed(request)
+
+
+def test_429_retry_after_http_date(sim: Simulator, url: str) -> None:
+    """An HTTP-date Retry-After is turned into the seconds until then."""
+    when = email.utils.formatdate(time.time() + 3, usegmt=True)
+    sim.inject(Fault(kind="status", status=429, headers={"Retry-After": when}))
+    sleeps: list[float] = []
+    with client_for(url, sleeps) as client:
+        client.call(JOBS, {})
+    assert len(sleeps) == 1 and 1.0 <= sleeps[0] <= 3.0
+
+
+def test_retry_after_beyond_the_cap_gives_up_at_once(sim: Simulator, url: str) -> None:
+    """Retry-After: 86400 is never slept: TransientError naming the wait, one request."""
+    sim.inject(Fault(kind="status", status=429, headers={"Retry-After": "86400"}, times=5))
+    sleeps: list[float] = []
+    with client_for(url, sleeps) as client, pytest.raises(TransientError) as caught:
+        client.call(JOBS, {})
+    assert "86400" in str(caught.value)
+    assert sleeps == [] and len(sim.requests) == 1
+
+
+def test_garbage_retry_after_falls_back_to_backoff(sim: Simulator, url: str) -> None:
+    """Retry-After: soon is ignored, the call still retries."""
+    sim.inject(Fault(kind="status", status=503, headers={"Retry-After": "soon"}))
+    sleeps: list[float] = []
+    with client_for(url, sleeps) as client:
+        client.call(JOBS, {})
+    assert sleeps == [0.0]
+
+
+def test_5xx_burst_then_success(sim: Simulator, url: str) -> None:
+    """500, 502, 503 and 504 in a row are all retried."""
+    for status in (500, 502, 503, 504):
+        sim.inject(Fault(kind="status", status=status, code="InternalError"))
+    sleeps: list[float] = []
+    with client_for(url, sleeps, attempts=5) as client:
+        assert client.call(JOBS, {})["jobList"] == sim.jobs()
+        assert client.api_calls == 5
+    assert len(sleeps) == 4
+
+
+def test_html_502_page_is_retried(sim: Simulator, url: str) -> None:
+    """A gateway's HTML 502 page is a transient error."""
+    page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+    sim.inject(Fault(kind="status", status=502, body=page, times=2))
+    with client_for(url) as client:
+        client.call(JOBS, {})
+        assert client.api_calls == 3
+
+
+def test_connection_reset_is_retried(sim: Simulator, url: str) -> None:
+    """A socket closed without a response is retried (POST explicitly allowed)."""
+    sim.inject(Fault(kind="reset", times=2))
+    with client_for(url) as client:
+        assert client.call(JOBS, {})["jobList"] == sim.jobs()
+        assert client.api_calls == 3
+
+
+def test_exhausted_retries_are_transient(sim: Simulator, url: str) -> None:
+    """503 forever: TransientError (75) with the attempt count, status and request id."""
+    sim.inject(Fault(kind="status", status=503, code="ServiceUnavailable", times=99))
+    with client_for(url, attempts=3) as client, pytest.raises(TransientError) as caught:
+        client.call(JOBS, {})
+    message = str(caught.value)
+    assert caught.value.exit_code == 75
+    assert "3 attempts" in message and "503" in message and JOBS in message
+    assert "x-bce-request-id=" in message
+    assert len(sim.requests) == 3
+
+
+def test_other_4xx_is_a_contract_error(sim: Simulator, url: str) -> None:
+    """A 400 validation error is not retried: ContractError (65)."""
+    sim.inject(Fault(kind="status", status=400, code="InvalidParameter"))
+    with client_for(url) as client, pytest.raises(ContractError) as caught:
+        client.call(JOBS, {})
+    assert "InvalidParameter" in str(caught.value)
+    assert len(sim.requests) == 1
+
+
+def test_slow_body_hits_the_deadline(sim: Simulator, url: str) -> None:
+    """A body trickling past the per-attempt deadline is cut off and retried, then 75."""
+    body = b'{"requestId": "slow", "result": {"jobList": [], "pageInfo": {}}}'
+    sim.inject(Fault(kind="slow_body", body=body, interval=0.05, times=2))
+    with client_for(url, attempts=2, deadline=0.3) as client:
+        with pytest.raises(TransientError) as caught:
+            client.call(JOBS, {})
+        assert client.api_calls == 2
+    assert "deadline" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"result":',
+        b'{"requestId": "r", "result": {"jobList": [{"jobId": "job-',
+        b'{"requestId": "r", "result": {"jobList": [], "pageInfo": {"isTruncated": NaN}}}',
+        b"<html>maintenance</html>",
+        b"",
+    ],
+)
+def test_malformed_json_on_200_is_retried(sim: Simulator, url: str, body: bytes) -> None:
+    """Broken, truncated, NaN-bearing or HTML 200 bodies are retried; the retry succeeds."""
+    sim.inject(Fault(kind="raw_body", body=body))
+    with client_for(url) as client:
+        assert client.call(JOBS, {})["jobList"] == sim.jobs()
+        assert client.api_calls == 2
+
+
+def test_200_without_result_is_a_contract_error(sim: Simulator, url: str) -> None:
+    """Valid JSON of the wrong shape is not retried."""
+    sim.inject(Fault(kind="raw_body", body=b'{"requestId": "r", "result": []}'))
+    with client_for(url) as client, pytest.raises(ContractError):
+        client.call(JOBS, {})
+    assert len(sim.requests) == 1
+
+
+@pytest.mark.parametrize("code", [18, 336100, 500000])
+def test_legacy_transient_code_is_retried(sim: Simulator, url: str, code: int) -> None:
+    """HTTP 200 {error_code: 18/336100/500000} is retried."""
+    sim.inject(Fault(kind="legacy_error", code=code, times=2))
+    with client_for(url) as client:
+        client.call(JOBS, {})
+        assert client.api_calls == 3
+
+
+def test_other_legacy_code_is_a_contract_error(sim: Simulator, url: str) -> None:
+    """Any other legacy error_code fails at once with the code in the message."""
+    sim.inject(Fault(kind="legacy_error", code=110))
+    with client_for(url) as client, pytest.raises(ContractError) as caught:
+        client.call(JOBS, {})
+    assert "error_code 110" in str(caught.value)
+    assert len(sim.requests) == 1
+
+
+def test_retries_are_logged_without_secrets(
+    sim: Simulator, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each retry is a WARNING on etl.qianfan, free of the SK and the signature."""
+    sim.inject(Fault(kind="status", status=500, times=2))
+    with caplog.at_level(logging.WARNING, logger="etl.qianfan"), client_for(url) as client:
+        client.call(JOBS, {})
+    records = [r for r in caplog.records if r.name == "etl.qianfan"]
+    assert len(records) == 2 and all(r.levelno == logging.WARNING for r in records)
+    assert not any(SIM_SK in r.getMessage() or "bce-auth-v1" in r.getMessage() for r in records)
+
+
+BROKEN_PAGINATION = [
+    "missing_next_marker",
+    "repeat_marker",
+    "marker_cycle",
+    "empty_truncated_page",
+    "oversized_page",
+    "truncated_as_string",
+]
+
+
+@pytest.mark.parametrize("mode", BROKEN_PAGINATION)
+def test_broken_pagination_is_a_contract_error(mode: str) -> None:
+    """Every broken-pagination mode fails loudly instead of returning a partial listing."""
+    sim = Simulator(SimulatorConfig(jobs=350, tasks_per_job=1, checkpoints=0))
+    sim.pagination_fault = mode
+    sim.pagination_fault_action = JOBS
+    with sim.serve() as server, client_for(server.url) as client:
+        with pytest.raises(ContractError) as caught:
+            list(fetch_job_pages(client))
+        assert client.api_calls < 50
+    assert caught.value.exit_code == 65
+
+
+def test_duplicate_across_pages_is_tolerated() -> None:
+    """The same job on two pages is not an error (the loader keeps the last one)."""
+    sim = Simulator(SimulatorConfig(jobs=250, tasks_per_job=1, checkpoints=0))
+    sim.pagination_fault = "duplicate_across_pages"
+    with sim.serve() as server, client_for(server.url) as client:
+        jobs = [job for page in fetch_job_pages(client) for job in page]
+    ids = [job["jobId"] for job in jobs]
+    assert len(ids) > len(set(ids))
+    assert set(ids) == {job["jobId"] for job in sim.jobs()}
+
+
+def test_qps_limit_spaces_requests(url: str) -> None:
+    """qps=10: each later request asks to wait; four threads share one limiter."""
+    sleeps: list[float] = []
+    with client_for(url, sleeps, qps=10.0) as client:
+        for _ in range(3):
+            client.call(JOBS, {})
+    assert len(sleeps) == 2 and all(wait >= 0.05 for wait in sleeps)
+
+
+def test_qps_limit_is_shared_by_threads(sim: Simulator, url: str) -> None:
+    """Eight calls from four threads at qps=40 take at least 7 intervals in total."""
+    with client_for(url, qps=40.0, sleep=time.sleep) as client:
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _: client.call(JOBS, {}), range(8)))
+        elapsed = time.monotonic() - started
+        assert client.api_calls == 8 == len(sim.requests)
+    assert elapsed >= 7 * 0.025 * 0.8

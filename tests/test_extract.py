@@ -1,0 +1,106 @@
+"""fetch_account: every job with all its tasks, concurrently, against the simulator."""
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from etl.errors import AuthError, ContractError
+from etl.extract import JobListing, fetch_account
+from etl.qianfan import QianfanClient, RetryPolicy
+from etl.simulator import Fault, Simulator, SimulatorConfig
+
+TASKS = "DescribeFineTuningTasks"
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    """Twelve jobs, one of them with more than a page of tasks."""
+    sim = Simulator(SimulatorConfig(jobs=12, tasks_per_job=5, checkpoints=2))
+    big = sim.jobs()[3]["jobId"]
+    for n in range(120):
+        sim.put_task(big, {**sim.tasks(big)[0], "taskId": f"task-extra-{n:03d}"})
+    return sim
+
+
+@pytest.fixture
+def client(sim: Simulator) -> Iterator[QianfanClient]:
+    """A client on the served simulator, with zero backoff."""
+    retry = RetryPolicy(max_attempts=3, base_wait=0.0)
+    with (
+        sim.serve() as server,
+        QianfanClient(
+            server.url, "sim-access-key", "sim-secret-key", retry=retry, sleep=lambda _: None
+        ) as client,
+    ):
+        yield client
+
+
+def by_job(listings: list[JobListing]) -> dict[str, list[Any]]:
+    """Tasks keyed by job id, checking no job came twice."""
+    result = {listing.job["jobId"]: listing.tasks for listing in listings}
+    assert len(result) == len(listings)
+    return result
+
+
+def oracle(sim: Simulator) -> dict[str, list[Any]]:
+    """What the simulator serves: every job's tasks."""
+    return {job["jobId"]: sim.tasks(job["jobId"]) for job in sim.jobs()}
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_every_job_and_task_equals_the_oracle(
+    sim: Simulator, client: QianfanClient, concurrency: int
+) -> None:
+    """All jobs, each with all its tasks (multi-page job included), whatever the concurrency."""
+    listings = list(fetch_account(client, concurrency=concurrency))
+    assert by_job(listings) == oracle(sim)
+    jobs = sorted((listing.job for listing in listings), key=lambda job: job["jobId"])
+    assert jobs == sorted(sim.jobs(), key=lambda job: job["jobId"])
+    assert max(len(tasks) for tasks in by_job(listings).values()) > 100
+    assert client.api_calls == len(sim.requests)
+
+
+def test_job_ids_restrict_the_jobs(
+    sim: Simulator, client: QianfanClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the asked-for jobs are fetched; an unknown id is warned about."""
+    wanted = [sim.jobs()[1]["jobId"], sim.jobs()[7]["jobId"]]
+    with caplog.at_level(logging.WARNING, logger="etl.extract"):
+        listings = list(fetch_account(client, job_ids=[*wanted, "job-nope"], concurrency=2))
+    assert by_job(listings) == {job_id: sim.tasks(job_id) for job_id in wanted}
+    asked = {r.body.get("jobId") for r in sim.requests if r.action == TASKS}
+    assert asked == set(wanted)
+    assert "job-nope" in caplog.text
+
+
+def test_jobs_without_a_string_id_come_with_no_tasks(sim: Simulator, client: QianfanClient) -> None:
+    """Hostile job entries are passed on (tasks=[]) for the transformer to reject."""
+    for raw in (42, None, {"name": "no id"}, {"jobId": 7}, {"jobId": ""}):
+        sim.put_job(raw)
+    listings = list(fetch_account(client, concurrency=3))
+    hostile = [listing for listing in listings if listing.job not in sim.jobs()[:12]]
+    assert sorted(map(repr, (listing.job for listing in hostile))) == sorted(
+        map(repr, [42, None, {"name": "no id"}, {"jobId": 7}, {"jobId": ""}])
+    )
+    assert all(listing.tasks == [] for listing in hostile)
+    assert len(listings) == 17
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_an_error_in_one_job_propagates(
+    sim: Simulator, client: QianfanClient, concurrency: int
+) -> None:
+    """A non-retriable failure while fetching some job's tasks ends the walk with that error."""
+    sim.inject(Fault(kind="status", status=403, code="AccessDenied", action=TASKS))
+    with pytest.raises(AuthError):
+        list(fetch_account(client, concurrency=concurrency))
+
+
+def test_broken_task_pagination_propagates(sim: Simulator, client: QianfanClient) -> None:
+    """A ContractError from a task listing is re-raised as is."""
+    sim.pagination_fault = "missing_next_marker"
+    sim.pagination_fault_action = TASKS
+    with pytest.raises(ContractError):
+        list(fetch_account(client, concurrency=4))
