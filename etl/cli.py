@@ -215,23 +215,30 @@ def status_command(as_json: bool, runs: int, database_url: str | None) -> None:
     click.echo(json.dumps(status, indent=2, default=str) if as_json else report.status_text(status))
 
 
+SIMULATOR_OPTIONS: list[tuple[str, click.ParamType[Any], object, str]] = [
+    ("--jobs", click.IntRange(0), 20, "Jobs in the synthetic account."),
+    ("--tasks-per-job", click.IntRange(0), 10, "Tasks listed under each job."),
+    ("--checkpoints", click.IntRange(0), 20, "Checkpoints of a finished task."),
+    ("--seed", click.INT, 0, "Seed of the synthetic data (same seed, same data)."),
+    ("--latency-ms", click.FloatRange(0), 0.0, "Delay added to every response."),
+]
+
+
 def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Dataset options shared by `simulate` and `demo`."""
-    for option in reversed(
-        [
-            click.option("--jobs", type=click.IntRange(0), default=20, show_default=True),
-            click.option("--tasks-per-job", type=click.IntRange(0), default=10, show_default=True),
-            click.option("--checkpoints", type=click.IntRange(0), default=20, show_default=True),
-            click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--latency-ms", type=click.FloatRange(0), default=0.0, show_default=True),
-        ]
-    ):
-        func = option(func)
+    for name, kind, default, text in reversed(SIMULATOR_OPTIONS):
+        func = click.option(name, type=kind, default=default, show_default=True, help=text)(func)
     return func
 
 
 @cli.command("simulate")
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free port).",
+)
 @simulator_options
 def simulate_command(
     port: int, jobs: int, tasks_per_job: int, checkpoints: int, seed: int, latency_ms: float

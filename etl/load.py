@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from filelock import FileLock, Timeout
+from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -26,7 +27,7 @@ from etl.schema import (
 )
 from etl.transform import Reject, TaskRows
 
-# pg_advisory_lock key: the first 8 bytes of sha256("qianfan-etl"), as a signed bigint.
+# pg_advisory_lock key: an arbitrary constant that only qianfan-etl uses.
 ADVISORY_LOCK_KEY = 0x5A3F0E3C6B1D2E4F
 LOCK_POLL_SECONDS = 0.2
 ID_CHUNK = 1000
@@ -170,11 +171,14 @@ def write_batch(connection: Connection, batch: Batch, run_id: int) -> RunCounts:
     stored_tasks = _stored(connection, finetune_tasks, [r.task["task_id"] for r in tasks])
     changed_jobs = [job for job in jobs if _is_changed(job, "job_id", stored_jobs)]
     changed = [rows for rows in tasks if _is_changed(rows.task, "task_id", stored_tasks)]
-    written = _undelete(connection, finetune_jobs, _returning(stored_jobs), stamp)
-    written += _upsert(connection, finetune_jobs, _stamped(changed_jobs, stamp), "job_id")
-    written += _undelete(connection, finetune_tasks, _returning(stored_tasks), stamp)
-    written += _upsert(
-        connection, finetune_tasks, _stamped([r.task for r in changed], stamp), "task_id"
+    written = _save(connection, finetune_jobs, changed_jobs, stored_jobs, stamp)
+    written += _undelete(
+        connection, finetune_jobs, _returning(finetune_jobs, stored_jobs, changed_jobs), stamp
+    )
+    changed_tasks = [rows.task for rows in changed]
+    written += _save(connection, finetune_tasks, changed_tasks, stored_tasks, stamp)
+    written += _undelete(
+        connection, finetune_tasks, _returning(finetune_tasks, stored_tasks, changed_tasks), stamp
     )
     written += _replace_children(connection, changed)
     history = _status_changes(changed, stored_tasks, run_id, stamp)
@@ -233,20 +237,37 @@ def _is_changed(row: dict[str, Any], key: str, stored: dict[str, sa.Row[Any]]) -
     return before is None or before.content_hash != row["content_hash"]
 
 
-def _returning(stored: dict[str, sa.Row[Any]]) -> list[str]:
-    """Stored ids marked deleted: listed again, so they came back."""
-    return [key for key, row in stored.items() if row.deleted_at is not None]
-
-
-def _stamped(rows: list[dict[str, Any]], stamp: datetime) -> list[dict[str, Any]]:
+def _returning(
+    table: sa.Table, stored: dict[str, sa.Row[Any]], changed: list[dict[str, Any]]
+) -> list[str]:
+    """Unchanged ids marked deleted that were listed again: they came back."""
+    rewritten = {row[_key(table).name] for row in changed}
     return [
-        {**row, "first_seen_at": stamp, "last_changed_at": stamp, "deleted_at": None}
-        for row in rows
+        key for key, row in stored.items() if row.deleted_at is not None and key not in rewritten
     ]
 
 
+def _save(
+    connection: Connection,
+    table: sa.Table,
+    rows: list[dict[str, Any]],
+    stored: dict[str, sa.Row[Any]],
+    stamp: datetime,
+) -> int:
+    """Insert new rows (COPY on Postgres: the run lock means no one else inserts them) and
+    upsert changed ones."""
+    key = _key(table).name
+    stamped = [
+        {**row, "first_seen_at": stamp, "last_changed_at": stamp, "deleted_at": None}
+        for row in rows
+    ]
+    new = [row for row in stamped if row[key] not in stored]
+    changed = [row for row in stamped if row[key] in stored]
+    return _insert(connection, table, new) + _upsert(connection, table, changed, key)
+
+
 def _upsert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]], key: str) -> int:
-    """Insert rows, or update every column but first_seen_at where the key exists."""
+    """Update every column but first_seen_at where the key exists, else insert."""
     if not rows:
         return 0
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
@@ -258,8 +279,21 @@ def _upsert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]],
 
 
 def _insert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> int:
-    if rows:
+    """Insert rows: COPY on Postgres (measured fastest), executemany elsewhere."""
+    if not rows:
+        return 0
+    if connection.dialect.name != "postgresql":
         connection.execute(table.insert(), rows)
+        return len(rows)
+    columns = list(rows[0])
+    json_columns = {name for name in columns if isinstance(table.c[name].type, sa.JSON)}
+    driver = connection.connection.driver_connection
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        for row in rows:
+            copy.write_row(
+                [Jsonb(row[name]) if name in json_columns else row[name] for name in columns]
+            )
     return len(rows)
 
 
