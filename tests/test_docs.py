@@ -1,0 +1,59 @@
+"""The README's command, option and variable tables stay in step with the CLI."""
+
+import re
+from pathlib import Path
+
+import click
+
+from etl.cli import cli
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def _commands(group: click.Group, prefix: str = "qianfan-etl") -> set[str]:
+    names: set[str] = set()
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            names |= _commands(command, f"{prefix} {name}")
+        else:
+            names.add(f"{prefix} {name}")
+    return names
+
+
+def test_every_command_is_in_the_readme_table() -> None:
+    documented = set(re.findall(r"^\| `(qianfan-etl [a-z ]+)` \|", README, re.MULTILINE))
+    assert documented == _commands(cli)
+
+
+def test_every_sync_option_is_documented() -> None:
+    sync = cli.commands["sync"]
+    options = {
+        opt for param in sync.params if isinstance(param, click.Option) for opt in param.opts
+    }
+    long_options = {opt for opt in options if opt.startswith("--")}
+    for option in long_options:
+        assert f"`{option}" in README, f"{option} missing from the README"
+
+
+def test_every_environment_variable_is_documented() -> None:
+    envvars = {
+        param.envvar
+        for command in cli.commands.values()
+        for param in command.params
+        if isinstance(param.envvar, str)
+    }
+    for name in envvars | {"QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_KEY"}:
+        assert f"| `{name}` |" in README, f"{name} missing from the README"
+
+
+def test_readme_exit_codes_match_the_error_classes() -> None:
+    from etl import errors
+
+    codes = {int(code) for code in re.findall(r"^\| (\d+) \|", README, re.MULTILINE)}
+    classes = {
+        value.exit_code
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, errors.EtlError)
+    }
+    assert classes <= codes
+    assert codes == {0, 1, 2, 65, 75, 77, 78}
