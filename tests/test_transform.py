@@ -1,6 +1,7 @@
 """Transform: whole-row examples, parsing tables, reject reasons and hostile-input properties."""
 
 import copy
+import hashlib
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from etl.transform import (
     Reject,
     TaskRows,
+    cleaned_and_hash,
     clean_json,
     clean_text,
     content_hash,
@@ -641,3 +643,13 @@ def test_property_tasks_to_rows_one_result_per_id(raws: list[dict[str, Any]]) ->
     ids = [r.task["task_id"] for r in rows] + [r.source_id for r in rejects if r.source_id]
     assert len(ids) == len(set(ids))
     assert len(rows) + len(rejects) <= len(raws)
+
+
+@given(json_values)
+def test_property_fast_hash_path_agrees_with_the_deep_clean(raw: Any) -> None:
+    cleaned, digest = cleaned_and_hash(raw)
+    slow = json.dumps(
+        clean_json(raw), sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    ).encode("utf-8")
+    assert digest == hashlib.sha256(slow).hexdigest()
+    assert cleaned == clean_json(raw)
