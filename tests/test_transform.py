@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from etl.transform import (
     Reject,
     TaskRows,
-    cleaned_and_hash,
     clean_json,
     clean_text,
+    cleaned_and_hash,
     content_hash,
     job_to_row,
     parse_percent,
