@@ -338,3 +338,31 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "sync run 1: 20 jobs, 200 tasks" in result.stdout
     assert (tmp_path / "qianfan_demo.db").exists()
+
+
+def test_dotenv_in_the_working_directory_is_honoured(
+    sim: Simulator, server: SimulatorServer, sqlite_url: URL, tmp_path: Path
+) -> None:
+    env = cli_env(sim, server, sqlite_url)
+    secret = env.pop("QIANFAN_SECRET_KEY")
+    access = env.pop("QIANFAN_ACCESS_KEY")
+    (tmp_path / ".env").write_text(f"QIANFAN_ACCESS_KEY={access}\nQIANFAN_SECRET_KEY={secret}\n")
+    result = run_cli(["sync"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "6 jobs, 78 tasks" in result.stdout
+
+
+def test_json_log_format_gives_one_summary_object(
+    sim: Simulator, server: SimulatorServer, sqlite_url: URL, tmp_path: Path
+) -> None:
+    result = sync(sim, server, sqlite_url, tmp_path, "--log-format", "json")
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    summary = json.loads(line)
+    assert summary["event"] == "sync_finished"
+    assert (summary["jobs_seen"], summary["tasks_seen"], summary["api_calls"]) == (6, 78, 7)
+    failed = sync(
+        sim, server, sqlite_url, tmp_path, "--log-format", "json", QIANFAN_SECRET_KEY="wrong"
+    )
+    record = json.loads(failed.stderr.splitlines()[-1])
+    assert record["level"] == "error" and "QIANFAN_SECRET_KEY" in record["message"]
