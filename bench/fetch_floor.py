@@ -1,0 +1,32 @@
+"""The fetch floor: walk every job and task page as sync does, with no transform and no load.
+
+Usage: python -m bench.fetch_floor URL CONCURRENCY  (keys from QIANFAN_ACCESS_KEY/SECRET_KEY)
+"""
+
+import json
+import sys
+
+from etl import config
+from etl.extract import fetch_account
+from etl.qianfan import QianfanClient
+
+
+def fetch_floor(url: str, concurrency: int) -> dict[str, int]:
+    """Fetch the whole account, keeping only counts."""
+    settings = config.api_settings()
+    jobs = tasks = 0
+    with QianfanClient(url, settings.access_key, settings.secret_key) as client:
+        for listing in fetch_account(client, concurrency=concurrency):
+            jobs += 1
+            tasks += len(listing.tasks)
+        return {"api_calls": client.api_calls, "jobs": jobs, "tasks": tasks}
+
+
+def main(argv: list[str]) -> None:
+    """Print the counts as one JSON line."""
+    url, concurrency = argv
+    print(json.dumps(fetch_floor(url, int(concurrency))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
