@@ -12,13 +12,15 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from etl import config, db, report
+from etl import config, db, faults, report
 from etl.errors import EtlError
-from etl.qianfan import QianfanClient
+from etl.qianfan import QianfanClient, RetryPolicy
 from etl.simulator import Simulator, SimulatorConfig
 from etl.sync import SyncOptions, SyncResult, sync
 
 log = logging.getLogger("etl")
+EXIT_SIGINT = 128 + signal.SIGINT
+FAULT_VAR = "QIANFAN_ETL_FAULT"
 
 
 class EtlGroup(click.Group):
@@ -30,6 +32,9 @@ class EtlGroup(click.Group):
         except EtlError as exc:
             log.error("%s", exc)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            log.error("interrupted")
+            ctx.exit(EXIT_SIGINT)
 
 
 @click.group(cls=EtlGroup)
@@ -70,6 +75,29 @@ def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Log lines as text, or as one JSON object per line for log shippers.",
     )(func)
+
+
+def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Retry, deadline and database timeout knobs for `sync`, each also an env var."""
+    budgets = [
+        ("--api-attempts", int, 6, "HTTP attempts per API call before exit 75."),
+        ("--api-retry-wait", float, 0.5, "Base of the jittered exponential retry wait, seconds."),
+        ("--api-deadline", float, 120.0, "Wall-clock limit on one HTTP attempt, seconds."),
+        ("--api-retry-after-cap", float, 120.0, "Longest Retry-After honoured; more exits 75."),
+        ("--db-lock-timeout", float, 30.0, "Postgres lock_timeout, seconds (0: none)."),
+        ("--db-statement-timeout", float, 300.0, "Postgres statement_timeout, seconds (0: none)."),
+        ("--batch-tasks", int, 2000, "Tasks (of whole jobs) written per transaction."),
+    ]
+    for name, kind, default, text in reversed(budgets):
+        func = click.option(
+            name,
+            type=click.IntRange(1) if kind is int else click.FloatRange(0),
+            default=default,
+            show_default=True,
+            envvar="QIANFAN_ETL_" + name[2:].upper().replace("-", "_"),
+            help=text,
+        )(func)
+    return func
 
 
 def engine_for(database_url: str | None) -> Engine:
@@ -113,6 +141,7 @@ def engine_for(database_url: str | None) -> Engine:
     envvar="QIANFAN_ETL_LOCK_WAIT",
     help="Seconds to wait for another run's lock before exit 75.",
 )
+@budget_options
 @database_option()
 @logging_options
 def sync_command(
@@ -126,6 +155,7 @@ def sync_command(
     log_format: str,
     verbose: int,
     quiet: bool,
+    **budgets: Any,
 ) -> None:
     """Fetch every job and task of the account and load them into the database.
 
@@ -135,21 +165,42 @@ def sync_command(
         qianfan-etl sync --database-url postgresql://etl@db/analytics
     """
     setup_logging(log_format, verbose, quiet)
+    faults.arm(os.environ.get(FAULT_VAR))
     settings = config.api_settings()
-    engine = engine_for(database_url)
-    options = SyncOptions(frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait)
+    engine = db.create(
+        config.database_url(database_url),
+        budgets["db_lock_timeout"],
+        budgets["db_statement_timeout"],
+    )
+    options = SyncOptions(
+        frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait, budgets["batch_tasks"]
+    )
     progress = report.Progress() if not quiet and sys.stderr.isatty() else None
-    with (
-        _terminate_as_exit(),
-        QianfanClient(
-            settings.base_url, settings.access_key, settings.secret_key, qps=qps
-        ) as client,
-    ):
+    with _terminate_as_exit(), _client(settings, qps, budgets) as client:
         result = sync(engine, client, options, progress.update if progress else None)
     if progress:
         progress.close()
     if not quiet:
         emit_summary(result, log_format)
+
+
+def _client(
+    settings: config.ApiSettings, qps: float | None, budgets: dict[str, Any]
+) -> QianfanClient:
+    """The API client with the retry budget and deadline the options ask for."""
+    retry = RetryPolicy(
+        max_attempts=budgets["api_attempts"],
+        base_wait=budgets["api_retry_wait"],
+        retry_after_cap=budgets["api_retry_after_cap"],
+    )
+    return QianfanClient(
+        settings.base_url,
+        settings.access_key,
+        settings.secret_key,
+        deadline=budgets["api_deadline"],
+        retry=retry,
+        qps=qps,
+    )
 
 
 def emit_summary(result: SyncResult, log_format: str) -> None:
@@ -161,13 +212,17 @@ def emit_summary(result: SyncResult, log_format: str) -> None:
 
 
 class _terminate_as_exit:
-    """SIGTERM raises SystemExit(143) so that transactions roll back and the lock is freed."""
+    """SIGTERM/SIGINT raise SystemExit(143/130), so transactions roll back, the lock is freed
+    and the run is recorded as failed (click would turn KeyboardInterrupt into exit 1)."""
+
+    signals = (signal.SIGTERM, signal.SIGINT)
 
     def __enter__(self) -> None:
-        self.previous = signal.signal(signal.SIGTERM, _raise_exit)
+        self.previous = {signum: signal.signal(signum, _raise_exit) for signum in self.signals}
 
     def __exit__(self, *_exc: object) -> None:
-        signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def _raise_exit(signum: int, _frame: FrameType | None) -> None:

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -19,17 +20,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
 
 # Bounded waits, so a BI session holding a lock or a stuck statement cannot hang cron forever.
-POSTGRES_OPTIONS = (
-    "-c timezone=UTC -c statement_timeout=300000 -c lock_timeout=30000 "
-    "-c idle_in_transaction_session_timeout=600000"
-)
+DEFAULT_LOCK_TIMEOUT = 30.0
+DEFAULT_STATEMENT_TIMEOUT = 300.0
+IDLE_IN_TRANSACTION_TIMEOUT = 600.0
 INSUFFICIENT_PRIVILEGE = "42501"
 INVALID_PASSWORD = "28P01"
 INVALID_AUTHORIZATION = "28000"
 
 
-def create(url: URL) -> Engine:
-    """An engine with the session settings this job wants on each backend."""
+def create(
+    url: URL,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+) -> Engine:
+    """An engine with the session settings this job wants on each backend (timeouts in s)."""
     if url.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -40,8 +44,20 @@ def create(url: URL) -> Engine:
         connect_args={
             "application_name": "qianfan-etl",
             "connect_timeout": 10,
-            "options": POSTGRES_OPTIONS,
+            "options": postgres_options(lock_timeout, statement_timeout),
         },
+    )
+
+
+def postgres_options(lock_timeout: float, statement_timeout: float) -> str:
+    """Session settings for libpq's `options`; Postgres takes these timeouts in ms."""
+    timeouts = {
+        "lock_timeout": lock_timeout,
+        "statement_timeout": statement_timeout,
+        "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT,
+    }
+    return " ".join(
+        ["-c timezone=UTC", *(f"-c {name}={round(s * 1000)}" for name, s in timeouts.items())]
     )
 
 
@@ -54,15 +70,19 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
 
 def classify(exc: DBAPIError, url: URL) -> EtlError:
     """Turn a driver error into the run-ending error with the right exit code."""
-    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return _classify(exc.orig or exc, isinstance(exc, OperationalError), url)
+
+
+def _classify(error: BaseException, unavailable: bool, url: URL) -> EtlError:
+    sqlstate = getattr(error, "sqlstate", None)
     where = show_url(url)
-    detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if sqlstate in (INSUFFICIENT_PRIVILEGE, INVALID_PASSWORD, INVALID_AUTHORIZATION):
         return AuthError(
             f"database {where} refused access: {detail}. Grant the ETL role ownership of "
             "the qianfan-etl tables (see README, 'Permissions')."
         )
-    if isinstance(exc, OperationalError):
+    if unavailable:
         return TransientError(f"database {where} unavailable: {detail}. Try again later.")
     return EtlError(f"database error on {where}: {detail}")
 
@@ -74,6 +94,9 @@ def translated_errors(url: URL) -> Iterator[None]:
         yield
     except DBAPIError as exc:
         raise classify(exc, url) from exc
+    except psycopg.Error as exc:
+        # Raised unwrapped where the load talks to psycopg directly (COPY).
+        raise _classify(exc, isinstance(exc, psycopg.OperationalError), url) from exc
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -162,26 +162,37 @@ class Batch:
         return len(self.jobs) + len(self.tasks)
 
 
-def write_batch(connection: Connection, batch: Batch, run_id: int) -> RunCounts:
+def stored_tasks(connection: Connection, ids: Sequence[str]) -> dict[str, sa.Row[Any]]:
+    """What is stored for these task ids: content hash, status, deletion mark."""
+    return _stored(connection, finetune_tasks, ids)
+
+
+def write_batch(
+    connection: Connection,
+    batch: Batch,
+    run_id: int,
+    stored: dict[str, sa.Row[Any]] | None = None,
+) -> RunCounts:
     """Write what changed in a batch of whole jobs; skip what is unchanged, children included."""
     stamp = now()
     jobs = list({job["job_id"]: job for job in batch.jobs}.values())
     tasks = list({rows.task["task_id"]: rows for rows in batch.tasks}.values())
     stored_jobs = _stored(connection, finetune_jobs, [j["job_id"] for j in jobs])
-    stored_tasks = _stored(connection, finetune_tasks, [r.task["task_id"] for r in tasks])
+    if stored is None:
+        stored = stored_tasks(connection, [r.task["task_id"] for r in tasks])
     changed_jobs = [job for job in jobs if _is_changed(job, "job_id", stored_jobs)]
-    changed = [rows for rows in tasks if _is_changed(rows.task, "task_id", stored_tasks)]
+    changed = [rows for rows in tasks if _is_changed(rows.task, "task_id", stored)]
     written = _save(connection, finetune_jobs, changed_jobs, stored_jobs, stamp)
     written += _undelete(
         connection, finetune_jobs, _returning(finetune_jobs, stored_jobs, changed_jobs), stamp
     )
     changed_tasks = [rows.task for rows in changed]
-    written += _save(connection, finetune_tasks, changed_tasks, stored_tasks, stamp)
+    written += _save(connection, finetune_tasks, changed_tasks, stored, stamp)
     written += _undelete(
-        connection, finetune_tasks, _returning(finetune_tasks, stored_tasks, changed_tasks), stamp
+        connection, finetune_tasks, _returning(finetune_tasks, stored, changed_tasks), stamp
     )
     written += _replace_children(connection, changed)
-    history = _status_changes(changed, stored_tasks, run_id, stamp)
+    history = _status_changes(changed, stored, run_id, stamp)
     written += _insert(connection, finetune_task_status_history, history)
     seen = {r.task["task_id"] for r in tasks} | {r.source_id for r in batch.rejects if r.source_id}
     written += _delete_absent_tasks(connection, batch.listed_jobs, seen, stamp)

@@ -5,6 +5,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -12,9 +13,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from etl import db, load
 from etl.errors import ContractError
 from etl.extract import JobListing, fetch_account
+from etl.faults import fault_point
 from etl.load import Batch, RunCounts
 from etl.qianfan import QianfanClient
-from etl.transform import Reject, job_to_row, tasks_to_rows
+from etl.transform import Reject, job_to_row, readable_task_id, tasks_to_rows
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ class SyncResult:
 @dataclass
 class _State:
     batch: Batch = field(default_factory=Batch)
+    # Listed jobs whose raw tasks are typed at flush time, once stored hashes are known.
+    untyped: list[tuple[str, list[Any]]] = field(default_factory=list)
+    untyped_tasks: int = 0
     seen_jobs: set[str] = field(default_factory=set)
     complete: bool = True
 
@@ -101,9 +106,10 @@ def _copy_account(
         client, job_ids=options.job_ids or None, concurrency=options.concurrency
     )
     for listing in listings:
+        fault_point("after_fetch")
         _add_listing(state, listing)
         counts.jobs_seen += 1
-        if len(state.batch.tasks) >= options.batch_tasks:
+        if state.untyped_tasks >= options.batch_tasks:
             _flush(connection, state, run_id, counts, options)
         if progress:
             counts.api_calls = client.api_calls
@@ -129,22 +135,34 @@ def _add_listing(state: _State, listing: JobListing) -> None:
         return
     state.seen_jobs.add(job["job_id"])
     state.batch.jobs.append(job)
-    rows, rejects = tasks_to_rows(listing.tasks, job["job_id"])
-    state.batch.tasks.extend(rows)
-    state.batch.rejects.extend(rejects)
-    if all(reject.source_id for reject in rejects):
-        state.batch.listed_jobs.append(job["job_id"])
+    state.untyped.append((job["job_id"], listing.tasks))
+    state.untyped_tasks += len(listing.tasks)
+
+
+def _type_tasks(state: _State, known: dict[str, str]) -> None:
+    """Type the batch's tasks, skipping those whose stored hash matches."""
+    for job_id, raws in state.untyped:
+        rows, rejects = tasks_to_rows(raws, job_id, known)
+        state.batch.tasks.extend(rows)
+        state.batch.rejects.extend(rejects)
+        if all(reject.source_id for reject in rejects):
+            state.batch.listed_jobs.append(job_id)
 
 
 def _flush(
     connection: Connection, state: _State, run_id: int, counts: RunCounts, options: SyncOptions
 ) -> None:
     """Write the batch in one transaction, then check the reject budget."""
-    if not len(state.batch) and not state.batch.rejects:
+    if not state.batch.jobs and not state.batch.rejects:
         return
     with _transaction(connection, options.dry_run):
-        counts.add(load.write_batch(connection, state.batch, run_id))
-    state.batch = Batch()
+        ids = [task_id for _, raws in state.untyped for task_id in map(readable_task_id, raws)]
+        stored = load.stored_tasks(connection, [i for i in ids if i is not None])
+        _type_tasks(state, {key: row.content_hash for key, row in stored.items()})
+        counts.add(load.write_batch(connection, state.batch, run_id, stored))
+        fault_point("before_commit")
+    fault_point("after_commit")
+    state.batch, state.untyped, state.untyped_tasks = Batch(), [], 0
     if counts.rejects > options.max_rejects:
         raise ContractError(
             f"{counts.rejects} records rejected, more than --max-rejects {options.max_rejects}: "

@@ -4,7 +4,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -148,12 +148,18 @@ def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
     return TaskRows(task, metrics, checkpoints)
 
 
-def tasks_to_rows(raws: Iterable[Any], job_id: str) -> tuple[list[TaskRows], list[Reject]]:
-    """Rows and rejects for one job's tasks; for a repeated taskId the last copy wins."""
+def tasks_to_rows(
+    raws: Iterable[Any], job_id: str, known: Mapping[str, str] | None = None
+) -> tuple[list[TaskRows], list[Reject]]:
+    """Rows and rejects for one job's tasks; for a repeated taskId the last copy wins.
+
+    `known` maps task ids to the content hash already stored: a task whose hash matches is
+    not typed again, and comes back as a stub carrying only `task_id` and `content_hash`.
+    """
     latest: dict[str, TaskRows | Reject] = {}
     anonymous: list[Reject] = []
     for raw in raws:
-        result = task_to_rows(raw, job_id)
+        result = _unchanged_stub(raw, known) or task_to_rows(raw, job_id)
         if isinstance(result, TaskRows):
             latest[result.task["task_id"]] = result
         elif result.source_id is not None:
@@ -163,6 +169,24 @@ def tasks_to_rows(raws: Iterable[Any], job_id: str) -> tuple[list[TaskRows], lis
     rows = [r for r in latest.values() if isinstance(r, TaskRows)]
     rejects = [r for r in latest.values() if isinstance(r, Reject)]
     return rows, anonymous + rejects
+
+
+def readable_task_id(raw: Any) -> str | None:
+    """The cleaned taskId of a raw task, when it is a non-empty string."""
+    return _readable_id(raw, "taskId")
+
+
+def _unchanged_stub(raw: Any, known: Mapping[str, str] | None) -> TaskRows | None:
+    """A stub for a task whose stored hash matches: stored once, so it typed cleanly."""
+    if not known:
+        return None
+    task_id = readable_task_id(raw)
+    if task_id is None or task_id not in known:
+        return None
+    digest = content_hash(raw)
+    if known[task_id] != digest:
+        return None
+    return TaskRows({"task_id": task_id, "content_hash": digest})
 
 
 def _record_id(raw: Any, entity: str, key: str) -> str:
