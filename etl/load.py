@@ -2,7 +2,7 @@
 records and the one-run-at-a-time lock."""
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -187,7 +187,8 @@ def write_batch(
         connection, finetune_jobs, _returning(finetune_jobs, stored_jobs, changed_jobs), stamp
     )
     changed_tasks = [rows.task for rows in changed]
-    written += _save(connection, finetune_tasks, changed_tasks, stored, stamp)
+    raw_json = {rows.task["task_id"]: rows.raw_json for rows in changed if rows.raw_json}
+    written += _save(connection, finetune_tasks, changed_tasks, stored, stamp, raw_json)
     written += _undelete(
         connection, finetune_tasks, _returning(finetune_tasks, stored, changed_tasks), stamp
     )
@@ -264,9 +265,10 @@ def _save(
     rows: list[dict[str, Any]],
     stored: dict[str, sa.Row[Any]],
     stamp: datetime,
+    raw_json: Mapping[str, str] | None = None,
 ) -> int:
     """Insert new rows (COPY on Postgres: the run lock means no one else inserts them) and
-    upsert changed ones."""
+    upsert changed ones. `raw_json` holds the raw column's JSON text by key, if known."""
     key = _key(table).name
     stamped = [
         {**row, "first_seen_at": stamp, "last_changed_at": stamp, "deleted_at": None}
@@ -274,7 +276,7 @@ def _save(
     ]
     new = [row for row in stamped if row[key] not in stored]
     changed = [row for row in stamped if row[key] in stored]
-    return _insert(connection, table, new) + _upsert(connection, table, changed, key)
+    return _insert(connection, table, new, raw_json) + _upsert(connection, table, changed, key)
 
 
 def _upsert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]], key: str) -> int:
@@ -289,7 +291,12 @@ def _upsert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]],
     return len(rows)
 
 
-def _insert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> int:
+def _insert(
+    connection: Connection,
+    table: sa.Table,
+    rows: list[dict[str, Any]],
+    raw_json: Mapping[str, str] | None = None,
+) -> int:
     """Insert rows: COPY on Postgres (measured fastest), executemany elsewhere."""
     if not rows:
         return 0
@@ -297,14 +304,18 @@ def _insert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]])
         connection.execute(table.insert(), rows)
         return len(rows)
     columns = list(rows[0])
-    json_columns = {name for name in columns if isinstance(table.c[name].type, sa.JSON)}
+    key = _key(table).name
+    texts = raw_json or {}
+    json_at = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, sa.JSON)]
     driver = connection.connection.driver_connection
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
     with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
         for row in rows:
-            copy.write_row(
-                [Jsonb(row[name]) if name in json_columns else row[name] for name in columns]
-            )
+            values = [row[name] for name in columns]
+            for i in json_at:
+                # jsonb parses JSON text, so text the transformer already made is reused.
+                values[i] = texts.get(row.get(key, "")) or Jsonb(values[i])
+            copy.write_row(values)
     return len(rows)
 
 

@@ -37,6 +37,8 @@ class TaskRows:
     task: dict[str, Any]
     metrics: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    # The canonical JSON text of task["raw"]: hashed already, so the loader can reuse it.
+    raw_json: str = field(default="", compare=False, repr=False)
 
 
 class _Untypable(ValueError):
@@ -67,18 +69,24 @@ def content_hash(raw: Any) -> str:
 
 
 def cleaned_and_hash(raw: Any) -> tuple[Any, str]:
-    """The cleaned record and its content hash, without a deep copy when nothing needs it."""
+    """The cleaned record and its content hash."""
+    cleaned, text = cleaned_json(raw)
+    return cleaned, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def cleaned_json(raw: Any) -> tuple[Any, str]:
+    """The cleaned record and its canonical JSON text, without a deep copy unless needed."""
     # Most records are clean: one C-speed dump proves it (no NaN/inf, no lone surrogate,
-    # no NUL) and is the canonical text to hash. Only the rest pay for the deep walk.
+    # no NUL) and is the canonical text. Only the rest pay for the deep walk.
     try:
         canonical = _canonical(raw, allow_nan=False)
-        encoded = canonical.encode("utf-8")
+        canonical.encode("utf-8")
         if "\\u0000" not in canonical:
-            return raw, hashlib.sha256(encoded).hexdigest()
+            return raw, canonical
     except (ValueError, TypeError, UnicodeEncodeError):
         pass
     cleaned = clean_json(raw)
-    return cleaned, hashlib.sha256(_canonical(cleaned).encode("utf-8")).hexdigest()
+    return cleaned, _canonical(cleaned)
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -122,7 +130,8 @@ def job_to_row(raw: Any) -> dict[str, Any] | Reject:
 
 def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
     """One raw task of the listed job `job_id` as rows, or a Reject."""
-    cleaned, digest = cleaned_and_hash(raw)
+    cleaned, text = cleaned_json(raw)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     try:
         task_id = _record_id(raw, "task", "taskId")
         metrics = _metric_rows(task_id, raw.get("metrics"))
@@ -145,7 +154,7 @@ def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
         "raw": cleaned,
         "content_hash": digest,
     }
-    return TaskRows(task, metrics, checkpoints)
+    return TaskRows(task, metrics, checkpoints, text)
 
 
 def tasks_to_rows(
@@ -252,7 +261,7 @@ def _checkpoint_rows(task_id: str, checkpoints: Any) -> list[dict[str, Any]]:
 
 def _step(value: Any, where: str) -> int:
     """A checkpoint step as a bigint, or raise _Untypable: the step is part of the key."""
-    step = _integer(value)
+    step = value if type(value) is int else _integer(value)
     if step is None:
         raise _Untypable(f"{where} is not an integer: {_show(value)}")
     if not BIGINT_MIN <= step <= BIGINT_MAX:
@@ -295,6 +304,8 @@ def _bigint(value: Any) -> int | None:
 
 def _finite(value: Any) -> float | None:
     """A number or numeric string as a finite float; else None."""
+    if type(value) is float:  # the common case, checked first: this runs per checkpoint
+        return value if math.isfinite(value) else None
     if isinstance(value, str):
         value = value.strip()
         if not _NUMBER.fullmatch(value):

@@ -145,6 +145,12 @@ def test_full_sync_loads_exactly_the_simulators_data(
     assert run["api_calls"] == sim.api_calls
     history = scalar(engine, "SELECT count(*) FROM finetune_task_status_history")
     assert history == tasks
+    raws = {t["taskId"]: t for job in sim.jobs() for t in sim.tasks(job["jobId"])}
+    with engine.connect() as connection:
+        stored = connection.execute(
+            sa.select(schema.finetune_tasks.c.task_id, schema.finetune_tasks.c.raw)
+        ).all()
+    assert dict(stored) == raws  # the task exactly as received
 
 
 def test_second_run_writes_no_rows(
