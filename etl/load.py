@@ -237,6 +237,11 @@ def _stored(connection: Connection, table: sa.Table, ids: Sequence[str]) -> dict
     columns = [key, table.c.content_hash, table.c.deleted_at]
     if "run_status" in table.c:
         columns.append(table.c.run_status)
+    if connection.dialect.name == "postgresql":
+        # One array parameter: far cheaper to compile and plan than a thousand-item IN list.
+        ids_array = sa.bindparam("ids", list(ids), type_=postgresql.ARRAY(sa.Text))
+        rows = connection.execute(sa.select(*columns).where(key == sa.any_(ids_array)))
+        return {row[0]: row for row in rows}
     found: dict[str, sa.Row[Any]] = {}
     for chunk in _chunks(ids):
         for row in connection.execute(sa.select(*columns).where(key.in_(chunk))):

@@ -5,7 +5,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,7 +15,7 @@ from etl.extract import JobListing, fetch_account
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts
 from etl.qianfan import QianfanClient
-from etl.transform import Reject, job_to_row, readable_task_id, tasks_to_rows
+from etl.transform import PreparedTask, Reject, job_to_row, prepare_task, tasks_to_rows
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ class SyncResult:
 class _State:
     batch: Batch = field(default_factory=Batch)
     # Listed jobs whose raw tasks are typed at flush time, once stored hashes are known.
-    untyped: list[tuple[str, list[Any]]] = field(default_factory=list)
+    untyped: list[tuple[str, list[PreparedTask]]] = field(default_factory=list)
     untyped_tasks: int = 0
     seen_jobs: set[str] = field(default_factory=set)
     complete: bool = True
@@ -135,7 +134,8 @@ def _add_listing(state: _State, listing: JobListing) -> None:
         return
     state.seen_jobs.add(job["job_id"])
     state.batch.jobs.append(job)
-    state.untyped.append((job["job_id"], listing.tasks))
+    # Hashing now, while the fetch workers wait on the network, keeps the flush short.
+    state.untyped.append((job["job_id"], [prepare_task(raw) for raw in listing.tasks]))
     state.untyped_tasks += len(listing.tasks)
 
 
@@ -156,8 +156,8 @@ def _flush(
     if not state.batch.jobs and not state.batch.rejects:
         return
     with _transaction(connection, options.dry_run):
-        ids = [task_id for _, raws in state.untyped for task_id in map(readable_task_id, raws)]
-        stored = load.stored_tasks(connection, [i for i in ids if i is not None])
+        ids = [task.task_id for _, tasks in state.untyped for task in tasks if task.task_id]
+        stored = load.stored_tasks(connection, ids)
         _type_tasks(state, {key: row.content_hash for key, row in stored.items()})
         counts.add(load.write_batch(connection, state.batch, run_id, stored))
         fault_point("before_commit")

@@ -128,16 +128,34 @@ def job_to_row(raw: Any) -> dict[str, Any] | Reject:
     }
 
 
-def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
-    """One raw task of the listed job `job_id` as rows, or a Reject."""
+@dataclass(frozen=True)
+class PreparedTask:
+    """A raw task with what every run needs of it: id, cleaned form, canonical JSON, hash."""
+
+    raw: Any
+    task_id: str | None
+    cleaned: Any
+    text: str
+    digest: str
+
+
+def prepare_task(raw: Any) -> PreparedTask:
+    """The cheap first step: enough to tell whether a task changed since it was stored."""
     cleaned, text = cleaned_json(raw)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return PreparedTask(raw, _readable_id(raw, "taskId"), cleaned, text, digest)
+
+
+def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
+    """One raw (or prepared) task of the listed job `job_id` as rows, or a Reject."""
+    prepared = raw if isinstance(raw, PreparedTask) else prepare_task(raw)
+    raw, cleaned, text, digest = prepared.raw, prepared.cleaned, prepared.text, prepared.digest
     try:
         task_id = _record_id(raw, "task", "taskId")
         metrics = _metric_rows(task_id, raw.get("metrics"))
         checkpoints = _checkpoint_rows(task_id, raw.get("checkpointList"))
     except _Untypable as exc:
-        return Reject("task", _readable_id(raw, "taskId"), str(exc), cleaned)
+        return Reject("task", prepared.task_id, str(exc), cleaned)
     task = {
         "task_id": task_id,
         "job_id": clean_text(job_id),
@@ -162,13 +180,15 @@ def tasks_to_rows(
 ) -> tuple[list[TaskRows], list[Reject]]:
     """Rows and rejects for one job's tasks; for a repeated taskId the last copy wins.
 
-    `known` maps task ids to the content hash already stored: a task whose hash matches is
-    not typed again, and comes back as a stub carrying only `task_id` and `content_hash`.
+    Items may be raw tasks or PreparedTasks. `known` maps task ids to the content hash already
+    stored: a task whose hash matches is not typed again, and comes back as a stub carrying
+    only `task_id` and `content_hash`.
     """
     latest: dict[str, TaskRows | Reject] = {}
     anonymous: list[Reject] = []
     for raw in raws:
-        result = _unchanged_stub(raw, known) or task_to_rows(raw, job_id)
+        prepared = raw if isinstance(raw, PreparedTask) else prepare_task(raw)
+        result = _unchanged_stub(prepared, known) or task_to_rows(prepared, job_id)
         if isinstance(result, TaskRows):
             latest[result.task["task_id"]] = result
         elif result.source_id is not None:
@@ -180,22 +200,11 @@ def tasks_to_rows(
     return rows, anonymous + rejects
 
 
-def readable_task_id(raw: Any) -> str | None:
-    """The cleaned taskId of a raw task, when it is a non-empty string."""
-    return _readable_id(raw, "taskId")
-
-
-def _unchanged_stub(raw: Any, known: Mapping[str, str] | None) -> TaskRows | None:
+def _unchanged_stub(task: PreparedTask, known: Mapping[str, str] | None) -> TaskRows | None:
     """A stub for a task whose stored hash matches: stored once, so it typed cleanly."""
-    if not known:
+    if not known or task.task_id is None or known.get(task.task_id) != task.digest:
         return None
-    task_id = readable_task_id(raw)
-    if task_id is None or task_id not in known:
-        return None
-    digest = content_hash(raw)
-    if known[task_id] != digest:
-        return None
-    return TaskRows({"task_id": task_id, "content_hash": digest})
+    return TaskRows({"task_id": task.task_id, "content_hash": task.digest})
 
 
 def _record_id(raw: Any, entity: str, key: str) -> str:

@@ -512,3 +512,28 @@ def test_qps_limit_is_shared_by_threads(sim: Simulator, url: str) -> None:
         elapsed = time.monotonic() - started
         assert client.api_calls == 8 == len(sim.requests)
     assert elapsed >= 7 * 0.025 * 0.8
+
+
+def test_netrc_never_replaces_the_signature(
+    sim: Simulator, url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password something\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with client_for(url) as client:
+        client.call("DescribeFineTuningJobs", {})
+    assert header(sim.requests[-1], "Authorization").startswith("bce-auth-v1/")
+
+
+def test_proxy_settings_come_from_the_environment(
+    url: str, free_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with client_for(url, attempts=1) as client, pytest.raises(TransientError):
+        client.call("DescribeFineTuningJobs", {})  # sent to the (dead) proxy
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with client_for(url, attempts=1) as client:
+        client.call("DescribeFineTuningJobs", {})

@@ -139,8 +139,11 @@ class QianfanClient:
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
         self._session.verify = True
-        # A non-empty auth stops requests from applying ~/.netrc over our Authorization header.
-        self._session.auth = _keep_headers
+        # Proxies from the environment are resolved once; with trust_env off, requests no
+        # longer re-reads the environment on every call, nor applies ~/.netrc over our
+        # Authorization header.
+        self._session.proxies = requests.utils.get_environ_proxies(self._url)
+        self._session.trust_env = False
 
     def __enter__(self) -> Self:
         """Use as a context manager that closes the session."""
@@ -247,11 +250,6 @@ class QianfanClient:
             raise AuthError(f"{action}: TLS verification failed for {self._host}: {exc}") from None
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise _Retriable(f"{action}: {type(exc).__name__} talking to {self._host}") from None
-
-
-def _keep_headers(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """Leave the request as signed."""
-    return request
 
 
 def _read_body(response: requests.Response, deadline: float) -> bytes:
