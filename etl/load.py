@@ -192,7 +192,7 @@ def write_batch(
     written += _undelete(
         connection, finetune_tasks, _returning(finetune_tasks, stored, changed_tasks), stamp
     )
-    written += _replace_children(connection, changed)
+    written += _replace_children(connection, changed, stored)
     history = _status_changes(changed, stored, run_id, stamp)
     written += _insert(connection, finetune_task_status_history, history)
     seen = {r.task["task_id"] for r in tasks} | {r.source_id for r in batch.rejects if r.source_id}
@@ -347,9 +347,11 @@ def _soft_delete(
     return result.rowcount
 
 
-def _replace_children(connection: Connection, changed: list[TaskRows]) -> int:
+def _replace_children(
+    connection: Connection, changed: list[TaskRows], stored: dict[str, sa.Row[Any]]
+) -> int:
     """Children of changed tasks are replaced, so what vanished upstream vanishes here."""
-    ids = [rows.task["task_id"] for rows in changed]
+    ids = [rows.task["task_id"] for rows in changed if rows.task["task_id"] in stored]
     written = 0
     for table in (finetune_task_metrics, finetune_task_checkpoints):
         for chunk in _chunks(ids):

@@ -3,10 +3,11 @@
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl import db, load
@@ -51,6 +52,14 @@ class _State:
     untyped_tasks: int = 0
     seen_jobs: set[str] = field(default_factory=set)
     complete: bool = True
+
+
+@dataclass
+class _Pending:
+    """A batch of whole jobs: job rows and rejects typed, tasks prepared but not yet typed."""
+
+    batch: Batch
+    untyped: list[tuple[str, list[PreparedTask]]]
 
 
 def sync(
@@ -101,19 +110,25 @@ def _copy_account(
     progress: Callable[[RunCounts], None] | None,
 ) -> int:
     state = _State(complete=not options.job_ids)
-    listings = fetch_account(
-        client, job_ids=options.job_ids or None, concurrency=options.concurrency
-    )
-    for listing in listings:
-        fault_point("after_fetch")
-        _add_listing(state, listing)
-        counts.jobs_seen += 1
-        if state.untyped_tasks >= options.batch_tasks:
-            _flush(connection, state, run_id, counts, options)
-        if progress:
-            counts.api_calls = client.api_calls
-            progress(counts)
-    _flush(connection, state, run_id, counts, options)
+    writer = _Writer(connection, run_id, options.dry_run)
+    try:
+        listings = fetch_account(
+            client, job_ids=options.job_ids or None, concurrency=options.concurrency
+        )
+        for listing in listings:
+            fault_point("after_fetch")
+            _add_listing(state, listing)
+            counts.jobs_seen += 1
+            if state.untyped_tasks >= options.batch_tasks:
+                _check(counts, writer.submit(_take(state)), options, run_id)
+            if progress:
+                counts.api_calls = client.api_calls
+                progress(counts)
+        _check(counts, writer.submit(_take(state)), options, run_id)
+        _check(counts, writer.finish(), options, run_id)
+    except BaseException:
+        writer.abandon()
+        raise
     if not state.complete:
         return 0
     with _transaction(connection, options.dry_run):
@@ -123,7 +138,7 @@ def _copy_account(
 
 
 def _add_listing(state: _State, listing: JobListing) -> None:
-    """Type one job and its tasks into the batch; note what makes the listing incomplete."""
+    """Type one job into the batch and prepare its tasks; note what makes it incomplete."""
     job = job_to_row(listing.job)
     if isinstance(job, Reject):
         state.batch.rejects.append(job)
@@ -134,40 +149,96 @@ def _add_listing(state: _State, listing: JobListing) -> None:
         return
     state.seen_jobs.add(job["job_id"])
     state.batch.jobs.append(job)
-    # Hashing now, while the fetch workers wait on the network, keeps the flush short.
+    # Hashing here, while the fetch workers wait on the network, keeps the writer short.
     state.untyped.append((job["job_id"], [prepare_task(raw) for raw in listing.tasks]))
     state.untyped_tasks += len(listing.tasks)
 
 
-def _type_tasks(state: _State, known: dict[str, str]) -> None:
-    """Type the batch's tasks, skipping those whose stored hash matches."""
-    for job_id, raws in state.untyped:
-        rows, rejects = tasks_to_rows(raws, job_id, known)
-        state.batch.tasks.extend(rows)
-        state.batch.rejects.extend(rejects)
-        if all(reject.source_id for reject in rejects):
-            state.batch.listed_jobs.append(job_id)
-
-
-def _flush(
-    connection: Connection, state: _State, run_id: int, counts: RunCounts, options: SyncOptions
-) -> None:
-    """Write the batch in one transaction, then check the reject budget."""
-    if not state.batch.jobs and not state.batch.rejects:
-        return
-    with _transaction(connection, options.dry_run):
-        ids = [task.task_id for _, tasks in state.untyped for task in tasks if task.task_id]
-        stored = load.stored_tasks(connection, ids)
-        _type_tasks(state, {key: row.content_hash for key, row in stored.items()})
-        counts.add(load.write_batch(connection, state.batch, run_id, stored))
-        fault_point("before_commit")
-    fault_point("after_commit")
+def _take(state: _State) -> _Pending:
+    """Hand the batch so far to the writer and start a new one."""
+    pending = _Pending(state.batch, state.untyped)
     state.batch, state.untyped, state.untyped_tasks = Batch(), [], 0
+    return pending
+
+
+def _check(counts: RunCounts, written: RunCounts | None, options: SyncOptions, run_id: int) -> None:
+    """Add a committed batch's counts, then check the reject budget."""
+    if written is None:
+        return
+    counts.add(written)
     if counts.rejects > options.max_rejects:
         raise ContractError(
             f"{counts.rejects} records rejected, more than --max-rejects {options.max_rejects}: "
             f"the upstream data does not look like Qianfan's. See etl_rejects for run {run_id}."
         )
+
+
+class _Writer:
+    """Writes one batch at a time on a background thread, so the database's work overlaps
+    fetching and hashing the next batch. The main thread commits, so a signal it receives
+    rolls back the batch in progress instead of racing its commit."""
+
+    def __init__(self, connection: Connection, run_id: int, dry_run: bool) -> None:
+        self._connection = connection
+        self._run_id = run_id
+        self._dry_run = dry_run
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qianfan-writer")
+        self._pending: Future[tuple[RunCounts, RootTransaction | None]] | None = None
+
+    def submit(self, pending: _Pending) -> RunCounts | None:
+        """Commit the batch in progress (returning its counts), then start writing this one."""
+        written = self.finish()
+        if pending.batch.jobs or pending.batch.rejects:
+            self._pending = self._pool.submit(self._write, pending)
+        return written
+
+    def finish(self) -> RunCounts | None:
+        """Wait for the batch in progress and commit it; its counts, or None if there was none."""
+        if self._pending is None:
+            return None
+        future, self._pending = self._pending, None
+        counts, transaction = future.result()
+        fault_point("before_commit")
+        if transaction is not None:
+            transaction.commit()
+        fault_point("after_commit")
+        return counts
+
+    def abandon(self) -> None:
+        """After a failure: let the batch in progress end, roll it back, stop the thread."""
+        future, self._pending = self._pending, None
+        # An error of the writer's own was rolled back in the writer; the first one raised wins.
+        with suppress(Exception):
+            if future is not None:
+                _, transaction = future.result()
+                if transaction is not None:
+                    transaction.rollback()
+        self._pool.shutdown(wait=True)
+
+    def _write(self, pending: _Pending) -> tuple[RunCounts, RootTransaction | None]:
+        """In the writer thread: type what changed and write it, leaving the commit open."""
+        connection = self._connection
+        transaction = None if self._dry_run else connection.begin()
+        try:
+            ids = [t.task_id for _, tasks in pending.untyped for t in tasks if t.task_id]
+            stored = load.stored_tasks(connection, ids)
+            _type_tasks(pending, {key: row.content_hash for key, row in stored.items()})
+            counts = load.write_batch(connection, pending.batch, self._run_id, stored)
+        except BaseException:
+            if transaction is not None:
+                transaction.rollback()
+            raise
+        return counts, transaction
+
+
+def _type_tasks(pending: _Pending, known: dict[str, str]) -> None:
+    """Type the batch's tasks, skipping those whose stored hash matches."""
+    for job_id, tasks in pending.untyped:
+        rows, rejects = tasks_to_rows(tasks, job_id, known)
+        pending.batch.tasks.extend(rows)
+        pending.batch.rejects.extend(rejects)
+        if all(reject.source_id for reject in rejects):
+            pending.batch.listed_jobs.append(job_id)
 
 
 def _record_failure(

@@ -84,12 +84,12 @@ def live_tables(engine: Engine) -> dict[str, set[tuple[Any, ...]]]:
         "metrics": sa.select(
             metrics.c.task_id, metrics.c.metric_name, metrics.c.value_percent, metrics.c.value_raw
         )
-        .join_from(metrics, tasks)
+        .join_from(metrics, tasks, metrics.c.task_id == tasks.c.task_id)
         .where(live_task),
         "checkpoints": sa.select(
             points.c.task_id, points.c.step, points.c.training_loss, points.c.perplexity
         )
-        .join_from(points, tasks)
+        .join_from(points, tasks, points.c.task_id == tasks.c.task_id)
         .where(live_task),
     }
     with engine.connect() as connection:
@@ -100,6 +100,21 @@ def live_tables(engine: Engine) -> dict[str, set[tuple[Any, ...]]]:
             }
             for name, query in queries.items()
         }
+
+
+def assert_no_orphans(engine: Engine) -> None:
+    """Every child row has its task: the loader's guarantee, since no foreign key checks it."""
+    for child in (
+        "finetune_task_metrics",
+        "finetune_task_checkpoints",
+        "finetune_task_status_history",
+    ):
+        orphans = scalar(
+            engine,
+            f"SELECT count(*) FROM {child} c LEFT JOIN finetune_tasks t ON t.task_id = c.task_id "
+            "WHERE t.task_id IS NULL",
+        )
+        assert orphans == 0, child
 
 
 def scalar(engine: Engine, query: str, **params: Any) -> Any:
@@ -151,6 +166,7 @@ def test_full_sync_loads_exactly_the_simulators_data(
             sa.select(schema.finetune_tasks.c.task_id, schema.finetune_tasks.c.raw)
         ).all()
     assert dict(stored) == raws  # the task exactly as received
+    assert_no_orphans(engine)
 
 
 def test_second_run_writes_no_rows(
@@ -185,6 +201,7 @@ def test_upstream_changes_are_reflected_on_the_next_run(
     result = sync(sim, server, db_url, tmp_path)
     assert result.returncode == 0, result.stderr
     assert live_tables(engine) == expected_tables(sim)
+    assert_no_orphans(engine)
     deleted = "SELECT count(*) FROM {} WHERE deleted_at IS NOT NULL"
     assert scalar(engine, deleted.format("finetune_jobs")) == 1
     # the deleted task, plus every task of the deleted job
