@@ -11,14 +11,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from etl.schema import CONTENT_TABLES as _TABLES
+
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-CONTENT_TABLES = (
-    "finetune_jobs",
-    "finetune_tasks",
-    "finetune_task_metrics",
-    "finetune_task_checkpoints",
-    "finetune_task_status_history",
-)
+CONTENT_TABLES = tuple(table.name for table in _TABLES)
 FLOOR_SCHEMA = "floor"
 SETTLE_SECONDS = 10.0
 SETTLE_POLL = 0.2

@@ -13,16 +13,11 @@ from sqlalchemy.engine import URL
 
 from etl import schema
 from etl.load import ADVISORY_LOCK_KEY
+from etl.schema import CONTENT_TABLES as _TABLES
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
 from tests.conftest import cli_env, run_cli
 
-CONTENT_TABLES = (
-    "finetune_jobs",
-    "finetune_tasks",
-    "finetune_task_metrics",
-    "finetune_task_checkpoints",
-    "finetune_task_status_history",
-)
+CONTENT_TABLES = tuple(table.name for table in _TABLES)
 
 
 def _time(value: Any) -> datetime | None:
