@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -332,7 +333,8 @@ def demo_command(
     with db.translated_errors(engine.url):
         click.echo(report.status_text(report.status(engine, 3)))
         click.echo(report.sample_text(engine))
-    click.echo(f"Explore it: qianfan-etl status --database-url {database_url}")
+    prog = sys.argv[0] if Path(sys.argv[0]).name == "qianfan-etl" else "qianfan-etl"
+    click.echo(f"Explore it: {prog} status --database-url {database_url}")
 
 
 def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
