@@ -47,7 +47,7 @@ class SyncResult:
 @dataclass
 class _State:
     batch: Batch = field(default_factory=Batch)
-    # Listed jobs whose raw tasks are typed at flush time, once stored hashes are known.
+    # Listed jobs whose tasks the writer types, once it knows the stored hashes.
     untyped: list[tuple[str, list[PreparedTask]]] = field(default_factory=list)
     untyped_tasks: int = 0
     seen_jobs: set[str] = field(default_factory=set)
