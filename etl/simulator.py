@@ -65,7 +65,7 @@ class SimulatorConfig:
 class Fault:
     """A misbehaviour applied to the next `times` requests for `action` (None: any action)."""
 
-    kind: str  # "status" | "reset" | "legacy_error" | "raw_body" | "slow_body"
+    kind: str  # "status" | "reset" | "legacy_error" | "raw_body" | "slow_body" | "short_body"
     action: str | None = None
     times: int = 1
     status: int = 500
@@ -634,11 +634,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not allowed:
             return self._send_error(ApiError(405, "MethodNotAllowed", f"use POST {API_PATH}"))
         fault = sim.take_fault(self._action)
-        if fault is not None and fault.kind != "slow_body":
+        if fault is not None and fault.kind not in ("slow_body", "short_body"):
             return self._apply_fault(fault)
         status, data, headers = self._call(sim, path, query)
         if fault is not None and fault.body is not None:
             status, data, headers = 200, fault.body, {}
+        if fault is not None and fault.kind == "short_body":
+            return self._send(status, data, headers, short=True)
         self._send(status, data, headers, interval=fault.interval if fault else 0.0)
 
     def _call(
@@ -677,7 +679,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(error.status, _error_body(self._request_id, error.code, error.message))
 
     def _send(
-        self, status: int, data: bytes, extra: dict[str, str] | None = None, interval: float = 0.0
+        self,
+        status: int,
+        data: bytes,
+        extra: dict[str, str] | None = None,
+        interval: float = 0.0,
+        short: bool = False,
     ) -> None:
         sim = cast(_Server, self.server).simulator
         headers = {"Content-Type": "application/json", "x-bce-request-id": self._request_id}
@@ -691,6 +698,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if short:  # half the promised Content-Length, then the connection closes
+            self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
+            return
         if interval <= 0:
             self.wfile.write(data)
             return

@@ -537,3 +537,15 @@ def test_proxy_settings_come_from_the_environment(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with client_for(url, attempts=1) as client:
         client.call("DescribeFineTuningJobs", {})
+
+
+def test_body_shorter_than_its_content_length_is_retried(sim: Simulator, url: str) -> None:
+    """A connection that closes mid-body is a transient fault, never a short page."""
+    sim.inject(Fault(kind="short_body", times=2))
+    with client_for(url, attempts=3) as client:
+        assert client.call(JOBS, {})["jobList"] == sim.jobs()
+        assert client.api_calls == 3
+    sim.inject(Fault(kind="short_body", times=3))
+    with client_for(url, attempts=3) as client, pytest.raises(TransientError) as caught:
+        client.call(JOBS, {})
+    assert "gave up after 3 attempts" in str(caught.value)

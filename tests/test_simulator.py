@@ -582,3 +582,11 @@ def test_concurrent_requests_are_all_served_and_recorded(start: Start) -> None:
         listed = list(pool.map(lambda j: list_all(server, TASKS, "taskList", jobId=j), job_ids))
     assert listed == [sim.tasks(job_id) for job_id in job_ids]
     assert sim.api_calls == 16 * 2 and all(r.status == 200 for r in sim.requests)
+
+
+def test_short_body_fault_closes_before_the_promised_length(start: Start) -> None:
+    sim, server = start(jobs=3, tasks_per_job=2, checkpoints=1)
+    sim.inject(Fault(kind="short_body"))
+    with pytest.raises(requests.exceptions.ChunkedEncodingError, match="IncompleteRead"):
+        post(server, "DescribeFineTuningJobs")
+    assert post(server, "DescribeFineTuningJobs").status_code == 200
