@@ -52,6 +52,9 @@ class _State:
     untyped_tasks: int = 0
     seen_jobs: set[str] = field(default_factory=set)
     complete: bool = True
+    # Type tasks as they arrive when most of the last batch changed (a first load), so the
+    # writer only writes; leave typing to the writer when most were unchanged (a no-op run).
+    type_ahead: bool = True
 
 
 @dataclass
@@ -120,12 +123,12 @@ def _copy_account(
             _add_listing(state, listing)
             counts.jobs_seen += 1
             if state.untyped_tasks >= options.batch_tasks:
-                _check(counts, writer.submit(_take(state)), options, run_id)
+                _check(state, counts, writer.submit(_take(state)), options, run_id)
             if progress:
                 counts.api_calls = client.api_calls
                 progress(counts)
-        _check(counts, writer.submit(_take(state)), options, run_id)
-        _check(counts, writer.finish(), options, run_id)
+        _check(state, counts, writer.submit(_take(state)), options, run_id)
+        _check(state, counts, writer.finish(), options, run_id)
     except BaseException:
         writer.abandon()
         raise
@@ -150,7 +153,8 @@ def _add_listing(state: _State, listing: JobListing) -> None:
     state.seen_jobs.add(job["job_id"])
     state.batch.jobs.append(job)
     # Hashing here, while the fetch workers wait on the network, keeps the writer short.
-    state.untyped.append((job["job_id"], [prepare_task(raw) for raw in listing.tasks]))
+    ahead = job["job_id"] if state.type_ahead else None
+    state.untyped.append((job["job_id"], [prepare_task(raw, ahead) for raw in listing.tasks]))
     state.untyped_tasks += len(listing.tasks)
 
 
@@ -161,11 +165,18 @@ def _take(state: _State) -> _Pending:
     return pending
 
 
-def _check(counts: RunCounts, written: RunCounts | None, options: SyncOptions, run_id: int) -> None:
+def _check(
+    state: _State,
+    counts: RunCounts,
+    written: RunCounts | None,
+    options: SyncOptions,
+    run_id: int,
+) -> None:
     """Add a committed batch's counts, then check the reject budget."""
     if written is None:
         return
     counts.add(written)
+    state.type_ahead = written.tasks_changed * 2 > written.tasks_seen
     if counts.rejects > options.max_rejects:
         raise ContractError(
             f"{counts.rejects} records rejected, more than --max-rejects {options.max_rejects}: "

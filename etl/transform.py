@@ -6,7 +6,7 @@ import marshal
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,16 +127,24 @@ def job_to_row(raw: Any) -> dict[str, Any] | Reject:
 
 @dataclass(frozen=True)
 class PreparedTask:
-    """A raw task with what every run needs of it: its id and content hash."""
+    """A raw task with what every run needs of it: its id and content hash; and its rows, if
+    it was typed ahead."""
 
     raw: Any
     task_id: str | None
     digest: str
+    typed: "TaskRows | Reject | None" = None
 
 
-def prepare_task(raw: Any) -> PreparedTask:
-    """The cheap first step: enough to tell whether a task changed since it was stored."""
-    return PreparedTask(raw, _readable_id(raw, "taskId"), content_hash(raw))
+def prepare_task(raw: Any, job_id: str | None = None) -> PreparedTask:
+    """The cheap first step: enough to tell whether a task changed since it was stored.
+
+    Given the listed job's id, the task is typed now too: worth it when most tasks change.
+    """
+    prepared = PreparedTask(raw, _readable_id(raw, "taskId"), content_hash(raw))
+    if job_id is None:
+        return prepared
+    return replace(prepared, typed=task_to_rows(prepared, job_id))
 
 
 def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
@@ -182,7 +190,9 @@ def tasks_to_rows(
     anonymous: list[Reject] = []
     for raw in raws:
         prepared = raw if isinstance(raw, PreparedTask) else prepare_task(raw)
-        result = _unchanged_stub(prepared, known) or task_to_rows(prepared, job_id)
+        result = (
+            _unchanged_stub(prepared, known) or prepared.typed or task_to_rows(prepared, job_id)
+        )
         if isinstance(result, TaskRows):
             latest[result.task["task_id"]] = result
         elif result.source_id is not None:

@@ -20,6 +20,7 @@ from etl.transform import (
     job_to_row,
     parse_percent,
     parse_time,
+    prepare_task,
     task_to_rows,
     tasks_to_rows,
 )
@@ -653,3 +654,14 @@ def test_property_hash_is_deterministic_and_json_text_matches_the_cleaned_value(
     assert cleaned == clean_json(raw)
     assert json.loads(text) == cleaned
     text.encode("utf-8")  # storable: no lone surrogate survives
+
+
+def test_typed_ahead_tasks_give_the_same_rows_and_still_skip_when_unchanged() -> None:
+    raw = _done_task()
+    ahead = prepare_task(raw, JOB_ID)
+    assert ahead.typed == task_to_rows(raw, JOB_ID)
+    rows, rejects = tasks_to_rows([ahead], JOB_ID)
+    assert (rows, rejects) == ([task_to_rows(raw, JOB_ID)], [])
+    stub, _ = tasks_to_rows([ahead], JOB_ID, known={raw["taskId"]: content_hash(raw)})
+    assert stub[0].task == {"task_id": raw["taskId"], "content_hash": content_hash(raw)}
+    assert stub[0].metrics == [] and stub[0].checkpoints == []
