@@ -80,3 +80,7 @@ def test_views_compute_what_dashboards_chart(engine: sa.Engine) -> None:
     assert (row["checkpoint_count"], row["last_step"]) == (3, 25)
     assert (row["final_training_loss"], row["min_perplexity"]) == (1.25, 4.0)
     assert (row["bleu_4"], row["rouge_1"], row["rouge_l"]) == (17.03, None, 30.5)
+
+
+def test_the_head_constant_names_the_newest_migration() -> None:
+    assert db.head_revision() == db.SCHEMA_HEAD
