@@ -441,10 +441,20 @@ def test_legacy_transient_code_is_retried(sim: Simulator, url: str, code: int) -
 
 def test_other_legacy_code_is_a_contract_error(sim: Simulator, url: str) -> None:
     """Any other legacy error_code fails at once with the code in the message."""
-    sim.inject(Fault(kind="legacy_error", code=110))
+    sim.inject(Fault(kind="legacy_error", code=100))
     with client_for(url) as client, pytest.raises(ContractError) as caught:
         client.call(JOBS, {})
-    assert "error_code 110" in str(caught.value)
+    assert "error_code 100" in str(caught.value)
+    assert len(sim.requests) == 1
+
+
+@pytest.mark.parametrize("code", [6, 14, 110, 111])
+def test_legacy_permission_codes_are_auth_errors(sim: Simulator, url: str, code: int) -> None:
+    """No permission, IAM failure, invalid or expired token: not allowed, never retried."""
+    sim.inject(Fault(kind="legacy_error", code=code))
+    with client_for(url) as client, pytest.raises(AuthError) as caught:
+        client.call(JOBS, {})
+    assert f"error_code {code}" in str(caught.value) and "QIANFAN_ACCESS_KEY" in str(caught.value)
     assert len(sim.requests) == 1
 
 

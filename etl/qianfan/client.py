@@ -26,6 +26,9 @@ USER_AGENT = f"qianfan-etl/{__version__}"
 SIGNED_HEADERS = ("content-type", "host", "x-bce-date")
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 TRANSIENT_LEGACY_CODES = frozenset({18, 336100, 500000})
+# Old-style codes that mean "not allowed": no permission, IAM authentication failed, access
+# token invalid or expired. Retrying cannot help; they exit 77 like a 401/403.
+AUTH_LEGACY_CODES = frozenset({6, 14, 110, 111})
 CHUNK_SIZE = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
 PAGE_SIZE = 100
@@ -324,6 +327,8 @@ def _legacy_error(where: str, payload: dict[str, Any], secret: str) -> NoReturn:
     message = f"{where}: error_code {code}: {text}"
     if isinstance(code, int) and code in TRANSIENT_LEGACY_CODES:
         raise _Retriable(message)
+    if isinstance(code, int) and code in AUTH_LEGACY_CODES:
+        raise AuthError(f"{message}; {DEFAULT_AUTH_HINT}")
     raise ContractError(message)
 
 
