@@ -765,7 +765,7 @@ def test_secrets_appear_in_no_log_error_or_table(
         runs = [
             ({"QIANFAN_ETL_FAULT": "before_commit:2:raise"}, 1, None),  # traceback after retries
             ({}, 77, Fault("status", TASKS, status=403, code="AccessDenied")),
-            ({}, 65, Fault("legacy_error", JOBS, code=110)),
+            ({}, 65, Fault("legacy_error", JOBS, code=100)),
             (
                 {"DATABASE_URL": f"postgresql://{role}:{password}@127.0.0.1:{free_port()}/x"},
                 75,
