@@ -16,6 +16,7 @@ from etl.errors import AuthError, ConfigError, EtlError, TransientError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
@@ -144,10 +145,7 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision() -> str | None:
     """The newest revision of the migration scripts."""
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
+    return _scripts().get_current_head()
 
 
 def require_head(engine: Engine) -> None:
@@ -172,8 +170,12 @@ def require_head(engine: Engine) -> None:
 
 
 def _known_revisions() -> set[str]:
+    return {revision.revision for revision in _scripts().walk_revisions()}
+
+
+def _scripts() -> "ScriptDirectory":
+    """The project's migration scripts (Alembic imported only when they are needed)."""
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    scripts = ScriptDirectory.from_config(Config(str(ALEMBIC_INI)))
-    return {revision.revision for revision in scripts.walk_revisions()}
+    return ScriptDirectory.from_config(Config(str(ALEMBIC_INI)))

@@ -171,15 +171,15 @@ def write_batch(
     connection: Connection,
     batch: Batch,
     run_id: int,
-    stored: dict[str, sa.Row[Any]] | None = None,
+    stored: dict[str, sa.Row[Any]],
 ) -> RunCounts:
-    """Write what changed in a batch of whole jobs; skip what is unchanged, children included."""
+    """Write what changed in a batch of whole jobs; skip what is unchanged, children included.
+
+    `stored` is `stored_tasks` for the batch's task ids, read in the same transaction."""
     stamp = now()
     jobs = list({job["job_id"]: job for job in batch.jobs}.values())
     tasks = list({rows.task["task_id"]: rows for rows in batch.tasks}.values())
     stored_jobs = _stored(connection, finetune_jobs, [j["job_id"] for j in jobs])
-    if stored is None:
-        stored = stored_tasks(connection, [r.task["task_id"] for r in tasks])
     changed_jobs = [job for job in jobs if _is_changed(job, "job_id", stored_jobs)]
     changed = [rows for rows in tasks if _is_changed(rows.task, "task_id", stored)]
     written = _save(connection, finetune_jobs, changed_jobs, stored_jobs, stamp)
@@ -308,9 +308,7 @@ def _insert(
     if connection.dialect.name != "postgresql":
         connection.execute(table.insert(), rows)
         return len(rows)
-    columns = list(rows[0])
-    key = _key(table).name
-    texts = raw_json or {}
+    columns, key = list(rows[0]), _key(table).name
     json_at = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, sa.JSON)]
     driver = connection.connection.driver_connection
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
@@ -319,7 +317,8 @@ def _insert(
             values = [row[name] for name in columns]
             for i in json_at:
                 # jsonb parses JSON text, so text the transformer already made is reused.
-                values[i] = texts.get(row.get(key, "")) or Jsonb(values[i])
+                text = raw_json.get(row[key]) if raw_json else None
+                values[i] = text or Jsonb(values[i])
             copy.write_row(values)
     return len(rows)
 

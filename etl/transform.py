@@ -108,7 +108,7 @@ def parse_percent(value: Any) -> float | None:
 
 def job_to_row(raw: Any) -> dict[str, Any] | Reject:
     """One raw job as a finetune_jobs row, or a Reject."""
-    cleaned, digest = cleaned_json(raw)[0], content_hash(raw)
+    cleaned = cleaned_json(raw)[0]
     try:
         job_id = _record_id(raw, "job", "jobId")
     except _Untypable as exc:
@@ -121,7 +121,7 @@ def job_to_row(raw: Any) -> dict[str, Any] | Reject:
         "train_mode": _text(raw, "trainMode"),
         "create_time": parse_time(_first(raw, "createTime", "createDate")),
         "raw": cleaned,
-        "content_hash": digest,
+        "content_hash": content_hash(raw),
     }
 
 
