@@ -1,6 +1,7 @@
 """Writing to the database: upserts, child replacement, status history, soft deletes, run
 records and the one-run-at-a-time lock."""
 
+import operator
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -162,6 +163,11 @@ class Batch:
         return len(self.jobs) + len(self.tasks)
 
 
+def has_tasks(connection: Connection) -> bool:
+    """Whether any task is stored yet."""
+    return connection.execute(sa.select(finetune_tasks.c.task_id).limit(1)).first() is not None
+
+
 def stored_tasks(connection: Connection, ids: Sequence[str]) -> dict[str, sa.Row[Any]]:
     """What is stored for these task ids: content hash, status, deletion mark."""
     return _stored(connection, finetune_tasks, ids)
@@ -310,11 +316,16 @@ def _insert(
         return len(rows)
     columns, key = list(rows[0]), _key(table).name
     json_at = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, sa.JSON)]
+    values_of = operator.itemgetter(*columns)
     driver = connection.connection.driver_connection
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
     with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+        if not json_at:
+            for row in rows:
+                copy.write_row(values_of(row))
+            return len(rows)
         for row in rows:
-            values = [row[name] for name in columns]
+            values = list(values_of(row))
             for i in json_at:
                 # jsonb parses JSON text, so text the transformer already made is reused.
                 text = raw_json.get(row[key]) if raw_json else None

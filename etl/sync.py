@@ -52,7 +52,7 @@ class _State:
     untyped_tasks: int = 0
     seen_jobs: set[str] = field(default_factory=set)
     complete: bool = True
-    # Type tasks as they arrive when most of the last batch changed (a first load), so the
+    # Type tasks as they arrive on a first load, or when most of the last batch changed, so the
     # writer only writes; leave typing to the writer when most were unchanged (a no-op run).
     type_ahead: bool = True
 
@@ -112,7 +112,9 @@ def _copy_account(
     counts: RunCounts,
     progress: Callable[[RunCounts], None] | None,
 ) -> int:
-    state = _State(complete=not options.job_ids)
+    with _transaction(connection, options.dry_run):
+        first_load = not load.has_tasks(connection)
+    state = _State(complete=not options.job_ids, type_ahead=first_load)
     writer = _Writer(connection, run_id, options.dry_run)
     try:
         listings = fetch_account(

@@ -422,6 +422,30 @@ def test_malformed_json_on_200_is_retried(sim: Simulator, url: str, body: bytes)
         assert client.api_calls == 2
 
 
+@pytest.mark.parametrize(
+    ("literal", "value"),
+    [
+        (b"123456789012345678901234567890", 123456789012345678901234567890),
+        (b"-9223372036854775809", -9223372036854775809),
+        (b"18446744073709551615", 18446744073709551615),
+        (b'"\\ud800x"', "\ud800x"),
+        (b'"\\u0000"', "\x00"),
+        (b"1e400", float("inf")),
+        (b"0.1", 0.1),
+    ],
+)
+def test_page_values_are_decoded_exactly(
+    sim: Simulator, url: str, literal: bytes, value: Any
+) -> None:
+    """Integers beyond 64 bits stay exact, lone surrogates and overflowing floats decode as
+    the standard library reads them: the fast decoder never changes a value."""
+    body = b'{"requestId": "r", "result": {"jobList": [{"jobId": "j", "x": %s}], ' % literal
+    sim.inject(Fault(kind="raw_body", body=body + b'"pageInfo": {"isTruncated": false}}}'))
+    with client_for(url) as client:
+        found = client.call(JOBS, {})["jobList"][0]["x"]
+    assert type(found) is type(value) and found == value
+
+
 def test_200_without_result_is_a_contract_error(sim: Simulator, url: str) -> None:
     """Valid JSON of the wrong shape is not retried."""
     sim.inject(Fault(kind="raw_body", body=b'{"requestId": "r", "result": []}'))

@@ -7,11 +7,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn, Self
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 import urllib3.exceptions
 
@@ -34,6 +36,9 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 PAGE_SIZE = 100
 MAX_EMPTY_TRUNCATED_PAGES = 3
 SNIPPET_CHARS = 200
+# A bytes.translate table: each ASCII digit becomes "0", every other byte a space.
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
 
 AUTH_HINTS = {
     "InvalidAccessKeyId": "QIANFAN_ACCESS_KEY is not a known IAM access key",
@@ -276,6 +281,11 @@ def _reject_constant(name: str) -> NoReturn:
 
 def _parse_json(body: bytes) -> Any:
     """Decode a JSON body; ValueError when it is not standard JSON."""
+    # orjson reads a page twice as fast, but reads an integer of 19 or more digits (beyond
+    # 64 bits) as a float and refuses lone surrogates; the standard library takes those.
+    if _LONG_DIGIT_RUN not in body.translate(_DIGITS_AS_ZERO):
+        with suppress(orjson.JSONDecodeError):
+            return orjson.loads(body)
     return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
 
 
