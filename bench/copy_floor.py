@@ -1,4 +1,5 @@
-"""The COPY floor: load the exported rows into unindexed twins of the content tables.
+"""The COPY floor: load the exported rows (binary COPY, as sync writes them) into unindexed
+twins of the content tables.
 
 Usage: python -m bench.copy_floor DSN DIRECTORY  (reads DIRECTORY/<table>.copy)
 """
@@ -20,7 +21,7 @@ def copy_floor(dsn: str, directory: Path) -> dict[str, int]:
     rows: dict[str, int] = {}
     with psycopg.connect(dsn) as connection, connection.cursor() as cursor:
         for table in CONTENT_TABLES:
-            query = sql.SQL("COPY {}.{} FROM STDIN").format(
+            query = sql.SQL("COPY {}.{} FROM STDIN (FORMAT BINARY)").format(
                 sql.Identifier(FLOOR_SCHEMA), sql.Identifier(table)
             )
             with (directory / f"{table}.copy").open("rb") as file, cursor.copy(query) as copy:

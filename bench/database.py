@@ -125,8 +125,8 @@ def export_tables(dsn: str, directory: Path) -> None:
 
 
 def _export(connection: psycopg.Connection[Any], table: str, path: Path) -> None:
-    """One table's rows in COPY text format."""
-    query = sql.SQL("COPY public.{} TO STDOUT").format(sql.Identifier(table))
+    """One table's rows in COPY binary format, which the server reads faster than text."""
+    query = sql.SQL("COPY public.{} TO STDOUT (FORMAT BINARY)").format(sql.Identifier(table))
     with path.open("wb") as file, connection.cursor().copy(query) as copy:
         for data in copy:
             file.write(data)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from filelock import FileLock, Timeout
 from psycopg.types.json import Jsonb
@@ -308,7 +309,7 @@ def _insert(
     rows: list[dict[str, Any]],
     raw_json: Mapping[str, str] | None = None,
 ) -> int:
-    """Insert rows: COPY on Postgres (measured fastest), executemany elsewhere."""
+    """Insert rows: binary COPY on Postgres (measured fastest), executemany elsewhere."""
     if not rows:
         return 0
     if connection.dialect.name != "postgresql":
@@ -317,21 +318,38 @@ def _insert(
     columns, key = list(rows[0]), _key(table).name
     json_at = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, sa.JSON)]
     values_of = operator.itemgetter(*columns)
-    driver = connection.connection.driver_connection
-    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    with driver.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
-        if not json_at:
+    driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+    # Binary COPY: psycopg packs numbers and times in C, a fifth of the CPU of COPY text.
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    with driver.cursor() as cursor:
+        types = _column_types(cursor, table.name, columns)
+        with cursor.copy(statement) as copy:
+            copy.set_types(types)
+            if not json_at:
+                for row in rows:
+                    copy.write_row(values_of(row))
+                return len(rows)
             for row in rows:
-                copy.write_row(values_of(row))
-            return len(rows)
-        for row in rows:
-            values = list(values_of(row))
-            for i in json_at:
-                # jsonb parses JSON text, so text the transformer already made is reused.
-                text = raw_json.get(row[key]) if raw_json else None
-                values[i] = text or Jsonb(values[i])
-            copy.write_row(values)
+                values = list(values_of(row))
+                for i in json_at:
+                    # JSON text the transformer already made is sent as it is.
+                    text = raw_json.get(row[key]) if raw_json else None
+                    values[i] = Jsonb(text, dumps=_as_is) if text else Jsonb(values[i])
+                copy.write_row(values)
     return len(rows)
+
+
+def _column_types(cursor: psycopg.Cursor[Any], table: str, columns: list[str]) -> list[int]:
+    """Each column's type oid, as the database has it: binary COPY must name them."""
+    cursor.execute(
+        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass", [table]
+    )
+    oids = dict(cursor.fetchall())
+    return [oids[name] for name in columns]
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def _undelete(connection: Connection, table: sa.Table, ids: list[str], stamp: datetime) -> int:
