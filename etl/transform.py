@@ -6,7 +6,7 @@ import marshal
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,8 @@ class _Untypable(ValueError):
 
 def clean_text(value: str) -> str:
     """Strip NUL characters and replace lone surrogates with U+FFFD."""
+    if value.isascii():  # most text, and it cannot hold a surrogate
+        return value.replace("\x00", "")
     return _SURROGATE.sub("\ufffd", value.replace("\x00", ""))
 
 
@@ -152,10 +154,11 @@ def prepare_task(raw: Any, job_id: str | None = None) -> PreparedTask:
 
     Given the listed job's id, the task is typed now too: worth it when most tasks change.
     """
-    prepared = PreparedTask(raw, _readable_id(raw, "taskId"), content_hash(raw))
+    task_id, digest = _readable_id(raw, "taskId"), content_hash(raw)
+    prepared = PreparedTask(raw, task_id, digest)
     if job_id is None:
         return prepared
-    return replace(prepared, typed=task_to_rows(prepared, job_id))
+    return PreparedTask(raw, task_id, digest, task_to_rows(prepared, job_id))
 
 
 def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
@@ -270,15 +273,19 @@ def _checkpoint_rows(task_id: str, checkpoints: Any) -> list[dict[str, Any]]:
     if not isinstance(checkpoints, list):
         raise _Untypable(f"checkpointList is not a list: {_show(checkpoints)}")
     by_step: dict[int, dict[str, Any]] = {}
+    # This loop runs for every checkpoint, most rows of a load: an int step in range, the
+    # common case, skips the parser (and the f-string naming where it is).
     for i, item in enumerate(checkpoints):
         if not isinstance(item, dict):
             raise _Untypable(f"checkpointList[{i}] is not an object: {_show(item)}")
-        step = _step(item.get("step"), f"checkpointList[{i}].step")
+        step, loss, perplexity = item.get("step"), item.get("trainingLoss"), item.get("perplexity")
+        if type(step) is not int or not BIGINT_MIN <= step <= BIGINT_MAX:
+            step = _step(step, f"checkpointList[{i}].step")
         by_step[step] = {
             "task_id": task_id,
             "step": step,
-            "training_loss": _finite(item.get("trainingLoss")),
-            "perplexity": _finite(item.get("perplexity")),
+            "training_loss": _finite(loss),
+            "perplexity": _finite(perplexity),
         }
     return [by_step[step] for step in sorted(by_step)]
 
