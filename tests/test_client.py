@@ -2,12 +2,17 @@
 
 import calendar
 import email.utils
+import http.server
 import logging
 import socket
+import ssl
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,15 +175,38 @@ def test_connection_refused_is_retried_then_transient(free_port: int) -> None:
             client.call("DescribeFineTuningJobs", {})
         assert client.api_calls == 3
     assert sleeps == [0.0, 0.0]
-    assert f"127.0.0.1:{free_port}" in str(caught.value)
+    assert f"could not connect (NewConnectionError) talking to 127.0.0.1:{free_port}" in str(
+        caught.value
+    )
     assert "3 attempts" in str(caught.value)
     assert caught.value.exit_code == 75
 
 
-def test_tls_verification_cannot_be_disabled() -> None:
-    """The session always verifies certificates."""
-    with QianfanClient("https://qianfan.baidubce.com", AK, SK) as client:
-        assert client._session.verify is True
+def test_untrusted_certificate_is_an_auth_error_without_retry(tmp_path: Path) -> None:
+    """TLS is always verified: a server with a self-signed certificate gets one attempt."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with client_for(f"https://127.0.0.1:{server.server_port}") as client:
+            with pytest.raises(AuthError, match="TLS verification failed"):
+                client.call("DescribeFineTuningJobs", {})
+            assert client.api_calls == 1
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- against the simulator -------------------------------------------------------------------

@@ -320,7 +320,7 @@ EXHAUSTED = {  # fault, attempts allowed, requests expected, what the message na
         1,
         "more than the 5 s cap",
     ),
-    "resets_forever": (Fault("reset", JOBS, times=99), 4, 4, "ConnectionError"),
+    "resets_forever": (Fault("reset", JOBS, times=99), 4, 4, "the connection broke"),
     "never_ending_forever": (
         Fault("slow_body", JOBS, times=99, interval=0.05),
         2,

@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -14,8 +15,7 @@ from typing import Any, NoReturn, Self
 from urllib.parse import urlsplit
 
 import orjson
-import requests
-import urllib3.exceptions
+import urllib3
 
 from etl import __version__
 from etl.errors import AuthError, ConfigError, ContractError, TransientError
@@ -32,6 +32,8 @@ TRANSIENT_LEGACY_CODES = frozenset({18, 336100, 500000})
 # token invalid or expired. Retrying cannot help; they exit 77 like a 401/403.
 AUTH_LEGACY_CODES = frozenset({6, 14, 110, 111})
 CHUNK_SIZE = 64 * 1024
+# Connections kept open per host: more than any sensible --concurrency.
+POOL_SIZE = 32
 MAX_BODY_BYTES = 64 * 1024 * 1024
 PAGE_SIZE = 100
 MAX_EMPTY_TRUNCATED_PAGES = 3
@@ -137,21 +139,14 @@ class QianfanClient:
         self._host = parts.netloc
         self._access_key = access_key
         self._secret_key = secret_key
-        self._timeout = (connect_timeout, read_timeout)
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._deadline = deadline
         self._retry = retry
         self._sleep = sleep
         self._limiter = _RateLimiter(qps, sleep)
         self._calls = 0
         self._calls_lock = threading.Lock()
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = USER_AGENT
-        self._session.verify = True
-        # Proxies from the environment are resolved once; with trust_env off, requests no
-        # longer re-reads the environment on every call, nor applies ~/.netrc over our
-        # Authorization header.
-        self._session.proxies = requests.utils.get_environ_proxies(self._url)
-        self._session.trust_env = False
+        self._http = _connection_pool(parts.scheme, parts.hostname)
 
     def __enter__(self) -> Self:
         """Use as a context manager that closes the session."""
@@ -165,7 +160,7 @@ class QianfanClient:
 
     def close(self) -> None:
         """Release pooled connections."""
-        self._session.close()
+        self._http.clear()
 
     @property
     def api_calls(self) -> int:
@@ -224,6 +219,8 @@ class QianfanClient:
             "Host": self._host,
             "Content-Type": "application/json",
             "x-bce-date": signing.bce_timestamp(),
+            "User-Agent": USER_AGENT,
+            "Accept-Encoding": "gzip, deflate",
         }
         headers["Authorization"] = signing.authorization(
             self._access_key,
@@ -242,29 +239,65 @@ class QianfanClient:
         deadline = time.monotonic() + self._deadline
         url = f"{self._url}?Action={signing.uri_encode(action)}"
         try:
-            with self._session.post(
+            response = self._http.request(
+                "POST",
                 url,
-                data=payload,
+                body=payload,
                 headers=self._signed_headers(action),
                 timeout=self._timeout,
-                stream=True,
-                allow_redirects=False,
-            ) as response:
+                preload_content=False,
+                redirect=False,
+            )
+            try:
                 body = _read_body(response, deadline)
-                return response.status_code, response.headers, body
+            except BaseException:
+                response.close()  # a half-read connection must not go back to the pool
+                raise
+            finally:
+                response.release_conn()
+            return response.status, response.headers, body
         except _Retriable as exc:
             raise _Retriable(f"{action}: {exc} ({self._deadline:g} s)") from None
-        except requests.exceptions.SSLError as exc:
+        except urllib3.exceptions.SSLError as exc:
             raise AuthError(f"{action}: TLS verification failed for {self._host}: {exc}") from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _Retriable(f"{action}: {type(exc).__name__} talking to {self._host}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            what = _transport_failure(exc)
+            raise _Retriable(f"{action}: {what} talking to {self._host}") from None
 
 
-def _read_body(response: requests.Response, deadline: float) -> bytes:
+# Checked in order: NewConnectionError is also a ConnectTimeoutError.
+_TRANSPORT_FAILURES: tuple[tuple[type[Exception], str], ...] = (
+    (urllib3.exceptions.ProxyError, "the proxy failed"),
+    (urllib3.exceptions.NewConnectionError, "could not connect"),
+    (urllib3.exceptions.ConnectTimeoutError, "connecting timed out"),
+    (urllib3.exceptions.ReadTimeoutError, "no response within the read timeout"),
+    (urllib3.exceptions.ProtocolError, "the connection broke (reset, or closed mid-response)"),
+)
+
+
+def _transport_failure(exc: Exception) -> str:
+    """What went wrong on the wire, in words, with the exception's name."""
+    what = next((text for kind, text in _TRANSPORT_FAILURES if isinstance(exc, kind)), "failed")
+    return f"{what} ({type(exc).__name__})"
+
+
+def _connection_pool(scheme: str, host: str) -> urllib3.PoolManager:
+    """Pooled connections that verify TLS and never retry or redirect on their own, through
+    the proxy the environment names for this host (read once, here)."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        auth = urllib3.util.parse_url(proxy).auth
+        headers = urllib3.make_headers(proxy_basic_auth=auth) if auth else None
+        return urllib3.ProxyManager(proxy, proxy_headers=headers, maxsize=POOL_SIZE, retries=False)
+    return urllib3.PoolManager(maxsize=POOL_SIZE, retries=False)
+
+
+def _read_body(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
     """Stream the body, enforcing the per-attempt deadline and a size cap."""
     chunks: list[bytes] = []
     size = 0
-    while chunk := response.raw.read1(CHUNK_SIZE, decode_content=True):
+    while chunk := response.read1(CHUNK_SIZE, decode_content=True):
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise ContractError(f"response larger than {MAX_BODY_BYTES} bytes")
