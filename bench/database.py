@@ -117,8 +117,9 @@ def export_tables(dsn: str, directory: Path) -> None:
             _export(connection, table, directory / f"{table}.copy")
         connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(FLOOR_SCHEMA)))
         for table in CONTENT_TABLES:
-            # LIKE without INCLUDING copies columns and NOT NULL only: no PK, index or FK
-            twin = sql.SQL("CREATE TABLE {}.{} (LIKE public.{})").format(
+            # LIKE copies columns and NOT NULL; INCLUDING COMPRESSION the raw columns' lz4.
+            # No PK, index or FK.
+            twin = sql.SQL("CREATE TABLE {}.{} (LIKE public.{} INCLUDING COMPRESSION)").format(
                 sql.Identifier(FLOOR_SCHEMA), sql.Identifier(table), sql.Identifier(table)
             )
             connection.execute(twin)

@@ -35,6 +35,25 @@ def test_downgrade_to_base_and_back(db_url: URL) -> None:
     engine.dispose()
 
 
+def test_raw_json_is_compressed_with_lz4_on_postgres(pg_url: URL) -> None:
+    """Revision 0003 switches the raw columns to lz4; downgrading returns them to pglz."""
+    engine = db.create(pg_url)
+    query = sa.text(
+        "SELECT attrelid::regclass::text, attcompression FROM pg_attribute "
+        "WHERE attname = 'raw' AND attrelid::regclass::text IN "
+        "('finetune_jobs', 'finetune_tasks', 'etl_rejects')"
+    )
+    with engine.connect() as connection:
+        assert dict(connection.execute(query).all()) == dict.fromkeys(
+            ("finetune_jobs", "finetune_tasks", "etl_rejects"), "l"
+        )
+    db.downgrade(engine, "0002")
+    with engine.connect() as connection:
+        assert set(dict(connection.execute(query).all()).values()) == {"p"}
+    db.upgrade(engine)
+    engine.dispose()
+
+
 def test_db_commands(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
     before = run_cli(["db", "current"], env, cwd=tmp_path)
