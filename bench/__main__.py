@@ -20,6 +20,7 @@ from bench.measure import (
     QIANFAN_ETL,
     ROOT,
     BenchError,
+    Measured,
     SimulatorProcess,
     python_module,
     run_measured,
@@ -101,21 +102,31 @@ def child_env(sim: SimulatorProcess, url: str) -> dict[str, str]:
     return env
 
 
+def run_with_simulator(
+    argv: list[str], settings: Settings, sim: SimulatorProcess, env: dict[str, str], cwd: Path
+) -> tuple[Measured, float]:
+    """Run one measured phase against the simulator; also the simulator's CPU seconds in it."""
+    before = sim.cpu_seconds()
+    measured = run_measured(argv, env, cwd, settings.timeout)
+    return measured, sim.cpu_seconds() - before
+
+
+def phase_of(measured: Measured, **figures: Any) -> Phase:
+    """A table row from a measured child and the figures it reported."""
+    return Phase(measured.wall_s, measured.peak_rss_mb, measured.cpu_s, **figures)
+
+
 def sync_phase(settings: Settings, sim: SimulatorProcess, env: dict[str, str], cwd: Path) -> Phase:
     """One measured `qianfan-etl sync`, with its summary line."""
     argv = [QIANFAN_ETL, "sync", "--log-format=json", f"--concurrency={settings.concurrency}"]
-    sim_cpu = sim.cpu_seconds()
-    measured = run_measured(argv, env, cwd, settings.timeout)
+    measured, sim_cpu = run_with_simulator(argv, settings, sim, env, cwd)
     summary = summary_line(measured.stdout)
-    details = {"summary": summary, "simulator_cpu_s": sim.cpu_seconds() - sim_cpu}
-    return Phase(
-        measured.wall_s,
-        measured.peak_rss_mb,
-        measured.cpu_s,
+    return phase_of(
+        measured,
         api_calls=summary["api_calls"],
         tasks=summary["tasks_seen"],
         rows_written=summary["rows_written"],
-        details=details,
+        details={"summary": summary, "simulator_cpu_s": sim_cpu},
     )
 
 
@@ -132,17 +143,13 @@ def summary_line(stdout: str) -> dict[str, Any]:
 def fetch_phase(settings: Settings, sim: SimulatorProcess, env: dict[str, str], cwd: Path) -> Phase:
     """The fetch floor: the same pages, the same concurrency, no transform or load."""
     argv = python_module("bench.fetch_floor", sim.url, str(settings.concurrency))
-    sim_cpu = sim.cpu_seconds()
-    measured = run_measured(argv, env, cwd, settings.timeout)
+    measured, sim_cpu = run_with_simulator(argv, settings, sim, env, cwd)
     counts = json.loads(measured.stdout)
-    details = {"jobs": counts["jobs"], "simulator_cpu_s": sim.cpu_seconds() - sim_cpu}
-    return Phase(
-        measured.wall_s,
-        measured.peak_rss_mb,
-        measured.cpu_s,
+    return phase_of(
+        measured,
         api_calls=counts["api_calls"],
         tasks=counts["tasks"],
-        details=details,
+        details={"jobs": counts["jobs"], "simulator_cpu_s": sim_cpu},
     )
 
 
@@ -155,10 +162,8 @@ def copy_phase(settings: Settings, dsn: str, env: dict[str, str], cwd: Path) -> 
         python_module("bench.copy_floor", dsn, str(exports)), env, cwd, settings.timeout
     )
     copied = json.loads(measured.stdout)
-    return Phase(
-        measured.wall_s,
-        measured.peak_rss_mb,
-        measured.cpu_s,
+    return phase_of(
+        measured,
         tasks=copied["tables"]["finetune_tasks"],
         rows=copied["rows"],
         rows_written=copied["rows"],

@@ -345,7 +345,7 @@ def _column_types(
     """Each column's type oid, as the database has it: binary COPY must name them. Read once
     per connection (a query per COPY waited on a busy server: a tenth of the writer's time)."""
     known: dict[str, dict[str, int]] = connection.info.setdefault("column_types", {})
-    if not known.get(table, {}).keys() >= set(columns):
+    if table not in known:
         cursor.execute(
             "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass", [table]
         )

@@ -19,9 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import orjson
-
 from etl.qianfan.signing import AUTH_VERSION, signature
+from etl.transform import faithful_json
 
 API_PATH = "/v2/finetuning"
 ACTIONS = ("DescribeFineTuningJobs", "DescribeFineTuningTasks", "DescribeFineTuningTask")
@@ -591,13 +590,9 @@ def _legacy_code(code: str | int | None) -> int:
 
 def _json_bytes(payload: Any) -> bytes:
     """The response body. orjson keeps the simulator's CPU off the client's in benchmarks
-    (a real API server has machines of its own); json takes what orjson would write
-    differently: lone surrogates, integers beyond 64 bits, and NaN (orjson writes null)."""
-    try:
-        data = orjson.dumps(payload)
-    except TypeError:
-        return json.dumps(payload).encode()
-    return json.dumps(payload).encode() if b"null" in data else data
+    (a real API server has machines of its own); json writes what orjson cannot exactly."""
+    text = faithful_json(payload)
+    return json.dumps(payload).encode() if text is None else text.encode()
 
 
 def _error_body(request_id: str, code: str, message: str) -> bytes:

@@ -79,14 +79,14 @@ def cleaned_json(raw: Any) -> tuple[Any, str]:
     """The cleaned record and its JSON text, without a deep copy unless one is needed."""
     # Most records are clean: one orjson dump proves it and is the text to store. Only
     # records with a NUL, a lone surrogate, a NaN or infinity, or a huge int pay for the walk.
-    text = _faithful_json(raw)
+    text = faithful_json(raw)
     if text is not None and "\\u0000" not in text:
         return raw, text
     cleaned = clean_json(raw)
     return cleaned, _json_text(cleaned)
 
 
-def _faithful_json(value: Any) -> str | None:
+def faithful_json(value: Any) -> str | None:
     """orjson's text for a value, or None where it would not be exact."""
     try:
         data = orjson.dumps(value)  # refuses lone surrogates and ints beyond 64 bits
@@ -292,7 +292,7 @@ def _checkpoint_rows(task_id: str, checkpoints: Any) -> list[dict[str, Any]]:
 
 def _step(value: Any, where: str) -> int:
     """A checkpoint step as a bigint, or raise _Untypable: the step is part of the key."""
-    step = value if type(value) is int else _integer(value)
+    step = _integer(value)
     if step is None:
         raise _Untypable(f"{where} is not an integer: {_show(value)}")
     if not BIGINT_MIN <= step <= BIGINT_MAX:

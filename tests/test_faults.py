@@ -518,6 +518,14 @@ def free_port() -> int:
     return port
 
 
+def start_paused(etl: Etl, at: str, pause: Path) -> subprocess.Popen[str]:
+    """Start a run that pauses at the fault point `at` (e.g. before_commit:2), once it has;
+    touching `{pause}.release` lets it go on."""
+    process = etl.start(QIANFAN_ETL_FAULT=f"{at}:pause:{pause}")
+    wait_for(Path(f"{pause}.reached"), process)
+    return process
+
+
 def wait_for(path: Path, process: subprocess.Popen[str], limit: float = 20.0) -> None:
     """Poll until the paused ETL has touched `path` (bounded; fails if the ETL died)."""
     deadline = time.monotonic() + limit
@@ -544,8 +552,7 @@ def test_connection_killed_mid_load_exits_75_and_converges(
     """pg_terminate_backend of every session of the database stands in for a server restart."""
     expected = golden(pg_etl)
     pause = tmp_path / "pause"
-    process = pg_etl.start(QIANFAN_ETL_FAULT=f"before_commit:2:pause:{pause}")
-    wait_for(Path(f"{pause}.reached"), process)
+    process = start_paused(pg_etl, "before_commit:2", pause)
     admin(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         f"WHERE datname = '{pg_etl.url.database}' AND pid <> pg_backend_pid()"
@@ -718,8 +725,7 @@ def test_second_run_waits_for_the_lock_then_succeeds(
 ) -> None:
     expected = golden(pg_etl)
     pause = tmp_path / "pause"
-    first = pg_etl.start(QIANFAN_ETL_FAULT=f"before_commit:1:pause:{pause}")
-    wait_for(Path(f"{pause}.reached"), first)
+    first = start_paused(pg_etl, "before_commit:1", pause)
     calls = pg_etl.sim.api_calls
     second = pg_etl.start("--lock-wait", "20")
     _wait_for_sessions(pg_etl.url, 3, second)  # first: lock + work; second: polling the lock
