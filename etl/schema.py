@@ -53,6 +53,10 @@ finetune_tasks = sa.Table(
     sa.Column("first_seen_at", Timestamp, nullable=False),
     sa.Column("last_changed_at", Timestamp, nullable=False),
     sa.Column("deleted_at", Timestamp),
+    # Live progress from the detail call: outside content_hash, so progress alone is no change.
+    sa.Column("run_progress", sa.Float),
+    sa.Column("vdl_link", sa.Text),
+    sa.Column("progress_at", Timestamp),
 )
 
 # Child tables carry no foreign key to finetune_tasks: the loader writes children only after
@@ -91,6 +95,23 @@ etl_runs = sa.Table(
     sa.Column("api_calls", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rejects", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error", sa.Text),
+    # full; selected (--job-id); active (--active-only).
+    sa.Column("mode", sa.Text, nullable=False, server_default="full"),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("jobs_failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("jobs_skipped", sa.Integer, nullable=False, server_default="0"),
+)
+
+# The jobs a run could not list, with why: their stored rows were left as they were.
+etl_failed_jobs = sa.Table(
+    "etl_failed_jobs",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("etl_runs.run_id"), primary_key=True),
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("error_class", sa.Text, nullable=False),
+    sa.Column("exit_code", sa.Integer, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("failed_at", Timestamp, nullable=False),
 )
 
 finetune_task_status_history = sa.Table(
