@@ -14,9 +14,9 @@ import click
 from sqlalchemy import Engine
 
 from etl import config, db, faults, report
-from etl.errors import EtlError
+from etl.errors import EXIT_DATA, ContractError, EtlError, TransientError
 from etl.qianfan import QianfanClient, RetryPolicy
-from etl.simulator import Simulator, SimulatorConfig
+from etl.simulator import JOB_FAULTS, Simulator, SimulatorConfig
 from etl.sync import SyncOptions, SyncResult, sync
 
 log = logging.getLogger("etl")
@@ -142,6 +142,15 @@ def engine_for(database_url: str | None) -> Engine:
     envvar="QIANFAN_ETL_LOCK_WAIT",
     help="Seconds to wait for another run's lock before exit 75.",
 )
+@click.option(
+    "--max-delete-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    envvar="QIANFAN_ETL_MAX_DELETE_FRACTION",
+    help="A run that would soft-delete more than this share of the live jobs or tasks "
+    "deletes nothing and exits 65 (1: no limit).",
+)
 @budget_options
 @database_option()
 @logging_options
@@ -152,6 +161,7 @@ def sync_command(
     dry_run: bool,
     max_rejects: int,
     lock_wait: float,
+    max_delete_fraction: float,
     database_url: str | None,
     log_format: str,
     verbose: int,
@@ -174,7 +184,13 @@ def sync_command(
         budgets["db_statement_timeout"],
     )
     options = SyncOptions(
-        frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait, budgets["batch_tasks"]
+        frozenset(job_ids),
+        concurrency,
+        dry_run,
+        max_rejects,
+        lock_wait,
+        budgets["batch_tasks"],
+        max_delete_fraction,
     )
     progress = report.Progress() if not quiet and sys.stderr.isatty() else None
     with _terminate_as_exit(), _client(settings, qps, budgets) as client:
@@ -183,6 +199,10 @@ def sync_command(
         progress.close()
     if not quiet:
         emit_summary(result, log_format)
+    if result.exit_code:
+        # a partial run: every other job loaded; the code says what kind of trouble remains
+        kind = ContractError if result.exit_code == EXIT_DATA else TransientError
+        raise kind(result.message or f"run {result.run_id} ended {result.status}")
 
 
 def _client(
@@ -296,12 +316,29 @@ def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
     help="Port on 127.0.0.1 (0: any free port).",
 )
 @simulator_options
+@click.option(
+    "--job-fault",
+    "job_faults",
+    multiple=True,
+    metavar="JOB=KIND",
+    help="Break one job's task listing: JOB is a job id or 0-based position, KIND one of "
+    "500, 403, deleted_mid_listing, slow:SECONDS, or a pagination fault such as "
+    "missing_next_marker or oversized_page (repeatable).",
+)
 def simulate_command(
-    port: int, jobs: int, tasks_per_job: int, checkpoints: int, seed: int, latency_ms: float
+    port: int,
+    jobs: int,
+    tasks_per_job: int,
+    checkpoints: int,
+    seed: int,
+    latency_ms: float,
+    job_faults: tuple[str, ...],
 ) -> None:
     """Serve a Qianfan-compatible API with synthetic data on 127.0.0.1."""
     sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
-    server = Simulator(sim_config).serve(port=port)
+    simulator = Simulator(sim_config)
+    simulator.job_faults = _job_faults(simulator, job_faults)
+    server = simulator.serve(port=port)
     keys = f"{config.ACCESS_KEY_VAR}={sim_config.access_key} "
     keys += f"{config.SECRET_KEY_VAR}={sim_config.secret_key}"
     click.echo(f"Qianfan simulator on {server.url}; point qianfan-etl at it with:")
@@ -310,6 +347,18 @@ def simulate_command(
         server.serve_forever()
     except KeyboardInterrupt:
         server.shutdown()
+
+
+def _job_faults(simulator: Simulator, specs: tuple[str, ...]) -> dict[str, str]:
+    """`--job-fault JOB=KIND` values as a job id -> fault mapping."""
+    ids = [job["jobId"] for job in simulator.jobs()]
+    faults: dict[str, str] = {}
+    for spec in specs:
+        job, _, kind = spec.partition("=")
+        if kind.partition(":")[0] not in JOB_FAULTS:
+            raise click.BadParameter(f"{spec!r}: KIND must be one of {sorted(JOB_FAULTS)}")
+        faults[ids[int(job)] if job.isdigit() and int(job) < len(ids) else job] = kind
+    return faults
 
 
 @cli.command("demo")

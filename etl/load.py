@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from etl.errors import LockBusyError
 from etl.schema import (
+    etl_failed_jobs,
     etl_rejects,
     etl_runs,
     finetune_jobs,
@@ -111,6 +112,7 @@ class RunCounts:
     rows_written: int = 0
     api_calls: int = 0
     rejects: int = 0
+    jobs_failed: int = 0
 
     def add(self, other: "RunCounts") -> None:
         """Accumulate another batch's counts."""
@@ -118,7 +120,7 @@ class RunCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def start_run(connection: Connection) -> int:
+def start_run(connection: Connection, mode: str = "full") -> int:
     """Mark runs that died without finishing as abandoned, then record a new running one."""
     connection.execute(
         etl_runs.update()
@@ -126,24 +128,32 @@ def start_run(connection: Connection) -> int:
         .values(status="abandoned", error="the process ended without finishing its run")
     )
     result = connection.execute(
-        etl_runs.insert().values(started_at=now(), status="running").returning(etl_runs.c.run_id)
+        etl_runs.insert()
+        .values(started_at=now(), status="running", mode=mode)
+        .returning(etl_runs.c.run_id)
     )
     return int(result.scalar_one())
 
 
 def finish_run(
-    connection: Connection, run_id: int, counts: RunCounts, error: str | None = None
+    connection: Connection,
+    run_id: int,
+    counts: RunCounts,
+    error: str | None = None,
+    *,
+    status: str | None = None,
+    exit_code: int | None = None,
 ) -> None:
-    """Record the end of a run with its counts (and its error, when it failed)."""
+    """Record the end of a run: its counts, status and exit code (and error, if any).
+
+    Without a status, a run with an error `failed` (exit 1 unless given), else `succeeded`."""
+    status = status or ("failed" if error else "succeeded")
+    if exit_code is None:
+        exit_code = 0 if status == "succeeded" else 1
     connection.execute(
         etl_runs.update()
         .where(etl_runs.c.run_id == run_id)
-        .values(
-            finished_at=now(),
-            status="failed" if error else "succeeded",
-            error=error,
-            **vars(counts),
-        )
+        .values(finished_at=now(), status=status, error=error, exit_code=exit_code, **vars(counts))
     )
 
 
@@ -159,9 +169,30 @@ class Batch:
     rejects: list[Reject] = field(default_factory=list)
     # jobs whose task listing is complete and clean: their absent tasks are soft-deleted
     listed_jobs: list[str] = field(default_factory=list)
+    # jobs whose task listing failed: job_id, error_class, exit_code, message
+    failed_jobs: list[dict[str, Any]] = field(default_factory=list)
+    # tasks whose owning job the run already settled (written as given, never deferred)
+    owners_settled: bool = False
 
     def __len__(self) -> int:
         return len(self.jobs) + len(self.tasks)
+
+
+@dataclass
+class Written:
+    """What writing one batch did, and what it left for the end of the run.
+
+    `absent`: live tasks of the batch's completely listed jobs that their listing lacked
+    (soft-deleted at the end of the run, if the delete guard allows). `deferred`: tasks
+    listed by a job that ranks after the live one they are stored under, each with that job,
+    kept back until the run knows whether that job still lists them (the ownership rule: of
+    the jobs listing a task, the smallest job id wins)."""
+
+    counts: RunCounts
+    seen: set[str] = field(default_factory=set)
+    absent: list[str] = field(default_factory=list)
+    listed_jobs: list[str] = field(default_factory=list)
+    deferred: list[tuple[TaskRows, str]] = field(default_factory=list)
 
 
 def has_tasks(connection: Connection) -> bool:
@@ -179,13 +210,16 @@ def write_batch(
     batch: Batch,
     run_id: int,
     stored: dict[str, sa.Row[Any]],
-) -> RunCounts:
+) -> Written:
     """Write what changed in a batch of whole jobs; skip what is unchanged, children included.
 
     `stored` is `stored_tasks` for the batch's task ids, read in the same transaction."""
     stamp = now()
     jobs = list({job["job_id"]: job for job in batch.jobs}.values())
     tasks = list({rows.task["task_id"]: rows for rows in batch.tasks}.values())
+    deferred = [] if batch.owners_settled else _outranked(tasks, stored)
+    held = {rows.task["task_id"] for rows, _ in deferred}
+    tasks = [rows for rows in tasks if rows.task["task_id"] not in held]
     stored_jobs = _stored(connection, finetune_jobs, [j["job_id"] for j in jobs])
     changed_jobs = [job for job in jobs if _is_changed(job, "job_id", stored_jobs)]
     changed = [rows for rows in tasks if _is_changed(rows.task, "task_id", stored)]
@@ -203,23 +237,55 @@ def write_batch(
     history = _status_changes(changed, stored, run_id, stamp)
     written += _insert(connection, finetune_task_status_history, history)
     seen = {r.task["task_id"] for r in tasks} | {r.source_id for r in batch.rejects if r.source_id}
-    written += _delete_absent_tasks(connection, batch.listed_jobs, seen, stamp)
     written += _insert(connection, etl_rejects, _reject_rows(batch.rejects, run_id, stamp))
-    return RunCounts(
-        tasks_seen=len(tasks),
+    written += _insert(connection, etl_failed_jobs, _failure_rows(batch.failed_jobs, run_id, stamp))
+    counts = RunCounts(
+        tasks_seen=len(tasks) + len(held),
         tasks_changed=len(changed),
         rows_written=written,
         rejects=len(batch.rejects),
+        jobs_failed=len(batch.failed_jobs),
     )
+    absent = _absent_tasks(connection, batch.listed_jobs, seen)
+    return Written(counts, seen, absent, batch.listed_jobs, deferred)
 
 
-def delete_absent_jobs(connection: Connection, seen_jobs: set[str]) -> int:
-    """After a complete listing: soft-delete live jobs it did not contain, and their tasks."""
-    stamp = now()
+def _outranked(tasks: list[TaskRows], stored: dict[str, sa.Row[Any]]) -> list[tuple[TaskRows, str]]:
+    """Typed tasks listed by a job that ranks after the live one they are stored under."""
+    held = []
+    for rows in tasks:
+        job_id, before = rows.task.get("job_id"), stored.get(rows.task["task_id"])
+        if job_id is None or before is None or before.deleted_at is not None:
+            continue
+        if before.job_id < job_id:
+            held.append((rows, before.job_id))
+    return held
+
+
+def live_counts(connection: Connection) -> tuple[int, int]:
+    """How many jobs and tasks are live (not soft-deleted)."""
+    return (_count(connection, finetune_jobs), _count(connection, finetune_tasks))
+
+
+def absent_jobs(connection: Connection, seen_jobs: set[str]) -> list[str]:
+    """Live jobs that a complete job listing did not contain."""
     live = connection.execute(
         sa.select(finetune_jobs.c.job_id).where(finetune_jobs.c.deleted_at.is_(None))
     ).scalars()
-    gone = sorted(set(live) - seen_jobs)
+    return sorted(set(live) - seen_jobs)
+
+
+def live_tasks_of(connection: Connection, job_ids: Sequence[str]) -> int:
+    """How many live tasks these jobs hold."""
+    return sum(
+        _count(connection, finetune_tasks, finetune_tasks.c.job_id.in_(chunk))
+        for chunk in _chunks(job_ids)
+    )
+
+
+def delete_jobs(connection: Connection, gone: Sequence[str]) -> int:
+    """Soft-delete these jobs and their tasks."""
+    stamp = now()
     written = 0
     for chunk in _chunks(gone):
         written += _soft_delete(
@@ -227,6 +293,24 @@ def delete_absent_jobs(connection: Connection, seen_jobs: set[str]) -> int:
         )
         written += _soft_delete(connection, finetune_jobs, finetune_jobs.c.job_id.in_(chunk), stamp)
     return written
+
+
+def delete_tasks(connection: Connection, task_ids: Sequence[str]) -> int:
+    """Soft-delete these tasks (those still live)."""
+    stamp = now()
+    return sum(
+        _soft_delete(connection, finetune_tasks, finetune_tasks.c.task_id.in_(chunk), stamp)
+        for chunk in _chunks(task_ids)
+    )
+
+
+def _count(
+    connection: Connection, table: sa.Table, where: sa.ColumnElement[bool] | None = None
+) -> int:
+    query = sa.select(sa.func.count()).select_from(table).where(table.c.deleted_at.is_(None))
+    if where is not None:
+        query = query.where(where)
+    return int(connection.execute(query).scalar_one())
 
 
 def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -243,7 +327,7 @@ def _stored(connection: Connection, table: sa.Table, ids: Sequence[str]) -> dict
     key = _key(table)
     columns = [key, table.c.content_hash, table.c.deleted_at]
     if "run_status" in table.c:
-        columns.append(table.c.run_status)
+        columns += [table.c.run_status, table.c.job_id]
     if connection.dialect.name == "postgresql":
         # One array parameter: far cheaper to compile and plan than a thousand-item IN list.
         ids_array = sa.bindparam("ids", list(ids), type_=postgresql.ARRAY(sa.Text))
@@ -258,7 +342,10 @@ def _stored(connection: Connection, table: sa.Table, ids: Sequence[str]) -> dict
 
 def _is_changed(row: dict[str, Any], key: str, stored: dict[str, sa.Row[Any]]) -> bool:
     before = stored.get(row[key])
-    return before is None or before.content_hash != row["content_hash"]
+    if before is None or before.content_hash != row["content_hash"]:
+        return True
+    # an unchanged task listed under another job moved there
+    return key == "task_id" and row.get("job_id", before.job_id) != before.job_id
 
 
 def _returning(
@@ -413,22 +500,23 @@ def _status_changes(
     ]
 
 
-def _delete_absent_tasks(
-    connection: Connection, listed_jobs: list[str], seen: set[str], stamp: datetime
-) -> int:
-    """Soft-delete live tasks of completely listed jobs that the listing did not contain."""
-    written = 0
+def _absent_tasks(connection: Connection, listed_jobs: list[str], seen: set[str]) -> list[str]:
+    """Live tasks of completely listed jobs that the listing did not contain."""
+    absent: list[str] = []
     for jobs in _chunks(listed_jobs):
         live = connection.execute(
             sa.select(finetune_tasks.c.task_id).where(
                 finetune_tasks.c.job_id.in_(jobs), finetune_tasks.c.deleted_at.is_(None)
             )
         ).scalars()
-        for chunk in _chunks(sorted(set(live) - seen)):
-            written += _soft_delete(
-                connection, finetune_tasks, finetune_tasks.c.task_id.in_(chunk), stamp
-            )
-    return written
+        absent += sorted(set(live) - seen)
+    return absent
+
+
+def _failure_rows(
+    failures: list[dict[str, Any]], run_id: int, stamp: datetime
+) -> list[dict[str, Any]]:
+    return [{**failure, "run_id": run_id, "failed_at": stamp} for failure in failures]
 
 
 def _reject_rows(rejects: list[Reject], run_id: int, stamp: datetime) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from etl.load import RunCounts
-from etl.schema import etl_runs, metadata
+from etl.schema import etl_failed_jobs, etl_runs, metadata
 from etl.sync import SyncResult
 
 PROGRESS_INTERVAL = 0.2
@@ -24,29 +24,61 @@ COUNTED_TABLES = (
     "etl_rejects",
 )
 SOFT_DELETED = ("finetune_jobs", "finetune_tasks")
+# failed jobs shown per run in the summary and `status`, and their messages' length
+FAILED_JOBS_SHOWN = 5
+MESSAGE_CHARS = 160
 
 
 def summary_fields(result: SyncResult) -> dict[str, Any]:
-    """The run's figures as a flat mapping."""
+    """The run's figures as a flat mapping (failed jobs as a bounded list)."""
     return {
         "run_id": result.run_id,
         "dry_run": result.dry_run,
+        "status": result.status,
+        "exit_code": result.exit_code,
         **asdict(result.counts),
         "soft_deleted": result.deleted,
+        "listing_warnings": result.listing_warnings,
+        "failed_jobs": [
+            {"job_id": f.job_id, "error_class": f.error_class, "message": f.message[:MESSAGE_CHARS]}
+            for f in result.failed_jobs[:FAILED_JOBS_SHOWN]
+        ],
         "seconds": round(result.seconds, 2),
     }
 
 
 def summary_line(result: SyncResult) -> str:
-    """One line: what the run saw, changed and wrote, API calls and seconds."""
+    """One line: what the run saw, changed and wrote, API calls and seconds; failed jobs."""
     c = result.counts
     verb = "would write" if result.dry_run else "wrote"
-    return (
+    line = (
         f"{'dry run' if result.dry_run else 'sync'} run {result.run_id}: "
         f"{c.jobs_seen} jobs, {c.tasks_seen} tasks ({c.tasks_changed} changed), "
         f"{verb} {c.rows_written} rows, {c.rejects} rejects, {c.api_calls} API calls, "
         f"{result.seconds:.1f}s"
     )
+    if result.listing_warnings:
+        line += f", {result.listing_warnings} listing warnings"
+    if result.status != "succeeded":
+        line += f"; {result.status} (exit {result.exit_code})"
+    if result.failed_jobs:
+        line += f"; {c.jobs_failed} jobs failed: " + _failed_text(
+            [
+                {"job_id": f.job_id, "error_class": f.error_class, "message": f.message}
+                for f in result.failed_jobs
+            ]
+        )
+    return line
+
+
+def _failed_text(failed: list[dict[str, Any]]) -> str:
+    """Failed jobs as `id (class: message)`, bounded."""
+    shown = "; ".join(
+        f"{f['job_id']} ({f['error_class']}: {f['message'][:MESSAGE_CHARS]})"
+        for f in failed[:FAILED_JOBS_SHOWN]
+    )
+    more = len(failed) - FAILED_JOBS_SHOWN
+    return shown + (f"; and {more} more" if more > 0 else "")
 
 
 class Progress:
@@ -73,12 +105,29 @@ class Progress:
 
 
 def status(engine: Engine, runs: int) -> dict[str, Any]:
-    """Recent runs and table counts (live and soft-deleted)."""
+    """Recent runs (with their first failed jobs) and table counts (live and soft-deleted)."""
     with engine.connect() as connection:
         recent = connection.execute(
             sa.select(etl_runs).order_by(etl_runs.c.run_id.desc()).limit(runs)
         ).mappings()
-        return {"runs": [dict(row) for row in recent], "tables": _counts(connection)}
+        listed = [dict(row) for row in recent]
+        for run in listed:
+            run["failed_jobs"] = (
+                _failed_jobs(connection, run["run_id"]) if run["jobs_failed"] else []
+            )
+        return {"runs": listed, "tables": _counts(connection)}
+
+
+def _failed_jobs(connection: sa.Connection, run_id: int) -> list[dict[str, Any]]:
+    """The first failed jobs of a run: id, class, exit code, message (shortened)."""
+    table = etl_failed_jobs
+    rows = connection.execute(
+        sa.select(table.c.job_id, table.c.error_class, table.c.exit_code, table.c.message)
+        .where(table.c.run_id == run_id)
+        .order_by(table.c.job_id)
+        .limit(FAILED_JOBS_SHOWN)
+    ).mappings()
+    return [{**row, "message": row["message"][:MESSAGE_CHARS]} for row in rows]
 
 
 def _counts(connection: sa.Connection) -> dict[str, dict[str, int]]:
@@ -105,6 +154,13 @@ def status_text(status: dict[str, Any]) -> str:
             f"{run['tasks_seen']:>6} {run['tasks_changed']:>8} {run['rows_written']:>5} "
             f"{run['rejects']:>8}  {(run['error'] or '')[:60]}"
         )
+    for run in status["runs"]:
+        if run["jobs_failed"]:
+            lines.append(
+                f"  run {run['run_id']}: {run['jobs_failed']} jobs failed: "
+                + _failed_text(run["failed_jobs"])
+                + (" (see etl_failed_jobs)" if run["jobs_failed"] > FAILED_JOBS_SHOWN else "")
+            )
     lines.append("")
     for name, count in status["tables"].items():
         deleted = f" ({count['deleted']} deleted)" if "deleted" in count else ""

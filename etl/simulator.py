@@ -45,6 +45,11 @@ PAGINATION_FAULTS = frozenset(
         "truncated_as_string",
     }
 )
+# Faults of one job's task listing (Simulator.job_faults): "500" answers every request
+# with HTTP 500, "403" with AccessDenied (a policy scoped to some jobs); "deleted_mid_listing" deletes the job once its first page is served, so a
+# later page answers 404; "slow:SECONDS" delays each response; a PAGINATION_FAULTS name
+# breaks that job's paging alone.
+JOB_FAULTS = frozenset({"500", "403", "deleted_mid_listing", "slow"}) | PAGINATION_FAULTS
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -396,7 +401,8 @@ def _break_page_info(info: dict[str, Any], mode: str | None, marker: str, walk: 
     """Apply a pagination fault to an honest pageInfo."""
     if walk.pages == 1:
         walk.first_next = info["nextMarker"]
-    if mode == "missing_next_marker" and info["isTruncated"]:
+    if mode == "missing_next_marker":  # on every page, so a one-page listing breaks too
+        info["isTruncated"] = True
         del info["nextMarker"]
     elif mode == "repeat_marker" and walk.pages >= 2:
         info.update(isTruncated=True, nextMarker=marker)
@@ -464,6 +470,8 @@ class Simulator:
         self.requests: list[RecordedRequest] = []
         self.pagination_fault: str | None = None
         self.pagination_fault_action: str | None = None
+        # job id -> fault of that job's task listing (JOB_FAULTS; "slow" as "slow:SECONDS")
+        self.job_faults: dict[str, str] = {}
 
     @property
     def api_calls(self) -> int:
@@ -529,27 +537,59 @@ class Simulator:
 
     def result(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """The `result` of a valid, authenticated call (raises ApiError)."""
+        if action == "DescribeFineTuningTasks":
+            return self._task_page(body)
         with self._lock:
             if action == "DescribeFineTuningJobs":
                 return self._list(action, "", "jobList", "jobId", self._data.job_listing(), body)
-            if action == "DescribeFineTuningTasks":
-                job_id = body.get("jobId")
-                if not isinstance(job_id, str) or not job_id:
-                    raise ApiError(400, "InvalidParameter", "jobId is required")
-                tasks = self._data.task_listing(job_id)
-                return self._list(action, job_id, "taskList", "taskId", tasks, body)
             return self._detail(body.get("taskId"))
 
+    def _task_page(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One page of a job's tasks, with that job's fault applied."""
+        job_id = body.get("jobId")
+        if not isinstance(job_id, str) or not job_id:
+            raise ApiError(400, "InvalidParameter", "jobId is required")
+        with self._lock:
+            kind, _, arg = self.job_faults.get(job_id, "").partition(":")
+        if kind and kind not in JOB_FAULTS:
+            raise ApiError(500, "InternalError", f"unknown job fault {kind!r}")
+        if kind == "slow":
+            time.sleep(float(arg or 1))  # outside the lock: other jobs are served meanwhile
+        if kind == "500":
+            raise ApiError(500, "InternalError", "simulated failure of this job's listing")
+        if kind == "403":
+            raise ApiError(403, "AccessDenied", "no permission on this job")
+        with self._lock:
+            if body.get("marker") and self._data.find_job(job_id) is None:
+                raise ApiError(404, "ResourceNotFound", f"job {job_id} not found")
+            tasks = self._data.task_listing(job_id)
+            mode = kind if kind in PAGINATION_FAULTS else None
+            page = self._list(
+                "DescribeFineTuningTasks", job_id, "taskList", "taskId", tasks, body, mode
+            )
+            if kind == "deleted_mid_listing" and page["pageInfo"]["isTruncated"] is True:
+                self._data.delete_job(job_id)
+            return page
+
     def _list(
-        self, action: str, scope: str, key: str, id_key: str, items: list[Any], body: dict[str, Any]
+        self,
+        action: str,
+        scope: str,
+        key: str,
+        id_key: str,
+        items: list[Any],
+        body: dict[str, Any],
+        job_mode: str | None = None,
     ) -> dict[str, Any]:
         walk = self._walks.setdefault((action, scope), _Listing())
-        if self.pagination_fault and body.get("marker") and walk.pages >= self.max_pages:
+        broken = self.pagination_fault or job_mode
+        if broken and body.get("marker") and walk.pages >= self.max_pages:
             raise ApiError(500, "InternalError", "page limit exceeded")
         if self.pagination_fault not in PAGINATION_FAULTS | {None}:
             raise ApiError(500, "InternalError", f"unknown fault {self.pagination_fault!r}")
         wanted = self.pagination_fault_action in (None, action)
-        page, info = paginate(items, id_key, body, self.pagination_fault if wanted else None, walk)
+        mode = job_mode or (self.pagination_fault if wanted else None)
+        page, info = paginate(items, id_key, body, mode, walk)
         return {key: page, "pageInfo": info}
 
     def _detail(self, task_id: Any) -> dict[str, Any]:

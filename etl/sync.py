@@ -1,4 +1,11 @@
-"""One run of the main job: lock, run record, extract → transform → load, soft deletes."""
+"""One run of the main job: lock, run record, extract → transform → load, soft deletes.
+
+A job whose task listing fails is recorded in etl_failed_jobs and left as stored; the run goes
+on and ends `partial` (65 if some listing broke its contract, else 75; 65 wins when both
+occur, since a person must look). An error that ends the walk (auth, the job list, the
+circuit breaker) commits what was fetched, deletes nothing and fails the run with its code.
+Soft deletes wait for the end of the run, where the mass-delete guard can refuse them all.
+"""
 
 import logging
 import time
@@ -6,17 +13,28 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl import db, load
-from etl.errors import ContractError
-from etl.extract import JobListing, fetch_account
+from etl.errors import EXIT_DATA, EXIT_OK, EXIT_TEMPFAIL, ContractError, EtlError
+from etl.extract import JobFailure, JobListing, WalkStats, fetch_account
 from etl.faults import fault_point
-from etl.load import Batch, RunCounts
+from etl.load import Batch, RunCounts, Written
 from etl.qianfan import QianfanClient
-from etl.transform import PreparedTask, Reject, job_to_row, prepare_task, tasks_to_rows
+from etl.transform import (
+    PreparedTask,
+    Reject,
+    TaskRows,
+    job_to_row,
+    prepare_task,
+    tasks_to_rows,
+)
+
+# Failed jobs named in a run's message and summary line; etl_failed_jobs has them all.
+NAMED_FAILURES = 5
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +49,9 @@ class SyncOptions:
     max_rejects: int = 100
     lock_wait: float = 0.0
     batch_tasks: int = 2000
+    # Refuse every soft delete of a run that would delete more than this share of the live
+    # jobs or tasks (1: never refuse).
+    max_delete_fraction: float = 0.5
 
 
 @dataclass
@@ -42,6 +63,11 @@ class SyncResult:
     seconds: float
     dry_run: bool
     deleted: int = 0
+    status: str = "succeeded"
+    exit_code: int = EXIT_OK
+    message: str | None = None
+    failed_jobs: list[JobFailure] = field(default_factory=list)
+    listing_warnings: int = 0
 
 
 @dataclass
@@ -55,6 +81,24 @@ class _State:
     # Type tasks as they arrive on a first load, or when most of the last batch changed, so the
     # writer only writes; leave typing to the writer when most were unchanged (a no-op run).
     type_ahead: bool = True
+    failed: list[JobFailure] = field(default_factory=list)
+    # the error that ended the walk early: raised once what was fetched is committed
+    stopped: EtlError | None = None
+    # what the end of the run settles: jobs listed completely, their tasks that were absent,
+    # and tasks held back by the ownership rule (task id -> rows, job stored under)
+    listed_jobs: set[str] = field(default_factory=set)
+    absent: set[str] = field(default_factory=set)
+    deferred: dict[str, tuple[TaskRows, str]] = field(default_factory=dict)
+
+
+@dataclass
+class _Outcome:
+    """How a run that went through ended."""
+
+    deleted: int
+    status: str
+    exit_code: int
+    message: str | None
 
 
 @dataclass
@@ -78,20 +122,41 @@ def sync(
         with load.run_lock(engine, options.lock_wait), engine.connect() as connection:
             outer = connection.begin() if options.dry_run else None
             with _transaction(connection, options.dry_run):
-                run_id = load.start_run(connection)
-            counts = RunCounts()
+                run_id = load.start_run(connection, "selected" if options.job_ids else "full")
+            counts, state, stats = RunCounts(), _State(), WalkStats()
             try:
-                deleted = _copy_account(connection, client, options, run_id, counts, progress)
+                with db.translated_errors(engine.url):
+                    outcome = _copy_account(
+                        connection, client, options, run_id, counts, progress, state, stats
+                    )
             except BaseException as exc:
                 counts.api_calls = client.api_calls
                 _record_failure(connection, run_id, counts, exc, options.dry_run)
                 raise
             counts.api_calls = client.api_calls
             with _transaction(connection, options.dry_run):
-                load.finish_run(connection, run_id, counts)
+                load.finish_run(
+                    connection,
+                    run_id,
+                    counts,
+                    outcome.message,
+                    status=outcome.status,
+                    exit_code=outcome.exit_code,
+                )
             if outer is not None:
                 outer.rollback()
-    return SyncResult(run_id, counts, time.monotonic() - started, options.dry_run, deleted)
+    return SyncResult(
+        run_id,
+        counts,
+        time.monotonic() - started,
+        options.dry_run,
+        outcome.deleted,
+        outcome.status,
+        outcome.exit_code,
+        outcome.message,
+        state.failed,
+        stats.listing_warnings,
+    )
 
 
 @contextmanager
@@ -111,16 +176,18 @@ def _copy_account(
     run_id: int,
     counts: RunCounts,
     progress: Callable[[RunCounts], None] | None,
-) -> int:
+    state: _State,
+    stats: WalkStats,
+) -> _Outcome:
     with _transaction(connection, options.dry_run):
-        first_load = not load.has_tasks(connection)
-    state = _State(complete=not options.job_ids, type_ahead=first_load)
+        state.type_ahead = not load.has_tasks(connection)
+    state.complete = not options.job_ids
     writer = _Writer(connection, run_id, options.dry_run)
     try:
         listings = fetch_account(
-            client, job_ids=options.job_ids or None, concurrency=options.concurrency
+            client, job_ids=options.job_ids or None, concurrency=options.concurrency, stats=stats
         )
-        for listing in listings:
+        for listing in _until_stopped(listings, state):
             fault_point("after_fetch")
             _add_listing(state, listing)
             counts.jobs_seen += 1
@@ -134,16 +201,28 @@ def _copy_account(
     except BaseException:
         writer.abandon()
         raise
-    if not state.complete:
-        return 0
+    if state.stopped is not None:
+        raise state.stopped
     with _transaction(connection, options.dry_run):
-        deleted = load.delete_absent_jobs(connection, state.seen_jobs)
+        counts.add(_write_deferred(connection, state, run_id))
+        deleted, refusal = _delete_absent(connection, state, options.max_delete_fraction)
     counts.rows_written += deleted
-    return deleted
+    return _outcome(state, run_id, deleted, refusal)
+
+
+def _until_stopped(listings: Iterator[JobListing], state: _State) -> Iterator[JobListing]:
+    """The listings until an error ends the walk; the error is kept for after the commit."""
+    try:
+        yield from listings
+    except EtlError as exc:
+        state.stopped = exc
 
 
 def _add_listing(state: _State, listing: JobListing) -> None:
     """Type one job into the batch and prepare its tasks; note what makes it incomplete."""
+    if listing.failure is not None:
+        _add_failure(state, listing.failure)
+        return
     job = job_to_row(listing.job)
     if isinstance(job, Reject):
         state.batch.rejects.append(job)
@@ -160,6 +239,20 @@ def _add_listing(state: _State, listing: JobListing) -> None:
     state.untyped_tasks += len(listing.tasks)
 
 
+def _add_failure(state: _State, failure: JobFailure) -> None:
+    """A job that could not be listed: recorded, kept as stored, never taken as absent."""
+    state.seen_jobs.add(failure.job_id)
+    state.failed.append(failure)
+    state.batch.failed_jobs.append(
+        {
+            "job_id": failure.job_id,
+            "error_class": failure.error_class,
+            "exit_code": failure.exit_code,
+            "message": failure.message,
+        }
+    )
+
+
 def _take(state: _State) -> _Pending:
     """Hand the batch so far to the writer and start a new one."""
     pending = _Pending(state.batch, state.untyped)
@@ -170,20 +263,116 @@ def _take(state: _State) -> _Pending:
 def _check(
     state: _State,
     counts: RunCounts,
-    written: RunCounts | None,
+    written: Written | None,
     options: SyncOptions,
     run_id: int,
 ) -> None:
-    """Add a committed batch's counts, then check the reject budget."""
+    """Add a committed batch's counts and what it leaves to settle, then check the rejects."""
     if written is None:
         return
-    counts.add(written)
-    state.type_ahead = written.tasks_changed * 2 > written.tasks_seen
+    counts.add(written.counts)
+    _note_pending_work(state, written)
+    state.type_ahead = written.counts.tasks_changed * 2 > written.counts.tasks_seen
     if counts.rejects > options.max_rejects:
         raise ContractError(
             f"{counts.rejects} records rejected, more than --max-rejects {options.max_rejects}: "
             f"the upstream data does not look like Qianfan's. See etl_rejects for run {run_id}."
         )
+
+
+def _note_pending_work(state: _State, written: Written) -> None:
+    """Keep what a batch leaves for the end of the run: absent tasks and deferred owners."""
+    state.absent -= written.seen
+    state.absent.update(written.absent)
+    state.listed_jobs.update(written.listed_jobs)
+    # a task written again came from a job ranking before any deferred claim on it
+    for task_id in [task_id for task_id in state.deferred if task_id in written.seen]:
+        del state.deferred[task_id]
+    for rows, stored_job in written.deferred:
+        task_id = rows.task["task_id"]
+        held = state.deferred.get(task_id)
+        if held is None or rows.task["job_id"] < held[0].task["job_id"]:
+            state.deferred[task_id] = (rows, stored_job)
+
+
+def _write_deferred(connection: Connection, state: _State, run_id: int) -> RunCounts:
+    """Write the held-back tasks whose stored job turned out not to list them any more."""
+    winners = [
+        rows for rows, stored_job in state.deferred.values() if _wins(state, rows, stored_job)
+    ]
+    if not winners:
+        return RunCounts()
+    state.absent -= {rows.task["task_id"] for rows in winners}
+    ids = [rows.task["task_id"] for rows in winners]
+    batch = Batch(tasks=winners, owners_settled=True)
+    return load.write_batch(connection, batch, run_id, load.stored_tasks(connection, ids)).counts
+
+
+def _wins(state: _State, rows: TaskRows, stored_job: str) -> bool:
+    """Whether a held-back task goes to its listing job: its stored job no longer lists it."""
+    if stored_job in state.listed_jobs:
+        return rows.task["task_id"] in state.absent
+    # a job that failed, or was not listed by a restricted run, keeps what it had
+    return state.complete and stored_job not in state.seen_jobs
+
+
+def _delete_absent(
+    connection: Connection, state: _State, max_fraction: float
+) -> tuple[int, str | None]:
+    """Soft-delete what the run found gone, unless it is more than the guard allows."""
+    gone_jobs = load.absent_jobs(connection, state.seen_jobs) if state.complete else []
+    absent = sorted(state.absent)
+    gone_tasks = len(absent) + load.live_tasks_of(connection, gone_jobs)
+    live_jobs, live_tasks = load.live_counts(connection)
+    refusal = _refusal(len(gone_jobs), live_jobs, gone_tasks, live_tasks, max_fraction)
+    if refusal is not None:
+        return 0, refusal
+    return load.delete_tasks(connection, absent) + load.delete_jobs(connection, gone_jobs), None
+
+
+def _refusal(
+    gone_jobs: int, live_jobs: int, gone_tasks: int, live_tasks: int, max_fraction: float
+) -> str | None:
+    """Why the run's soft deletes are refused, or None when they are within the guard."""
+    if max_fraction >= 1 or not (
+        gone_jobs > max_fraction * live_jobs or gone_tasks > max_fraction * live_tasks
+    ):
+        return None
+    return (
+        f"refused to soft-delete {gone_jobs} of {live_jobs} live jobs and {gone_tasks} of "
+        f"{live_tasks} live tasks: more than --max-delete-fraction {max_fraction:g} of them, "
+        "as when an upstream listing comes back empty or collapsed. Nothing was deleted; "
+        "everything else was loaded. If the deletions are real, run once with "
+        "--max-delete-fraction 1 (or QIANFAN_ETL_MAX_DELETE_FRACTION=1)."
+    )
+
+
+def _outcome(state: _State, run_id: int, deleted: int, refusal: str | None) -> _Outcome:
+    """Status, exit code and message of a run that went through."""
+    codes = {failure.exit_code for failure in state.failed}
+    if refusal is not None:
+        codes.add(EXIT_DATA)
+    if not codes:
+        return _Outcome(deleted, "succeeded", EXIT_OK, None)
+    exit_code = EXIT_DATA if EXIT_DATA in codes else EXIT_TEMPFAIL
+    parts = [_failures_text(state.failed, run_id)] if state.failed else []
+    return _Outcome(deleted, "partial", exit_code, " ".join([*parts, refusal or ""]).strip())
+
+
+def _failures_text(failed: list[JobFailure], run_id: int) -> str:
+    """One sentence on the jobs that could not be listed, and what to do."""
+    named = ", ".join(f"{f.job_id} ({f.error_class})" for f in failed[:NAMED_FAILURES])
+    more = f" and {len(failed) - NAMED_FAILURES} more" if len(failed) > NAMED_FAILURES else ""
+    advice = (
+        "a broken listing needs a look: re-run later and report it upstream if it persists"
+        if any(f.exit_code == EXIT_DATA for f in failed)
+        else "the next run retries them"
+    )
+    return (
+        f"{len(failed)} jobs could not be listed: {named}{more}; their stored rows were left "
+        f"as they were and every other job loaded ({advice}; see etl_failed_jobs for run "
+        f"{run_id}). First error: {failed[0].message}"
+    )
 
 
 class _Writer:
@@ -196,16 +385,16 @@ class _Writer:
         self._run_id = run_id
         self._dry_run = dry_run
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qianfan-writer")
-        self._pending: Future[tuple[RunCounts, RootTransaction | None]] | None = None
+        self._pending: Future[tuple[Written, RootTransaction | None]] | None = None
 
-    def submit(self, pending: _Pending) -> RunCounts | None:
-        """Commit the batch in progress (returning its counts), then start writing this one."""
+    def submit(self, pending: _Pending) -> Written | None:
+        """Commit the batch in progress (returning what it wrote), then start writing this one."""
         written = self.finish()
-        if pending.batch.jobs or pending.batch.rejects:
+        if pending.batch.jobs or pending.batch.rejects or pending.batch.failed_jobs:
             self._pending = self._pool.submit(self._write, pending)
         return written
 
-    def finish(self) -> RunCounts | None:
+    def finish(self) -> Written | None:
         """Wait for the batch in progress and commit it; its counts, or None if there was none."""
         if self._pending is None:
             return None
@@ -228,30 +417,40 @@ class _Writer:
                     transaction.rollback()
         self._pool.shutdown(wait=True)
 
-    def _write(self, pending: _Pending) -> tuple[RunCounts, RootTransaction | None]:
+    def _write(self, pending: _Pending) -> tuple[Written, RootTransaction | None]:
         """In the writer thread: type what changed and write it, leaving the commit open."""
         connection = self._connection
         transaction = None if self._dry_run else connection.begin()
         try:
             ids = [t.task_id for _, tasks in pending.untyped for t in tasks if t.task_id]
             stored = load.stored_tasks(connection, ids)
-            _type_tasks(pending, {key: row.content_hash for key, row in stored.items()})
-            counts = load.write_batch(connection, pending.batch, self._run_id, stored)
+            _type_tasks(pending, stored)
+            written = load.write_batch(connection, pending.batch, self._run_id, stored)
         except BaseException:
             if transaction is not None:
                 transaction.rollback()
             raise
-        return counts, transaction
+        return written, transaction
 
 
-def _type_tasks(pending: _Pending, known: dict[str, str]) -> None:
-    """Type the batch's tasks, skipping those whose stored hash matches."""
+def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:
+    """Type the batch's tasks, skipping those whose stored hash (and job) matches; a task
+    listed by two of the batch's jobs goes to the smaller job id."""
+    known = {key: row.content_hash for key, row in stored.items()}
+    chosen: dict[str, tuple[str, TaskRows]] = {}
     for job_id, tasks in pending.untyped:
-        rows, rejects = tasks_to_rows(tasks, job_id, known)
-        pending.batch.tasks.extend(rows)
+        moved = {t.task_id for t in tasks if t.task_id in stored}
+        moved = {task_id for task_id in moved if stored[task_id].job_id != job_id}
+        here = {k: v for k, v in known.items() if k not in moved} if moved else known
+        rows, rejects = tasks_to_rows(tasks, job_id, here)
+        for row in rows:
+            task_id = row.task["task_id"]
+            if task_id not in chosen or job_id < chosen[task_id][0]:
+                chosen[task_id] = (job_id, row)
         pending.batch.rejects.extend(rejects)
         if all(reject.source_id for reject in rejects):
             pending.batch.listed_jobs.append(job_id)
+    pending.batch.tasks.extend(row for _, row in chosen.values())
 
 
 def _record_failure(
@@ -262,7 +461,8 @@ def _record_failure(
         connection.rollback()
     try:
         with _transaction(connection, dry_run):
-            load.finish_run(connection, run_id, counts, error=_describe(exc))
+            error, code = _describe(exc), _exit_code(exc)
+            load.finish_run(connection, run_id, counts, error, status="failed", exit_code=code)
     except SQLAlchemyError as secondary:
         log.warning("could not record run %s as failed: %s", run_id, type(secondary).__name__)
 
@@ -271,3 +471,12 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit | KeyboardInterrupt):
         return f"interrupted ({type(exc).__name__} {getattr(exc, 'code', '')})".strip()
     return str(exc) or type(exc).__name__
+
+
+def _exit_code(exc: BaseException) -> int:
+    """The exit code the process ends with for this error."""
+    if isinstance(exc, EtlError):
+        return exc.exit_code
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else 1
+    return 130 if isinstance(exc, KeyboardInterrupt) else 1

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from etl.errors import AuthError, ContractError
-from etl.extract import JobListing, fetch_account
+from etl.errors import AuthError, TransientError
+from etl.extract import BREAKER_FAILURES, JobListing, WalkStats, fetch_account
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.simulator import Fault, Simulator, SimulatorConfig
 
@@ -98,9 +98,69 @@ def test_an_error_in_one_job_propagates(
         list(fetch_account(client, concurrency=concurrency))
 
 
-def test_broken_task_pagination_propagates(sim: Simulator, client: QianfanClient) -> None:
-    """A ContractError from a task listing is re-raised as is."""
-    sim.pagination_fault = "missing_next_marker"
-    sim.pagination_fault_action = TASKS
-    with pytest.raises(ContractError):
-        list(fetch_account(client, concurrency=4))
+def test_a_job_whose_listing_fails_comes_back_with_its_failure(
+    sim: Simulator, client: QianfanClient
+) -> None:
+    """Broken paging on one job, a 500 on another: both come back failed, the rest whole."""
+    broken, failing = sim.jobs()[2]["jobId"], sim.jobs()[5]["jobId"]
+    sim.job_faults = {broken: "missing_next_marker", failing: "500"}
+    listings = list(fetch_account(client, concurrency=4))
+    failures = {lst.job["jobId"]: lst.failure for lst in listings if lst.failure}
+    assert {job_id: (f.error_class, f.exit_code) for job_id, f in failures.items()} == {
+        broken: ("contract", 65),
+        failing: ("transient", 75),
+    }
+    assert "pagination contract" in failures[broken].message
+    assert "HTTP 500" in failures[failing].message and failing in failures[failing].message
+    whole = {lst.job["jobId"]: lst.tasks for lst in listings if not lst.failure}
+    assert whole == {k: v for k, v in oracle(sim).items() if k not in failures}
+    assert all(lst.tasks == [] for lst in listings if lst.failure)
+
+
+def test_a_job_deleted_mid_listing_fails_with_404(sim: Simulator, client: QianfanClient) -> None:
+    """The big job (3 pages) is deleted after its first page: a contract failure, 404."""
+    big = sim.jobs()[3]["jobId"]
+    sim.job_faults = {big: "deleted_mid_listing"}
+    listings = list(fetch_account(client, concurrency=2))
+    [failed] = [lst for lst in listings if lst.failure]
+    assert failed.job["jobId"] == big and failed.failure is not None
+    assert failed.failure.error_class == "contract" and "HTTP 404" in failed.failure.message
+    assert big not in {job["jobId"] for job in sim.jobs()}
+
+
+def test_oversized_pages_are_counted_as_warnings(sim: Simulator, client: QianfanClient) -> None:
+    big = sim.jobs()[3]["jobId"]
+    sim.job_faults = {big: "oversized_page"}
+    stats = WalkStats()
+    listings = list(fetch_account(client, concurrency=2, stats=stats))
+    assert by_job(listings) == oracle(sim)
+    assert stats.listing_warnings == 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_an_api_failing_job_after_job_trips_the_breaker(
+    sim: Simulator, client: QianfanClient, concurrency: int
+) -> None:
+    """Every task listing answers 500: the walk stops with 75 long before the 40th job."""
+    for n in range(28):
+        sim.put_job({"jobId": f"job-extra-{n:02d}", "name": "extra"})
+    for job in sim.jobs():
+        sim.job_faults[job["jobId"]] = "500"
+    seen: list[JobListing] = []
+    with pytest.raises(TransientError, match=f"{BREAKER_FAILURES} jobs in a row") as caught:
+        seen.extend(fetch_account(client, concurrency=concurrency))
+    assert caught.value.exit_code == 75
+    assert len(seen) == BREAKER_FAILURES
+    asked = {r.body.get("jobId") for r in sim.requests if r.action == TASKS}
+    # the streak, and at most the jobs in flight or queued when it ended
+    assert len(asked) <= BREAKER_FAILURES + 3 * concurrency < 40
+
+
+def test_a_success_between_failures_resets_the_breaker(
+    sim: Simulator, client: QianfanClient
+) -> None:
+    """Every other job fails: never BREAKER_FAILURES in a row, so every job is walked."""
+    for job in sim.jobs()[::2]:
+        sim.job_faults[job["jobId"]] = "500"
+    listings = list(fetch_account(client, concurrency=1))
+    assert len(listings) == 12 and sum(1 for lst in listings if lst.failure) == 6

@@ -249,7 +249,8 @@ def test_broken_pagination_exits_65_and_deletes_nothing(
     assert result.returncode == 65, result.stderr
     assert "pagination contract" in result.stderr
     assert scalar(engine, "SELECT count(*) FROM finetune_tasks WHERE deleted_at IS NOT NULL") == 0
-    assert scalar(engine, "SELECT status FROM etl_runs WHERE run_id = 2") == "failed"
+    assert scalar(engine, "SELECT status FROM etl_runs WHERE run_id = 2") == "partial"
+    assert scalar(engine, "SELECT count(*) FROM etl_failed_jobs WHERE run_id = 2") == 2
 
 
 def test_overlapping_run_exits_75_without_calling_the_api(
