@@ -4,9 +4,9 @@ import email.utils
 import json
 import logging
 import random
+import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -15,7 +15,8 @@ from typing import Any, NoReturn, Self
 from urllib.parse import urlsplit
 
 import orjson
-import urllib3
+import requests
+from requests.adapters import HTTPAdapter
 
 from etl import __version__
 from etl.errors import AuthError, ConfigError, ContractError, TransientError
@@ -32,8 +33,6 @@ TRANSIENT_LEGACY_CODES = frozenset({18, 336100, 500000})
 # token invalid or expired. Retrying cannot help; they exit 77 like a 401/403.
 AUTH_LEGACY_CODES = frozenset({6, 14, 110, 111})
 CHUNK_SIZE = 64 * 1024
-# Connections kept open per host: more than any sensible --concurrency.
-POOL_SIZE = 32
 MAX_BODY_BYTES = 64 * 1024 * 1024
 PAGE_SIZE = 100
 MAX_EMPTY_TRUNCATED_PAGES = 3
@@ -128,6 +127,7 @@ class QianfanClient:
         retry: RetryPolicy = RetryPolicy(),
         qps: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        concurrency: int = 8,
     ) -> None:
         if retry.max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {retry.max_attempts}")
@@ -139,14 +139,14 @@ class QianfanClient:
         self._host = parts.netloc
         self._access_key = access_key
         self._secret_key = secret_key
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._timeout = (connect_timeout, read_timeout)
         self._deadline = deadline
         self._retry = retry
         self._sleep = sleep
         self._limiter = _RateLimiter(qps, sleep)
         self._calls = 0
         self._calls_lock = threading.Lock()
-        self._http = _connection_pool(parts.scheme, parts.hostname)
+        self._http = _session(concurrency)
 
     def __enter__(self) -> Self:
         """Use as a context manager that closes the session."""
@@ -160,7 +160,7 @@ class QianfanClient:
 
     def close(self) -> None:
         """Release pooled connections."""
-        self._http.clear()
+        self._http.close()
 
     @property
     def api_calls(self) -> int:
@@ -239,72 +239,116 @@ class QianfanClient:
         deadline = time.monotonic() + self._deadline
         url = f"{self._url}?Action={signing.uri_encode(action)}"
         try:
-            response = self._http.request(
-                "POST",
+            with self._http.post(
                 url,
-                body=payload,
+                data=payload,
                 headers=self._signed_headers(action),
                 timeout=self._timeout,
-                preload_content=False,
-                redirect=False,
-            )
-            try:
+                stream=True,
+                allow_redirects=False,
+                auth=_keep_signature,
+            ) as response:
                 body = _read_body(response, deadline)
-            except BaseException:
-                response.close()  # a half-read connection must not go back to the pool
-                raise
-            finally:
-                response.release_conn()
-            return response.status, response.headers, body
+            return response.status_code, response.headers, body
         except _Retriable as exc:
             raise _Retriable(f"{action}: {exc} ({self._deadline:g} s)") from None
-        except urllib3.exceptions.SSLError as exc:
+        except requests.exceptions.SSLError as exc:
             raise AuthError(f"{action}: TLS verification failed for {self._host}: {exc}") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (requests.RequestException, OSError) as exc:
             what = _transport_failure(exc)
             raise _Retriable(f"{action}: {what} talking to {self._host}") from None
 
 
-# Checked in order: NewConnectionError is also a ConnectTimeoutError.
-_TRANSPORT_FAILURES: tuple[tuple[type[Exception], str], ...] = (
-    (urllib3.exceptions.ProxyError, "the proxy failed"),
-    (urllib3.exceptions.NewConnectionError, "could not connect"),
-    (urllib3.exceptions.ConnectTimeoutError, "connecting timed out"),
-    (urllib3.exceptions.ReadTimeoutError, "no response within the read timeout"),
-    (urllib3.exceptions.ProtocolError, "the connection broke (reset, or closed mid-response)"),
+def _keep_signature(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """An auth hook that changes nothing, so requests never swaps in ~/.netrc credentials."""
+    return request
+
+
+def _session(concurrency: int) -> requests.Session:
+    """One session that verifies TLS, never retries or redirects on its own, and takes
+    proxies and CA bundles from the environment (trust_env: HTTPS_PROXY, NO_PROXY,
+    REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE)."""
+    session = requests.Session()
+    session.trust_env = True
+    # one connection per worker thread, plus the thread that lists jobs
+    adapter = HTTPAdapter(pool_maxsize=concurrency + 1, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+# requests wraps the transport's exception: these names, found in the chain of causes, say
+# what happened; checked in order, since a failed connect is also a ConnectionError.
+_TRANSPORT_FAILURES: tuple[tuple[str, str], ...] = (
+    ("ProxyError", "the proxy failed"),
+    ("NewConnectionError", "could not connect"),
+    ("ConnectTimeout", "connecting timed out"),
+    ("ReadTimeout", "no response within the read timeout"),
+    ("ContentDecodingError", "the body could not be decoded"),
+    ("ChunkedEncodingError", "the connection broke (reset, or closed mid-response)"),
+    ("ProtocolError", "the connection broke (reset, or closed mid-response)"),
 )
 
 
-def _transport_failure(exc: Exception) -> str:
-    """What went wrong on the wire, in words, with the exception's name."""
-    what = next((text for kind, text in _TRANSPORT_FAILURES if isinstance(exc, kind)), "failed")
-    return f"{what} ({type(exc).__name__})"
+def _transport_failure(exc: BaseException) -> str:
+    """What went wrong on the wire, in words, with the name of the innermost cause."""
+    chain = _causes(exc)
+    names = {kind.__name__ for cause in chain for kind in type(cause).__mro__}
+    what = next((text for name, text in _TRANSPORT_FAILURES if name in names), "failed")
+    return f"{what} ({type(chain[-1]).__name__})"
 
 
-def _connection_pool(scheme: str, host: str) -> urllib3.PoolManager:
-    """Pooled connections that verify TLS and never retry or redirect on their own, through
-    the proxy the environment names for this host (read once, here)."""
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(scheme) or proxies.get("all")
-    if proxy and not urllib.request.proxy_bypass(host):
-        auth = urllib3.util.parse_url(proxy).auth
-        headers = urllib3.make_headers(proxy_basic_auth=auth) if auth else None
-        return urllib3.ProxyManager(proxy, proxy_headers=headers, maxsize=POOL_SIZE, retries=False)
-    return urllib3.PoolManager(maxsize=POOL_SIZE, retries=False)
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and those it wraps (requests and urllib3 keep them in args or reason)."""
+    chain = [exc]
+    while len(chain) < 8:
+        inner = getattr(chain[-1], "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((arg for arg in chain[-1].args if isinstance(arg, BaseException)), None)
+        if inner is None or inner in chain:
+            break
+        chain.append(inner)
+    return chain
 
 
-def _read_body(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
-    """Stream the body, enforcing the per-attempt deadline and a size cap."""
+def _read_body(response: requests.Response, deadline: float) -> bytes:
+    """The whole body, cut off at the per-attempt deadline (a watchdog shuts the socket, so a
+    body trickling in byte by byte cannot outlast it)."""
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (response,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        body = _read_capped(response)
+    except requests.RequestException:
+        if time.monotonic() <= deadline:
+            raise
+        body = None
+    finally:
+        watchdog.cancel()
+    if body is None or time.monotonic() > deadline:
+        raise _Retriable("response body not complete within the per-attempt deadline")
+    return body
+
+
+def _read_capped(response: requests.Response) -> bytes:
+    """Stream the body in chunks, refusing one larger than the size cap."""
     chunks: list[bytes] = []
     size = 0
-    while chunk := response.read1(CHUNK_SIZE, decode_content=True):
+    for chunk in response.iter_content(CHUNK_SIZE):
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise ContractError(f"response larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
-        if time.monotonic() > deadline:
-            raise _Retriable("response body not complete within the per-attempt deadline")
     return b"".join(chunks)
+
+
+def _cut(response: requests.Response) -> None:
+    """Shut the socket of a response whose deadline passed: a blocked read returns at once."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _reject_constant(name: str) -> NoReturn:
