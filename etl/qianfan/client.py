@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn, Self
@@ -34,6 +34,7 @@ TRANSIENT_LEGACY_CODES = frozenset({18, 336100, 500000})
 AUTH_LEGACY_CODES = frozenset({6, 14, 110, 111})
 CHUNK_SIZE = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
+DEADLINE_PASSED = "response body not complete within the per-attempt deadline"
 PAGE_SIZE = 100
 MAX_EMPTY_TRUNCATED_PAGES = 3
 SNIPPET_CHARS = 200
@@ -147,6 +148,10 @@ class QianfanClient:
         self._calls = 0
         self._calls_lock = threading.Lock()
         self._http = _session(concurrency)
+        # proxies and CA bundle as requests reads them from the environment, once per client
+        # (per request it would scan the environment twice, a fifth of the client's CPU)
+        self._transport = self._http.merge_environment_settings(self._url, {}, True, None, None)
+        self._watchdog = _Watchdog(deadline)
 
     def __enter__(self) -> Self:
         """Use as a context manager that closes the session."""
@@ -159,7 +164,8 @@ class QianfanClient:
         self.close()
 
     def close(self) -> None:
-        """Release pooled connections."""
+        """Release pooled connections and stop the watchdog."""
+        self._watchdog.close()
         self._http.close()
 
     @property
@@ -238,23 +244,32 @@ class QianfanClient:
         """POST and read the whole body, mapping transport failures to retriable ones."""
         deadline = time.monotonic() + self._deadline
         url = f"{self._url}?Action={signing.uri_encode(action)}"
+        request = requests.Request(
+            "POST", url, data=payload, headers=self._signed_headers(action), auth=_keep_signature
+        )
         try:
-            with self._http.post(
-                url,
-                data=payload,
-                headers=self._signed_headers(action),
-                timeout=self._timeout,
+            prepared = self._http.prepare_request(request)
+            with self._http.send(
+                prepared,
                 stream=True,
+                timeout=self._timeout,
                 allow_redirects=False,
-                auth=_keep_signature,
+                proxies=self._transport["proxies"],
+                verify=self._transport["verify"],
+                cert=self._transport["cert"],
             ) as response:
-                body = _read_body(response, deadline)
+                with self._watchdog.guard(response, deadline):
+                    body = _read_capped(response)
+                if time.monotonic() > deadline:
+                    raise _Retriable(DEADLINE_PASSED)
             return response.status_code, response.headers, body
         except _Retriable as exc:
             raise _Retriable(f"{action}: {exc} ({self._deadline:g} s)") from None
         except requests.exceptions.SSLError as exc:
             raise AuthError(f"{action}: TLS verification failed for {self._host}: {exc}") from None
         except (requests.RequestException, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise _Retriable(f"{action}: {DEADLINE_PASSED} ({self._deadline:g} s)") from None
             what = _transport_failure(exc)
             raise _Retriable(f"{action}: {what} talking to {self._host}") from None
 
@@ -311,25 +326,6 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _read_body(response: requests.Response, deadline: float) -> bytes:
-    """The whole body, cut off at the per-attempt deadline (a watchdog shuts the socket, so a
-    body trickling in byte by byte cannot outlast it)."""
-    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (response,))
-    watchdog.daemon = True
-    watchdog.start()
-    try:
-        body = _read_capped(response)
-    except requests.RequestException:
-        if time.monotonic() <= deadline:
-            raise
-        body = None
-    finally:
-        watchdog.cancel()
-    if body is None or time.monotonic() > deadline:
-        raise _Retriable("response body not complete within the per-attempt deadline")
-    return body
-
-
 def _read_capped(response: requests.Response) -> bytes:
     """Stream the body in chunks, refusing one larger than the size cap."""
     chunks: list[bytes] = []
@@ -340,6 +336,52 @@ def _read_capped(response: requests.Response) -> bytes:
             raise ContractError(f"response larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class _Watchdog:
+    """One thread that shuts the socket of a response still being read at its deadline, so
+    a body trickling in byte by byte cannot outlast the per-attempt deadline."""
+
+    def __init__(self, period: float) -> None:
+        self._period = min(max(period, 0.01), 3600.0)
+        self._guarded: dict[int, tuple[float, requests.Response]] = {}
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @contextmanager
+    def guard(self, response: requests.Response, deadline: float) -> Iterator[None]:
+        """Watch this response while the block reads it."""
+        with self._wake:
+            self._guarded[id(response)] = (deadline, response)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="qianfan-deadline")
+                self._thread.daemon = True
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._wake:  # a cut never hits a connection already back in the pool
+                self._guarded.pop(id(response), None)
+
+    def close(self) -> None:
+        """Stop the thread."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        # Every deadline is "now + period", so waking at the soonest one, or a period from
+        # now when nothing is guarded, is never late: guard() needs no notify.
+        with self._wake:
+            while not self._closed:
+                now = time.monotonic()
+                for key, (deadline, response) in list(self._guarded.items()):
+                    if deadline <= now:
+                        _cut(response)
+                        del self._guarded[key]
+                soonest = min((d for d, _ in self._guarded.values()), default=now + self._period)
+                self._wake.wait(max(soonest - now, 0.001))
 
 
 def _cut(response: requests.Response) -> None:
