@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from etl.qianfan.signing import AUTH_VERSION, signature
@@ -588,12 +588,16 @@ def _legacy_code(code: str | int | None) -> int:
     return int(code) if code and code.isdigit() else 500000
 
 
-def _copy(value: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def _copy(value: _T) -> _T:
     """A deep copy; JSON nested deeper than copy.deepcopy can recurse is copied through json."""
     try:
         return copy.deepcopy(value)
     except RecursionError:
-        return json.loads(json.dumps(value))
+        copied: _T = json.loads(json.dumps(value))
+        return copied
 
 
 def _json_bytes(payload: Any) -> bytes:
