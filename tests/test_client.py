@@ -25,6 +25,7 @@ from etl.errors import AuthError, ConfigError, ContractError, TransientError
 from etl.qianfan import QianfanClient, RetryPolicy, fetch_job_pages, fetch_tasks, signing
 from etl.qianfan.client import retry_after_seconds
 from etl.simulator import Fault, Simulator, SimulatorConfig
+from etl.transform import Reject, job_to_row
 from tests.relay import ForwardProxy, self_signed, tls_front
 
 AK = "example-access-key-id"
@@ -672,3 +673,21 @@ def test_body_shorter_than_its_content_length_is_retried(sim: Simulator, url: st
     with client_for(url, attempts=3) as client, pytest.raises(TransientError) as caught:
         client.call(JOBS, {})
     assert "gave up after 3 attempts" in str(caught.value)
+
+
+@pytest.mark.parametrize("extra", [b"", b', "big": 123456789012345678901234567890'])
+def test_a_page_too_deep_for_the_parser_keeps_its_other_records(
+    sim: Simulator, url: str, extra: bytes
+) -> None:
+    """One record nested past every parser's limit costs that record, not its page."""
+    deep = b'{"a":' * 3000 + b"1" + b"}" * 3000
+    jobs = b'[{"jobId": "j1", "x": "[{]\\"{"}, {"jobId": "j2", "x": %s}, {"jobId": "j3"}]' % deep
+    body = b'{"requestId": "r", "result": {"jobList": %s, ' % jobs
+    body += b'"pageInfo": {"isTruncated": false}}%s}' % extra
+    sim.inject(Fault(kind="raw_body", body=body))
+    with client_for(url) as client:
+        found = client.call(JOBS, {})["jobList"]
+    assert [job["jobId"] for job in found] == ["j1", "j2", "j3"]
+    assert found[0]["x"] == '[{]"{'
+    rejected = job_to_row(found[1])
+    assert isinstance(rejected, Reject) and rejected.reason.startswith("nested deeper than")

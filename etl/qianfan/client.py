@@ -4,6 +4,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -36,6 +37,9 @@ CHUNK_SIZE = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
 DEADLINE_PASSED = "response body not complete within the per-attempt deadline"
 SNIPPET_CHARS = 200
+# Where a body too deep for json.loads is cut (see _cut_deep): past the deepest record the
+# transform takes (etl.transform.MAX_DEPTH, below a page's three levels), within the parser's.
+CUT_DEPTH = 300
 # A bytes.translate table: each ASCII digit becomes "0", every other byte a space.
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 _LONG_DIGIT_RUN = b"0" * 19
@@ -376,13 +380,13 @@ class _Watchdog:
                 now = time.monotonic()
                 for key, (deadline, response) in list(self._guarded.items()):
                     if deadline <= now:
-                        _cut(response)
+                        _shut(response)
                         del self._guarded[key]
                 soonest = min((d for d, _ in self._guarded.values()), default=now + self._period)
                 self._wake.wait(max(soonest - now, 0.001))
 
 
-def _cut(response: requests.Response) -> None:
+def _shut(response: requests.Response) -> None:
     """Shut the socket of a response whose deadline passed: a blocked read returns at once."""
     connection = getattr(response.raw, "connection", None)
     sock = getattr(connection, "sock", None)
@@ -403,7 +407,36 @@ def _parse_json(body: bytes) -> Any:
     if _LONG_DIGIT_RUN not in body.translate(_DIGITS_AS_ZERO):
         with suppress(orjson.JSONDecodeError):
             return orjson.loads(body)
-    return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    text = body.decode("utf-8")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        return json.loads(_cut_deep(text), parse_constant=_reject_constant)
+
+
+# A JSON string (escapes included) or a bracket: enough to follow nesting outside strings.
+_NESTING_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _cut_deep(text: str, depth: int = CUT_DEPTH) -> str:
+    """The JSON text with every object or array opened at `depth` replaced by `[]`.
+
+    Nesting too deep for the parser would lose the whole page; cut at this depth, the record
+    holding it is still deeper than the transform takes, so it alone becomes a reject."""
+    pieces: list[str] = []
+    level, kept_to, cut_at = 0, 0, -1
+    for token in _NESTING_TOKEN.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            level += 1
+            if level == depth:
+                cut_at = token.start()
+        elif bracket in ("]", "}"):
+            if level == depth:
+                pieces += [text[kept_to:cut_at], "[]"]
+                kept_to = token.end()
+            level -= 1
+    return "".join([*pieces, text[kept_to:]])
 
 
 def _snippet(text: str, secret: str) -> str:
