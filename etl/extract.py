@@ -22,12 +22,11 @@ log = logging.getLogger("etl.extract")
 # between, before the walk stops with 75: the API is down, and every further job would only
 # spend its own retry budget. Broken listings (65) neither count nor reset the streak.
 BREAKER_FAILURES = 5
-ERROR_CLASSES: dict[type[Exception], str] = {ContractError: "contract", TransientError: "transient"}
 
 
 @dataclass(frozen=True)
 class JobFailure:
-    """Why one job's task listing failed: its class (contract, transient), exit code, message."""
+    """Why one job's task listing failed: the error's class name, exit code and message."""
 
     job_id: str
     error_class: str
@@ -111,10 +110,9 @@ def _fetch_listing(client: QianfanClient, job: Any, job_id: str) -> JobListing:
     try:
         tasks = fetch_tasks(client, job_id, paginator)
     except (ContractError, TransientError) as exc:
-        error_class = next(name for kind, name in ERROR_CLASSES.items() if isinstance(exc, kind))
         message = str(exc) if job_id in str(exc) else f"job {job_id}: {exc}"
         log.warning("%s; the job's stored rows stay as they are", message)
-        failure = JobFailure(job_id, error_class, exc.exit_code, message)
+        failure = JobFailure(job_id, type(exc).__name__, exc.exit_code, message)
         return JobListing(job, [], failure, paginator.warnings)
     return JobListing(job, tasks, None, paginator.warnings)
 

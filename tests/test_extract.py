@@ -107,8 +107,8 @@ def test_a_job_whose_listing_fails_comes_back_with_its_failure(
     listings = list(fetch_account(client, concurrency=4))
     failures = {lst.job["jobId"]: lst.failure for lst in listings if lst.failure}
     assert {job_id: (f.error_class, f.exit_code) for job_id, f in failures.items()} == {
-        broken: ("contract", 65),
-        failing: ("transient", 75),
+        broken: ("ContractError", 65),
+        failing: ("TransientError", 75),
     }
     assert "pagination contract" in failures[broken].message
     assert "HTTP 500" in failures[failing].message and failing in failures[failing].message
@@ -124,7 +124,7 @@ def test_a_job_deleted_mid_listing_fails_with_404(sim: Simulator, client: Qianfa
     listings = list(fetch_account(client, concurrency=2))
     [failed] = [lst for lst in listings if lst.failure]
     assert failed.job["jobId"] == big and failed.failure is not None
-    assert failed.failure.error_class == "contract" and "HTTP 404" in failed.failure.message
+    assert failed.failure.error_class == "ContractError" and "HTTP 404" in failed.failure.message
     assert big not in {job["jobId"] for job in sim.jobs()}
 
 

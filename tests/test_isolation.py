@@ -146,8 +146,8 @@ def test_one_broken_and_one_failing_job_among_300(pair: Any) -> None:
         summary = json.loads(result.stdout)
         assert summary["status"] == "partial" and summary["jobs_failed"] == 2
         assert {f["job_id"]: f["error_class"] for f in summary["failed_jobs"]} == {
-            broken: "contract",
-            failing: "transient",
+            broken: "ContractError",
+            failing: "TransientError",
         }
         assert broken in result.stderr and failing in result.stderr
         assert "etl_failed_jobs" in result.stderr
@@ -162,7 +162,7 @@ def test_one_broken_and_one_failing_job_among_300(pair: Any) -> None:
             2,
             "full",
         )
-        assert failed_jobs(etl.engine, 2) == {broken: ("contract", 65), failing: ("transient", 75)}
+        assert failed_jobs(etl.engine, 2) == {broken: ("ContractError", 65), failing: ("TransientError", 75)}
 
         etl.sim.job_faults = {}
         etl.assert_converges(expected, cli=True)
@@ -177,11 +177,11 @@ PAGED = SimulatorConfig(jobs=4, tasks_per_job=120, checkpoints=1, seed=3)  # 2 p
 @pytest.mark.parametrize(
     ("fault", "code", "error_class"),
     [
-        ("500", 75, "transient"),
-        ("repeat_marker", 65, "contract"),
-        ("empty_truncated_page", 65, "contract"),
-        ("deleted_mid_listing", 65, "contract"),
-        ("slow:0.6", 75, "transient"),  # slower than --api-deadline 0.3
+        ("500", 75, "TransientError"),
+        ("repeat_marker", 65, "ContractError"),
+        ("empty_truncated_page", 65, "ContractError"),
+        ("deleted_mid_listing", 65, "ContractError"),
+        ("slow:0.6", 75, "TransientError"),  # slower than --api-deadline 0.3
     ],
 )
 def test_a_failing_job_is_kept_and_recorded_and_the_rest_load(
@@ -381,14 +381,14 @@ def test_status_shows_failed_jobs_and_runs_record_mode_and_exit_code(pair: Any) 
         env = etl.env()
         text = run_cli(["status"], env, cwd=etl.cwd)
         assert text.returncode == 0, text.stderr
-        assert "partial" in text.stdout and f"run 2: 1 jobs failed: {ids[1]} (transient:" in (
+        assert "partial" in text.stdout and f"run 2: 1 jobs failed: {ids[1]} (TransientError:" in (
             text.stdout
         )
         status = json.loads(run_cli(["status", "--json"], env, cwd=etl.cwd).stdout)
         latest, first = status["runs"]
         assert (latest["status"], latest["exit_code"], latest["mode"]) == ("partial", 75, "full")
         assert [f["job_id"] for f in latest["failed_jobs"]] == [ids[1]]
-        assert latest["failed_jobs"][0]["error_class"] == "transient"
+        assert latest["failed_jobs"][0]["error_class"] == "TransientError"
         assert "HTTP 500" in latest["failed_jobs"][0]["message"]
         assert (first["status"], first["exit_code"], first["mode"]) == ("succeeded", 0, "selected")
         assert first["failed_jobs"] == []
