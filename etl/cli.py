@@ -79,7 +79,7 @@ def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Retry, deadline and database timeout knobs for `sync`, each also an env var."""
+    """Retry, deadline, database timeout and delete-guard knobs for `sync`, each an env var."""
     budgets = [
         ("--api-attempts", int, 6, "HTTP attempts per API call before exit 75."),
         ("--api-retry-wait", float, 0.5, "Base of the jittered exponential retry wait, seconds."),
@@ -88,11 +88,20 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ("--db-lock-timeout", float, 30.0, "Postgres lock_timeout, seconds (0: none)."),
         ("--db-statement-timeout", float, 300.0, "Postgres statement_timeout, seconds (0: none)."),
         ("--batch-tasks", int, 2000, "Tasks (of whole jobs) written per transaction."),
+        (
+            "--max-delete-fraction",
+            click.FloatRange(0, 1),
+            0.5,
+            "A run that would soft-delete more than this share of the live jobs or tasks "
+            "deletes nothing and exits 65 (1: no limit).",
+        ),
     ]
     for name, kind, default, text in reversed(budgets):
+        if not isinstance(kind, click.ParamType):
+            kind = click.IntRange(1) if kind is int else click.FloatRange(0)
         func = click.option(
             name,
-            type=click.IntRange(1) if kind is int else click.FloatRange(0),
+            type=kind,
             default=default,
             show_default=True,
             envvar="QIANFAN_ETL_" + name[2:].upper().replace("-", "_"),
@@ -143,15 +152,6 @@ def engine_for(database_url: str | None) -> Engine:
     help="Seconds to wait for another run's lock before exit 75.",
 )
 @click.option(
-    "--max-delete-fraction",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    envvar="QIANFAN_ETL_MAX_DELETE_FRACTION",
-    help="A run that would soft-delete more than this share of the live jobs or tasks "
-    "deletes nothing and exits 65 (1: no limit).",
-)
-@click.option(
     "--metrics-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="QIANFAN_ETL_METRICS_FILE",
@@ -167,7 +167,6 @@ def sync_command(
     dry_run: bool,
     max_rejects: int,
     lock_wait: float,
-    max_delete_fraction: float,
     metrics_file: Path | None,
     database_url: str | None,
     log_format: str,
@@ -198,7 +197,7 @@ def sync_command(
             max_rejects,
             lock_wait,
             budgets["batch_tasks"],
-            max_delete_fraction,
+            budgets["max_delete_fraction"],
         )
         progress = report.Progress() if not quiet and sys.stderr.isatty() else None
         with _terminate_as_exit(), _client(settings, qps, concurrency, budgets) as client:

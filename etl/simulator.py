@@ -45,10 +45,10 @@ PAGINATION_FAULTS = frozenset(
         "truncated_as_string",
     }
 )
-# Faults of one job's task listing (Simulator.job_faults): "500" answers every request
-# with HTTP 500, "403" with AccessDenied (a policy scoped to some jobs); "deleted_mid_listing" deletes the job once its first page is served, so a
-# later page answers 404; "slow:SECONDS" delays each response; a PAGINATION_FAULTS name
-# breaks that job's paging alone.
+# Faults of one job's task listing (Simulator.job_faults): "500" answers every request with
+# HTTP 500, "403" with AccessDenied (a policy scoped to some jobs); "deleted_mid_listing"
+# deletes the job once its first page is served, so a later page answers 404; "slow:SECONDS"
+# delays each response; a PAGINATION_FAULTS name breaks that job's paging alone.
 JOB_FAULTS = frozenset({"500", "403", "deleted_mid_listing", "slow"}) | PAGINATION_FAULTS
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 

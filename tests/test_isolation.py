@@ -162,7 +162,10 @@ def test_one_broken_and_one_failing_job_among_300(pair: Any) -> None:
             2,
             "full",
         )
-        assert failed_jobs(etl.engine, 2) == {broken: ("ContractError", 65), failing: ("TransientError", 75)}
+        assert failed_jobs(etl.engine, 2) == {
+            broken: ("ContractError", 65),
+            failing: ("TransientError", 75),
+        }
 
         etl.sim.job_faults = {}
         etl.assert_converges(expected, cli=True)
