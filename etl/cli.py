@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from etl import config, db, faults, report
+from etl import config, db, faults, page, report
+from etl.charts import Selection
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.simulator import Simulator, SimulatorConfig
@@ -269,6 +271,50 @@ def status_command(as_json: bool, runs: int, database_url: str | None) -> None:
     with db.translated_errors(engine.url):
         status = report.status(engine, runs)
     click.echo(json.dumps(status, indent=2, default=str) if as_json else report.status_text(status))
+
+
+@cli.command("report")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="qianfan-report.html",
+    show_default=True,
+    help="The HTML file to write (replaced whole).",
+)
+@click.option("--job-id", "job_ids", multiple=True, help="Only this job (repeatable).")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="Only tasks created at or after this UTC date/time.",
+)
+@click.option(
+    "--tasks",
+    type=click.IntRange(1, 50),
+    default=10,
+    show_default=True,
+    help="Tasks drawn in the loss curves.",
+)
+@database_option()
+def report_command(
+    output: Path,
+    job_ids: tuple[str, ...],
+    since: datetime | None,
+    tasks: int,
+    database_url: str | None,
+) -> None:
+    """Write one self-contained HTML page of charts: loss curves, metrics, outcomes, durations.
+
+    \b
+    Example:
+        qianfan-etl report --output /var/www/qianfan/index.html
+    """
+    page.require_extra()
+    engine = engine_for(database_url)
+    db.require_head(engine)
+    selection = Selection(job_ids, since.replace(tzinfo=UTC) if since else None, tasks)
+    with db.translated_errors(engine.url):
+        size = page.write_report(engine, output, selection)
+    click.echo(f"report: {output.resolve()} ({size / 1e6:.1f} MB)")
 
 
 SIMULATOR_OPTIONS: list[tuple[str, click.ParamType[Any], object, str]] = [
