@@ -277,7 +277,7 @@ def status_command(as_json: bool, runs: int, database_url: str | None) -> None:
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    default="qianfan-report.html",
+    default=page.DEFAULT_OUTPUT,
     show_default=True,
     help="The HTML file to write (replaced whole).",
 )
@@ -381,6 +381,18 @@ def demo_command(
         click.echo(report.sample_text(engine))
     prog = sys.argv[0] if Path(sys.argv[0]).name == "qianfan-etl" else "qianfan-etl"
     click.echo(f"Explore it: {prog} status --database-url {database_url}")
+    click.echo(_demo_report(engine, f"{prog} report --database-url {database_url}"))
+
+
+def _demo_report(engine: Engine, command: str) -> str:
+    """The demo's last line: where its report is, or how to get one."""
+    output = Path(page.DEFAULT_OUTPUT)
+    try:
+        with db.translated_errors(engine.url):
+            page.write_report(engine, output, Selection())
+    except page.MissingExtraError:
+        return f"For a page of charts: {page.INSTALL_HINT}, then {command}"
+    return f"Report: {output.resolve()}"
 
 
 def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:

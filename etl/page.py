@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import altair as alt
 
 INSTALL_HINT = "pip install 'qianfan-etl[report]'"
+DEFAULT_OUTPUT = "qianfan-report.html"
 STATUS_COLOURS = {
     "Done": "#2e7d32",
     "Running": "#1565c0",
