@@ -10,9 +10,10 @@ import hashlib
 import html
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,14 +57,21 @@ def require_extra() -> None:
 
 @dataclass
 class Section:
-    """A heading, a sentence on what it shows, then a chart (or why there is none) and tables."""
+    """A heading, a sentence on what it shows, then a chart of its rows (or why there is none)
+    and tables. The chart's Vega-Lite data is named after the section's key."""
 
     key: str
     title: str
     about: str
-    chart: dict[str, Any] | None = None
-    empty: str = ""
+    empty: str
+    rows: list[dict[str, Any]]
+    build: Callable[[], dict[str, Any]]
     tables: list[str] = field(default_factory=list)
+
+    @property
+    def chart(self) -> dict[str, Any] | None:
+        """The chart's spec with its rows, or None when there are none to draw."""
+        return {**self.build(), "datasets": {self.key: self.rows}} if self.rows else None
 
 
 def write_report(engine: Engine, output: Path, selection: Selection) -> int:
@@ -183,8 +191,7 @@ def _ago(delta: Any) -> str:
 
 def loss_section(connection: Connection, selection: Selection) -> Section:
     """Training loss and perplexity by step, one line per task."""
-    rows = charts.loss_curves(connection, selection)
-    section = Section(
+    return Section(
         "loss",
         "Loss curves",
         f"Training loss and perplexity by step of the {selection.tasks} most recently finished "
@@ -192,10 +199,9 @@ def loss_section(connection: Connection, selection: Selection) -> Section:
         f"curves are thinned to about {charts.MAX_POINTS} points, the last step always kept.",
         empty="No task has checkpoints yet: curves appear once a sync has loaded a task with a "
         "checkpointList (finished tasks unless --job-id names jobs).",
+        rows=charts.loss_curves(connection, selection),
+        build=loss_chart,
     )
-    if rows:
-        section.chart = with_data(loss_chart(), {"loss": rows})
-    return section
 
 
 def loss_chart() -> dict[str, Any]:
@@ -224,19 +230,18 @@ def loss_chart() -> dict[str, Any]:
 def metrics_section(connection: Connection, selection: Selection) -> Section:
     """Mean BLEU-4 and ROUGE by base model and parameter scale, and the best tasks."""
     rows = charts.metric_means(connection, selection)
-    section = Section(
+    best = charts.best_tasks(connection, selection) if rows else []
+    return Section(
         "metrics",
         "Evaluation metrics",
         "Mean BLEU-4 and ROUGE-1/2/L (percent) of finished tasks, by base model (x) and "
         "parameter scale (colour); hover for the number of tasks behind each bar.",
         empty="No finished task has metrics yet: Qianfan reports BLEU/ROUGE for finished text "
         "tasks (SFT, DPO, KTO), not for PostPretrain.",
+        rows=rows,
+        build=metrics_chart,
+        tables=[best_table(best)] if best else [],
     )
-    if rows:
-        section.chart = with_data(metrics_chart(), {"metrics": rows})
-        best = charts.best_tasks(connection, selection)
-        section.tables.append(best_table(best))
-    return section
 
 
 def metrics_chart() -> dict[str, Any]:
@@ -290,15 +295,14 @@ def outcomes_section(connection: Connection, selection: Selection) -> Section:
     )
     if undated:
         about += f" {undated} tasks have no creation time and are left out."
-    section = Section(
+    return Section(
         "outcomes",
         "Outcomes over time",
         about,
         empty="No tasks with a creation time yet: run `qianfan-etl sync` first.",
+        rows=result["rows"],
+        build=partial(outcomes_chart, result["unit"]),
     )
-    if result["rows"]:
-        section.chart = with_data(outcomes_chart(result["unit"]), {"outcomes": result["rows"]})
-    return section
 
 
 def outcomes_chart(unit: str) -> dict[str, Any]:
@@ -328,16 +332,16 @@ def status_colour() -> "alt.Color":
 def failures_section(connection: Connection, selection: Selection) -> Section:
     """Failed tasks by error code, and the latest failures."""
     rows = charts.failures_by_code(connection, selection)
-    section = Section(
+    latest = charts.recent_failures(connection, selection) if rows else []
+    return Section(
         "failures",
         "Failures",
         "Failed tasks by Qianfan error code, and the latest failures with their messages.",
         empty="No failed tasks.",
+        rows=rows,
+        build=failures_chart,
+        tables=[failures_table(latest)] if latest else [],
     )
-    if rows:
-        section.chart = with_data(failures_chart(), {"failures": rows})
-        section.tables.append(failures_table(charts.recent_failures(connection, selection)))
-    return section
 
 
 def failures_chart() -> dict[str, Any]:
@@ -367,17 +371,15 @@ def failures_table(failures: list[dict[str, Any]]) -> str:
 
 def durations_section(connection: Connection, selection: Selection) -> Section:
     """Hours from creation to finish of finished tasks, per parameter scale."""
-    rows = charts.durations_by_scale(connection, selection)
-    section = Section(
+    return Section(
         "durations",
         "Durations by parameter scale",
         "Hours from creation to finish of finished tasks: the box spans the middle half, the "
         "white tick is the median, the line runs from the shortest to the longest.",
         empty="No finished task has both a creation and a finish time yet.",
+        rows=charts.durations_by_scale(connection, selection),
+        build=durations_chart,
     )
-    if rows:
-        section.chart = with_data(durations_chart(), {"durations": rows})
-    return section
 
 
 def durations_chart() -> dict[str, Any]:
@@ -400,11 +402,6 @@ def spec(chart: "alt.TopLevelMixin") -> dict[str, Any]:
     """The chart's Vega-Lite spec, validated by Altair while it holds no rows (cheap)."""
     result: dict[str, Any] = chart.to_dict()
     return result
-
-
-def with_data(chart: dict[str, Any], datasets: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The spec with its named datasets' rows."""
-    return {**chart, "datasets": datasets}
 
 
 # --- HTML ---
@@ -454,12 +451,13 @@ def script_json(value: Any) -> str:
 def section_html(section: Section) -> tuple[str, str | None]:
     """A section's HTML and the JSON of its chart, if it has one."""
     body = f"<h2>{_e(section.title)}</h2><p class='about'>{_e(section.about)}</p>"
-    if section.chart is None:
+    chart = section.chart
+    if chart is None:
         body += f"<p class='empty'>{_e(section.empty)}</p>"
         spec = None
     else:
         body += f"<div class='chart' id='chart-{section.key}' data-marks='pending'></div>"
-        spec = script_json(section.chart)
+        spec = script_json(chart)
     body += "".join(section.tables)
     return f"<section id='{section.key}'>{body}</section>", spec
 
