@@ -142,6 +142,20 @@ def engine_for(database_url: str | None) -> Engine:
     envvar="QIANFAN_ETL_LOCK_WAIT",
     help="Seconds to wait for another run's lock before exit 75.",
 )
+@click.option(
+    "--active-only",
+    is_flag=True,
+    help="List tasks only of jobs that are new, unfinished or failed to list; delete nothing.",
+)
+@click.option(
+    "--full-every",
+    metavar="DURATION",
+    default="24h",
+    show_default=True,
+    envvar="QIANFAN_ETL_FULL_EVERY",
+    callback=lambda _ctx, _param, value: _seconds(value),
+    help="An --active-only run is full when the last full run is older than this (90m, 2h, 1d).",
+)
 @budget_options
 @database_option()
 @logging_options
@@ -152,6 +166,8 @@ def sync_command(
     dry_run: bool,
     max_rejects: int,
     lock_wait: float,
+    active_only: bool,
+    full_every: float,
     database_url: str | None,
     log_format: str,
     verbose: int,
@@ -164,6 +180,7 @@ def sync_command(
     Example:
         export QIANFAN_ACCESS_KEY=... QIANFAN_SECRET_KEY=...
         qianfan-etl sync --database-url postgresql://etl@db/analytics
+        qianfan-etl sync --active-only --full-every 24h    # every few minutes
     """
     setup_logging(log_format, verbose, quiet)
     faults.arm(os.environ.get(FAULT_VAR))
@@ -173,8 +190,17 @@ def sync_command(
         budgets["db_lock_timeout"],
         budgets["db_statement_timeout"],
     )
+    if active_only and job_ids:
+        raise click.UsageError("--active-only and --job-id do not combine: choose one")
     options = SyncOptions(
-        frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait, budgets["batch_tasks"]
+        frozenset(job_ids),
+        concurrency,
+        dry_run,
+        max_rejects,
+        lock_wait,
+        budgets["batch_tasks"],
+        active_only=active_only,
+        full_every=full_every,
     )
     progress = report.Progress() if not quiet and sys.stderr.isatty() else None
     with _terminate_as_exit(), _client(settings, qps, budgets) as client:
@@ -183,6 +209,14 @@ def sync_command(
         progress.close()
     if not quiet:
         emit_summary(result, log_format)
+
+
+def _seconds(value: str) -> float:
+    """A DURATION option in seconds, or a usage error (exit 2)."""
+    try:
+        return config.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _client(
