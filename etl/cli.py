@@ -13,7 +13,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from etl import config, db, faults, report
+from etl import config, db, faults, monitor, report
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.simulator import Simulator, SimulatorConfig
@@ -153,8 +153,14 @@ def engine_for(database_url: str | None) -> Engine:
     default="24h",
     show_default=True,
     envvar="QIANFAN_ETL_FULL_EVERY",
-    callback=lambda _ctx, _param, value: _seconds(value),
+    callback=lambda _ctx, _param, value: _duration(value),
     help="An --active-only run is full when the last full run is older than this (90m, 2h, 1d).",
+)
+@click.option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="QIANFAN_ETL_METRICS_FILE",
+    help="After every run, also failed ones, write Prometheus metrics here (textfile collector).",
 )
 @budget_options
 @database_option()
@@ -167,7 +173,8 @@ def sync_command(
     max_rejects: int,
     lock_wait: float,
     active_only: bool,
-    full_every: float,
+    full_every: tuple[float, str],
+    metrics_file: Path | None,
     database_url: str | None,
     log_format: str,
     verbose: int,
@@ -184,39 +191,33 @@ def sync_command(
     """
     setup_logging(log_format, verbose, quiet)
     faults.arm(os.environ.get(FAULT_VAR))
-    settings = config.api_settings()
-    engine = db.create(
-        config.database_url(database_url),
-        budgets["db_lock_timeout"],
-        budgets["db_statement_timeout"],
-    )
     if active_only and job_ids:
         raise click.UsageError("--active-only and --job-id do not combine: choose one")
-    options = SyncOptions(
-        frozenset(job_ids),
-        concurrency,
-        dry_run,
-        max_rejects,
-        lock_wait,
-        budgets["batch_tasks"],
-        active_only=active_only,
-        full_every=full_every,
-    )
-    progress = report.Progress() if not quiet and sys.stderr.isatty() else None
-    with _terminate_as_exit(), _client(settings, qps, budgets) as client:
-        result = sync(engine, client, options, progress.update if progress else None)
+    with monitor.RunMetrics(metrics_file, dry_run) as metrics:
+        settings = config.api_settings()
+        engine = metrics.engine = db.create(
+            config.database_url(database_url),
+            budgets["db_lock_timeout"],
+            budgets["db_statement_timeout"],
+        )
+        options = SyncOptions(
+            frozenset(job_ids),
+            concurrency,
+            dry_run,
+            max_rejects,
+            lock_wait,
+            budgets["batch_tasks"],
+            active_only=active_only,
+            full_every=full_every[0],
+        )
+        progress = report.Progress() if not quiet and sys.stderr.isatty() else None
+        with _terminate_as_exit(), _client(settings, qps, budgets) as client:
+            metrics.client = client
+            result = sync(engine, client, options, progress.update if progress else None)
     if progress:
         progress.close()
     if not quiet:
         emit_summary(result, log_format)
-
-
-def _seconds(value: str) -> float:
-    """A DURATION option in seconds, or a usage error (exit 2)."""
-    try:
-        return config.parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 def _client(
@@ -286,8 +287,9 @@ def db_current(database_url: str | None) -> None:
     engine = engine_for(database_url)
     current = db.current_revision(engine)
     head = db.head_revision()
-    state = "up to date" if current == head else "run `qianfan-etl db upgrade`"
+    state = "up to date" if current == head else "not at head"
     click.echo(f"current: {current or 'none'}  head: {head}  ({state})")
+    db.require_head(engine)  # exits 78 with what to do when the schema is not at head
 
 
 @cli.command("status")
@@ -295,14 +297,40 @@ def db_current(database_url: str | None) -> None:
 @click.option(
     "--runs", type=click.IntRange(1), default=10, show_default=True, help="Recent runs to list."
 )
+@click.option(
+    "--max-age",
+    metavar="DURATION",
+    callback=lambda _ctx, _param, value: _duration(value),
+    help="Check only: exit 0 if the latest run succeeded within DURATION (90m, 2h, 1d), else 69.",
+)
 @database_option()
-def status_command(as_json: bool, runs: int, database_url: str | None) -> None:
-    """Show recent runs and table counts."""
+def status_command(
+    as_json: bool, runs: int, max_age: tuple[float, str] | None, database_url: str | None
+) -> None:
+    """Show recent runs and table counts, or check that the data is fresh (--max-age).
+
+    \b
+    Example (a cron wrapper, health check or Kubernetes probe):
+        qianfan-etl status --max-age 2h || alert "qianfan-etl data is stale"
+    """
     engine = engine_for(database_url)
     db.require_head(engine)
     with db.translated_errors(engine.url):
+        if max_age is not None:
+            click.echo(monitor.check_freshness(engine, *max_age))
+            return
         status = report.status(engine, runs)
     click.echo(json.dumps(status, indent=2, default=str) if as_json else report.status_text(status))
+
+
+def _duration(value: str | None) -> tuple[float, str] | None:
+    """A DURATION option as (seconds, as written), or a usage error (exit 2)."""
+    if value is None:
+        return None
+    try:
+        return config.parse_duration(value), value
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 SIMULATOR_OPTIONS: list[tuple[str, click.ParamType[Any], object, str]] = [
@@ -329,12 +357,24 @@ def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="Port on 127.0.0.1 (0: any free port).",
 )
+@click.option(
+    "--running-jobs",
+    type=click.FloatRange(0, 1),
+    help="A steady state: this share of jobs has a Running task, the rest only finished ones.",
+)
 @simulator_options
 def simulate_command(
-    port: int, jobs: int, tasks_per_job: int, checkpoints: int, seed: int, latency_ms: float
+    port: int,
+    running_jobs: float | None,
+    jobs: int,
+    tasks_per_job: int,
+    checkpoints: int,
+    seed: int,
+    latency_ms: float,
 ) -> None:
     """Serve a Qianfan-compatible API with synthetic data on 127.0.0.1."""
     sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
+    sim_config.running_jobs = running_jobs
     server = Simulator(sim_config).serve(port=port)
     keys = f"{config.ACCESS_KEY_VAR}={sim_config.access_key} "
     keys += f"{config.SECRET_KEY_VAR}={sim_config.secret_key}"

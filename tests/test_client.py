@@ -527,7 +527,6 @@ BROKEN_PAGINATION = [
     "repeat_marker",
     "marker_cycle",
     "empty_truncated_page",
-    "oversized_page",
     "truncated_as_string",
 ]
 
@@ -543,6 +542,16 @@ def test_broken_pagination_is_a_contract_error(mode: str) -> None:
             list(fetch_job_pages(client))
         assert client.api_calls < 50
     assert caught.value.exit_code == 65
+
+
+def test_a_page_longer_than_asked_is_tolerated() -> None:
+    """151 jobs on a page for maxKeys=100 hide nothing: every job comes back, once."""
+    sim = Simulator(SimulatorConfig(jobs=350, tasks_per_job=1, checkpoints=0))
+    sim.pagination_fault = "oversized_page"
+    with sim.serve() as server, client_for(server.url) as client:
+        pages = list(fetch_job_pages(client))
+    assert max(len(page) for page in pages) == 151
+    assert [job for page in pages for job in page] == sim.jobs()
 
 
 def test_duplicate_across_pages_is_tolerated() -> None:

@@ -1,4 +1,4 @@
-"""The Qianfan console v2 client: signed POSTs, timeouts, retries, errors, marker pagination."""
+"""The Qianfan console v2 client: signed POSTs, timeouts, retries, errors (pagination.py pages)."""
 
 import email.utils
 import json
@@ -7,7 +7,7 @@ import random
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
@@ -35,8 +35,6 @@ CHUNK_SIZE = 64 * 1024
 # Connections kept open per host: more than any sensible --concurrency.
 POOL_SIZE = 32
 MAX_BODY_BYTES = 64 * 1024 * 1024
-PAGE_SIZE = 100
-MAX_EMPTY_TRUNCATED_PAGES = 3
 SNIPPET_CHARS = 200
 # A bytes.translate table: each ASCII digit becomes "0", every other byte a space.
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
@@ -392,65 +390,3 @@ def _error_fields(
     elif body.strip() and not message:
         message = body.decode("utf-8", "replace")
     return code, _snippet(message, secret), request_id
-
-
-def fetch_pages(
-    client: QianfanClient, action: str, body: Mapping[str, Any], list_key: str
-) -> Iterator[list[Any]]:
-    """Yield each page's list, following nextMarker while isTruncated is true."""
-    seen: set[str] = set()
-    empty_run = 0
-    request: dict[str, Any] = {**body, "maxKeys": PAGE_SIZE}
-    while True:
-        where = f"{action} {body['jobId']}" if "jobId" in body else action
-        items, next_marker = _read_page(where, client.call(action, request), list_key)
-        yield items
-        if next_marker is None:
-            return
-        empty_run = 0 if items else empty_run + 1
-        if empty_run >= MAX_EMPTY_TRUNCATED_PAGES:
-            raise _broken(where, f"{empty_run} empty pages in a row marked truncated")
-        if next_marker in seen:
-            raise _broken(where, f"nextMarker {next_marker!r} already seen: loop")
-        seen.add(next_marker)
-        request = {**request, "marker": next_marker}
-
-
-def _read_page(where: str, result: dict[str, Any], list_key: str) -> tuple[list[Any], str | None]:
-    """The items of one page and the marker of the next (None when this was the last)."""
-    items = result.get(list_key)
-    info = result.get("pageInfo")
-    if not isinstance(items, list):
-        raise _broken(where, f"result.{list_key} is not a list")
-    if not isinstance(info, dict):
-        raise _broken(where, "result.pageInfo is not an object")
-    if len(items) > PAGE_SIZE:
-        raise _broken(where, f"page of {len(items)} items, asked for {PAGE_SIZE}")
-    truncated = info.get("isTruncated")
-    if not isinstance(truncated, bool):
-        raise _broken(where, f"pageInfo.isTruncated is {truncated!r}, not a boolean")
-    if not truncated:
-        return items, None
-    next_marker = info.get("nextMarker")
-    if not isinstance(next_marker, str) or not next_marker:
-        raise _broken(where, f"isTruncated is true but nextMarker is {next_marker!r}")
-    return items, next_marker
-
-
-def _broken(where: str, detail: str) -> ContractError:
-    """A pagination breach: loud, because a partial listing must never pass as complete."""
-    return ContractError(
-        f"{where}: the API broke its pagination contract ({detail}). The listing is "
-        "incomplete, so nothing was soft-deleted; re-run later and report it if it persists."
-    )
-
-
-def fetch_job_pages(client: QianfanClient) -> Iterator[list[Any]]:
-    """Every raw job of the account, page by page."""
-    return fetch_pages(client, "DescribeFineTuningJobs", {}, "jobList")
-
-
-def fetch_tasks(client: QianfanClient, job_id: str) -> list[Any]:
-    """Every raw task of one job, all pages."""
-    pages = fetch_pages(client, "DescribeFineTuningTasks", {"jobId": job_id}, "taskList")
-    return [task for page in pages for task in page]
