@@ -211,7 +211,7 @@ def sync_command(
             full_every=full_every[0],
         )
         progress = report.Progress() if not quiet and sys.stderr.isatty() else None
-        with _terminate_as_exit(), _client(settings, qps, budgets) as client:
+        with _terminate_as_exit(), _client(settings, qps, concurrency, budgets) as client:
             metrics.client = client
             result = sync(engine, client, options, progress.update if progress else None)
     if progress:
@@ -221,7 +221,7 @@ def sync_command(
 
 
 def _client(
-    settings: config.ApiSettings, qps: float | None, budgets: dict[str, Any]
+    settings: config.ApiSettings, qps: float | None, concurrency: int, budgets: dict[str, Any]
 ) -> QianfanClient:
     """The API client with the retry budget and deadline the options ask for."""
     retry = RetryPolicy(
@@ -236,6 +236,7 @@ def _client(
         deadline=budgets["api_deadline"],
         retry=retry,
         qps=qps,
+        concurrency=concurrency,
     )
 
 
