@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, RootTransaction
@@ -20,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from etl import db, load
 from etl.errors import EXIT_DATA, EXIT_OK, EXIT_TEMPFAIL, ContractError, EtlError
-from etl.extract import JobFailure, JobListing, WalkStats, fetch_account
+from etl.extract import ActiveSelection, JobFailure, JobListing, WalkStats, fetch_account
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts, Written
 from etl.qianfan import QianfanClient
@@ -30,6 +31,7 @@ from etl.transform import (
     TaskRows,
     job_to_row,
     prepare_task,
+    progress_to_row,
     tasks_to_rows,
 )
 
@@ -52,6 +54,9 @@ class SyncOptions:
     # Refuse every soft delete of a run that would delete more than this share of the live
     # jobs or tasks (1: never refuse).
     max_delete_fraction: float = 0.5
+    active_only: bool = False
+    # seconds: an --active-only run is full when the last full run is older than this
+    full_every: float = 86400.0
 
 
 @dataclass
@@ -63,6 +68,8 @@ class SyncResult:
     seconds: float
     dry_run: bool
     deleted: int = 0
+    mode: str = "full"
+    progress_failed: int = 0
     status: str = "succeeded"
     exit_code: int = EXIT_OK
     message: str | None = None
@@ -78,6 +85,10 @@ class _State:
     untyped_tasks: int = 0
     seen_jobs: set[str] = field(default_factory=set)
     complete: bool = True
+    # an --active-only run soft-deletes nothing, tasks of the jobs it listed included
+    deletes: bool = True
+    progress: list[dict[str, Any]] = field(default_factory=list)
+    progress_failed: int = 0
     # Type tasks as they arrive on a first load, or when most of the last batch changed, so the
     # writer only writes; leave typing to the writer when most were unchanged (a no-op run).
     type_ahead: bool = True
@@ -107,6 +118,8 @@ class _Pending:
 
     batch: Batch
     untyped: list[tuple[str, list[PreparedTask]]]
+    progress: list[dict[str, Any]]
+    deletes: bool
 
 
 def sync(
@@ -122,8 +135,10 @@ def sync(
         with load.run_lock(engine, options.lock_wait), engine.connect() as connection:
             outer = connection.begin() if options.dry_run else None
             with _transaction(connection, options.dry_run):
-                run_id = load.start_run(connection, "selected" if options.job_ids else "full")
-            counts, state, stats = RunCounts(), _State(), WalkStats()
+                mode = _mode(connection, options)
+                run_id = load.start_run(connection, mode)
+            counts, stats = RunCounts(), WalkStats()
+            state = _State(complete=mode == "full", deletes=mode != "active")
             try:
                 with db.translated_errors(engine.url):
                     outcome = _copy_account(
@@ -151,12 +166,30 @@ def sync(
         time.monotonic() - started,
         options.dry_run,
         outcome.deleted,
+        mode,
+        state.progress_failed,
         outcome.status,
         outcome.exit_code,
         outcome.message,
         state.failed,
         stats.listing_warnings,
     )
+
+
+def _mode(connection: Connection, options: SyncOptions) -> str:
+    """`selected` for --job-id; `active` for --active-only unless a full run is due; else `full`."""
+    if options.job_ids:
+        return "selected"
+    if not options.active_only:
+        return "full"
+    last_full = load.last_full_run_at(connection)
+    if last_full is None or load.now() - last_full >= timedelta(seconds=options.full_every):
+        log.info(
+            "no full run within --full-every %gs: this --active-only run is full",
+            options.full_every,
+        )
+        return "full"
+    return "active"
 
 
 @contextmanager
@@ -181,11 +214,15 @@ def _copy_account(
 ) -> _Outcome:
     with _transaction(connection, options.dry_run):
         state.type_ahead = not load.has_tasks(connection)
-    state.complete = not options.job_ids
+        select = None if state.deletes else _active_selection(connection)
     writer = _Writer(connection, run_id, options.dry_run)
     try:
         listings = fetch_account(
-            client, job_ids=options.job_ids or None, concurrency=options.concurrency, stats=stats
+            client,
+            job_ids=options.job_ids or None,
+            concurrency=options.concurrency,
+            select=select,
+            stats=stats,
         )
         for listing in _until_stopped(listings, state):
             fault_point("after_fetch")
@@ -203,6 +240,8 @@ def _copy_account(
         raise
     if state.stopped is not None:
         raise state.stopped
+    if select is not None:
+        _count_skipped(counts, select)
     with _transaction(connection, options.dry_run):
         counts.add(_write_deferred(connection, state, run_id))
         deleted, refusal = _delete_absent(connection, state, options.max_delete_fraction)
@@ -216,6 +255,18 @@ def _until_stopped(listings: Iterator[JobListing], state: _State) -> Iterator[Jo
         yield from listings
     except EtlError as exc:
         state.stopped = exc
+
+
+def _active_selection(connection: Connection) -> ActiveSelection:
+    """The jobs stored, and those of them to list again, as the run starts."""
+    return ActiveSelection(load.live_job_ids(connection), load.jobs_to_relist(connection))
+
+
+def _count_skipped(counts: RunCounts, select: ActiveSelection) -> None:
+    """Jobs carried over were listed too: they count as seen, and as skipped."""
+    counts.jobs_skipped = len(select.skipped)
+    counts.jobs_seen += counts.jobs_skipped
+    log.info("%d jobs carried over without listing their tasks", counts.jobs_skipped)
 
 
 def _add_listing(state: _State, listing: JobListing) -> None:
@@ -237,6 +288,8 @@ def _add_listing(state: _State, listing: JobListing) -> None:
     ahead = job["job_id"] if state.type_ahead else None
     state.untyped.append((job["job_id"], [prepare_task(raw, ahead) for raw in listing.tasks]))
     state.untyped_tasks += len(listing.tasks)
+    state.progress += [progress_to_row(key, raw) for key, raw in listing.details.items()]
+    state.progress_failed += listing.details_failed
 
 
 def _add_failure(state: _State, failure: JobFailure) -> None:
@@ -255,8 +308,8 @@ def _add_failure(state: _State, failure: JobFailure) -> None:
 
 def _take(state: _State) -> _Pending:
     """Hand the batch so far to the writer and start a new one."""
-    pending = _Pending(state.batch, state.untyped)
-    state.batch, state.untyped, state.untyped_tasks = Batch(), [], 0
+    pending = _Pending(state.batch, state.untyped, state.progress, state.deletes)
+    state.batch, state.untyped, state.untyped_tasks, state.progress = Batch(), [], 0, []
     return pending
 
 
@@ -322,6 +375,8 @@ def _delete_absent(
     """Soft-delete what the run found gone, unless it is more than the guard allows."""
     gone_jobs = load.absent_jobs(connection, state.seen_jobs) if state.complete else []
     absent = sorted(state.absent)
+    if not state.deletes or not (gone_jobs or absent):
+        return 0, None
     gone_tasks = len(absent) + load.live_tasks_of(connection, gone_jobs)
     live_jobs, live_tasks = load.live_counts(connection)
     refusal = _refusal(len(gone_jobs), live_jobs, gone_tasks, live_tasks, max_fraction)
@@ -426,6 +481,7 @@ class _Writer:
             stored = load.stored_tasks(connection, ids)
             _type_tasks(pending, stored)
             written = load.write_batch(connection, pending.batch, self._run_id, stored)
+            written.counts.rows_written += load.save_progress(connection, pending.progress)
         except BaseException:
             if transaction is not None:
                 transaction.rollback()
@@ -448,7 +504,7 @@ def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:
             if task_id not in chosen or job_id < chosen[task_id][0]:
                 chosen[task_id] = (job_id, row)
         pending.batch.rejects.extend(rejects)
-        if all(reject.source_id for reject in rejects):
+        if pending.deletes and all(reject.source_id for reject in rejects):
             pending.batch.listed_jobs.append(job_id)
     pending.batch.tasks.extend(row for _, row in chosen.values())
 
