@@ -1,6 +1,7 @@
 """Writing to the database: upserts, child replacement, status history, soft deletes, run
 records and the one-run-at-a-time lock."""
 
+import hashlib
 import operator
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -59,7 +60,8 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
     # A session-level lock on its own connection: it dies with the session, even on SIGKILL.
     with engine.connect() as connection:
         deadline = time.monotonic() + wait
-        try_lock = sa.text("SELECT pg_try_advisory_lock(:key)").bindparams(key=ADVISORY_LOCK_KEY)
+        key = _lock_key(connection)
+        try_lock = sa.text("SELECT pg_try_advisory_lock(:key)").bindparams(key=key)
         while not connection.execute(try_lock).scalar_one():
             connection.rollback()
             if time.monotonic() >= deadline:
@@ -69,9 +71,19 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
         try:
             yield
         finally:
-            unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=ADVISORY_LOCK_KEY)
+            unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=key)
             connection.execute(unlock)
             connection.commit()
+
+
+def _lock_key(connection: Connection) -> int:
+    """One lock per schema, so installations in two schemas of a database run independently;
+    `public` keeps the key of the versions before schemas, which took no other."""
+    schema = connection.execute(sa.text("SELECT current_schema()")).scalar()
+    if schema in (None, "public"):
+        return ADVISORY_LOCK_KEY
+    digest = hashlib.sha256(f"qianfan-etl:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @contextmanager
