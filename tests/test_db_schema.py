@@ -57,6 +57,17 @@ def test_two_schemas_are_two_installations(pg_url: URL, pg_engine: Engine, tmp_p
     status = etl_cli(["status", "--max-age", "1h", "--db-schema", "beta"], large, url, tmp_path)
     assert status.returncode == 0 and "run 1 succeeded" in status.stdout
     assert etl_cli(["status", "--max-age", "1h"], large, url, tmp_path).returncode == 69
+    page = tmp_path / "beta.html"
+    report = etl_cli(["report", "--db-schema", "beta", "--output", str(page)], large, url, tmp_path)
+    assert report.returncode == 0, report.stderr
+    html = page.read_text()
+
+    def drawn(sim: Simulator) -> set[str]:
+        return {
+            t["taskId"] for j in sim.jobs() for t in sim.tasks(j["jobId"]) if t["taskId"] in html
+        }
+
+    assert drawn(large) and not drawn(small)
     current = etl_cli(["db", "current", "--db-schema", "gamma"], large, url, tmp_path)
     assert current.returncode == 78 and "current: none" in current.stdout
 
