@@ -534,16 +534,21 @@ def live_job_ids(connection: Connection) -> set[str]:
 
 def jobs_to_relist(connection: Connection) -> set[str]:
     """Jobs whose tasks an --active-only run lists again although stored: those with a live
-    task not in a terminal state, and those a run since the last complete one failed to list."""
-    tasks = finetune_tasks
+    task not in a terminal state or with no live task at all (a new job's first task comes
+    soon), and those a run since the last complete one failed to list."""
+    tasks, jobs = finetune_tasks, finetune_jobs
     unfinished = sa.select(tasks.c.job_id).where(
         tasks.c.deleted_at.is_(None),
         sa.or_(tasks.c.run_status.is_(None), tasks.c.run_status.not_in(TERMINAL_STATUSES)),
     )
+    live_task = sa.select(tasks.c.task_id).where(
+        tasks.c.job_id == jobs.c.job_id, tasks.c.deleted_at.is_(None)
+    )
+    empty = sa.select(jobs.c.job_id).where(jobs.c.deleted_at.is_(None), ~live_task.exists())
     failed = sa.select(etl_failed_jobs.c.job_id).where(
         etl_failed_jobs.c.run_id > _last_covering_run()
     )
-    return set(connection.execute(sa.union(unfinished, failed)).scalars())
+    return set(connection.execute(sa.union(unfinished, empty, failed)).scalars())
 
 
 def _last_covering_run() -> sa.ScalarSelect[Any]:
