@@ -7,13 +7,13 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 
 import click
 from sqlalchemy import Engine
 
-from etl import config, db, faults, report
+from etl import config, db, faults, redact, report
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.simulator import Simulator, SimulatorConfig
@@ -343,6 +343,7 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
         logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(redact.RedactingFilter())
     handler.setFormatter(
         report.JsonFormatter()
         if log_format == "json"
@@ -351,11 +352,18 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """A traceback goes through the log handler, so it is scrubbed like every other line."""
+    log.critical("unexpected error (a bug: please report it)", exc_info=(kind, exc, tb))
 
 
 def main() -> None:
     """Console-script entry point: `.env` first, then click."""
     config.load_env_file()
+    sys.excepthook = _log_uncaught
     if not logging.getLogger().handlers:
         setup_logging(os.environ.get("QIANFAN_ETL_LOG_FORMAT", "text"), 0, False)
     cli(prog_name="qianfan-etl")

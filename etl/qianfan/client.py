@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import orjson
 import urllib3
 
-from etl import __version__
+from etl import __version__, redact
 from etl.errors import AuthError, ConfigError, ContractError, TransientError
 from etl.qianfan import signing
 
@@ -139,6 +139,7 @@ class QianfanClient:
         self._host = parts.netloc
         self._access_key = access_key
         self._secret_key = secret_key
+        redact.register(secret_key)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._deadline = deadline
         self._retry = retry
@@ -259,7 +260,10 @@ class QianfanClient:
         except _Retriable as exc:
             raise _Retriable(f"{action}: {exc} ({self._deadline:g} s)") from None
         except urllib3.exceptions.SSLError as exc:
-            raise AuthError(f"{action}: TLS verification failed for {self._host}: {exc}") from None
+            reason = redact.scrub(str(exc))
+            raise AuthError(
+                f"{action}: TLS verification failed for {self._host}: {reason}"
+            ) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             what = _transport_failure(exc)
             raise _Retriable(f"{action}: {what} talking to {self._host}") from None
@@ -324,8 +328,9 @@ def _parse_json(body: bytes) -> Any:
 
 def _snippet(text: str, secret: str) -> str:
     """A short, secret-free excerpt for messages."""
-    cleaned = " ".join(text.replace(secret, "***").split()) if secret else " ".join(text.split())
-    return cleaned[:SNIPPET_CHARS]
+    cleaned = " ".join(text.replace(secret, redact.MASK).split()) if secret else text
+    # Scrubbed before it is cut, so that no secret is cut in half and kept.
+    return " ".join(redact.scrub(cleaned).split())[:SNIPPET_CHARS]
 
 
 def _interpret(
