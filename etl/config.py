@@ -118,6 +118,7 @@ def _without_userinfo(value: str) -> str:
 def database_url(value: str | None) -> URL:
     """Parse DATABASE_URL; a plain postgresql:// URL is driven by psycopg 3."""
     text = (value or DEFAULT_DATABASE_URL).strip()
+    redact.register(os.environ.get("PGPASSWORD"))
     try:
         url = make_url(text)
     except (ArgumentError, ValueError):  # ValueError: a port SQLAlchemy cannot read

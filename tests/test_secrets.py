@@ -5,7 +5,6 @@ and JSON logs; then stdout, stderr and the database's own text are searched for 
 
 import http.server
 import json
-import os
 import secrets
 import sqlite3
 import ssl
@@ -71,12 +70,13 @@ class Runs:
 
     env: dict[str, str]
     cwd: Path
+    formats: tuple[str, ...] = ("text", "json")
     outputs: list[str] = field(default_factory=list)
 
     def run(self, args: list[str], codes: set[int], says: str, **extra: str) -> None:
         """`qianfan-etl ARGS` exits with one of `codes` and says `says` on stderr, both ways."""
         log_args = ["-vv"] if args[0] == "sync" else []
-        for log_format in ("text", "json"):
+        for log_format in self.formats:
             env = {**self.env, "QIANFAN_ETL_LOG_FORMAT": log_format, **extra}
             done = subprocess.run(
                 [sys.executable, "-m", "etl", *args, *log_args],
@@ -260,7 +260,7 @@ def test_a_password_that_is_part_of_the_host_name_is_not_masked_there(
     role = create_role(str(pg_url.database), WORD_PASSWORD)
     try:
         url = pg_url.set(username=role, password=WORD_PASSWORD, host=WORD_HOST)
-        runs = Runs(without_proxies(cli_env(sim, server, url, **FAST)), tmp_path)
+        runs = Runs(without_proxies(cli_env(sim, server, url, **FAST)), tmp_path, ("text",))
         dead = url.set(port=free_port()).render_as_string(hide_password=False)
         runs.run(["sync"], {75}, f"***@{WORD_HOST}:", DATABASE_URL=dead)
         runs.run(["sync"], {0}, "sync")
@@ -273,7 +273,11 @@ def test_a_password_that_is_part_of_the_host_name_is_not_masked_there(
 
 
 def test_pgpassword_and_pgpass_are_honoured_when_the_url_has_none(
-    hostile_sim: tuple[Simulator, SimulatorServer], pg_url: URL, pg_role: str, tmp_path: Path
+    hostile_sim: tuple[Simulator, SimulatorServer],
+    pg_url: URL,
+    pg_role: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """libpq takes the password from PGPASSWORD or a .pgpass file when the URL has none: the
     engine passes no password of its own that would hide them, and nothing prints them."""
@@ -285,16 +289,14 @@ def test_pgpassword_and_pgpass_are_honoured_when_the_url_has_none(
     pgpass.chmod(0o600)
     routes = {"PGPASSWORD": PASSWORD, "PGPASSFILE": str(pgpass)}
     for name, value in routes.items():
-        os.environ[name] = value
-        try:
+        with monkeypatch.context() as patch:
+            patch.setenv(name, value)
             engine: Engine = db.create(url)
             with engine.connect() as connection:
                 info = connection.connection.dbapi_connection.info  # type: ignore[union-attr]
                 assert (info.user, info.password) == (pg_role, PASSWORD), name
             engine.dispose()
-        finally:
-            del os.environ[name]
-        runs = Runs(without_proxies(cli_env(sim, server, url, **FAST)), tmp_path)
+        runs = Runs(without_proxies(cli_env(sim, server, url, **FAST)), tmp_path, ("json",))
         runs.run(["sync"], {0}, "sync", **{name: value})
         runs.run(["db", "upgrade"], {0}, f"{pg_role}@127.0.0.1")
         assert_no_fragment(runs.text(), PASSWORD)
