@@ -13,7 +13,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from etl import config, db, faults, redact, report
+from etl import config, db, faults, monitor, redact, report
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.simulator import Simulator, SimulatorConfig
@@ -142,6 +142,12 @@ def engine_for(database_url: str | None) -> Engine:
     envvar="QIANFAN_ETL_LOCK_WAIT",
     help="Seconds to wait for another run's lock before exit 75.",
 )
+@click.option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="QIANFAN_ETL_METRICS_FILE",
+    help="After every run, also failed ones, write Prometheus metrics here (textfile collector).",
+)
 @budget_options
 @database_option()
 @logging_options
@@ -152,6 +158,7 @@ def sync_command(
     dry_run: bool,
     max_rejects: int,
     lock_wait: float,
+    metrics_file: Path | None,
     database_url: str | None,
     log_format: str,
     verbose: int,
@@ -167,18 +174,20 @@ def sync_command(
     """
     setup_logging(log_format, verbose, quiet)
     faults.arm(os.environ.get(FAULT_VAR))
-    settings = config.api_settings()
-    engine = db.create(
-        config.database_url(database_url),
-        budgets["db_lock_timeout"],
-        budgets["db_statement_timeout"],
-    )
-    options = SyncOptions(
-        frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait, budgets["batch_tasks"]
-    )
-    progress = report.Progress() if not quiet and sys.stderr.isatty() else None
-    with _terminate_as_exit(), _client(settings, qps, budgets) as client:
-        result = sync(engine, client, options, progress.update if progress else None)
+    with monitor.RunMetrics(metrics_file, dry_run) as metrics:
+        settings = config.api_settings()
+        engine = metrics.engine = db.create(
+            config.database_url(database_url),
+            budgets["db_lock_timeout"],
+            budgets["db_statement_timeout"],
+        )
+        options = SyncOptions(
+            frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait, budgets["batch_tasks"]
+        )
+        progress = report.Progress() if not quiet and sys.stderr.isatty() else None
+        with _terminate_as_exit(), _client(settings, qps, concurrency, budgets) as client:
+            metrics.client = client
+            result = sync(engine, client, options, progress.update if progress else None)
     if progress:
         progress.close()
     if not quiet:
@@ -186,7 +195,7 @@ def sync_command(
 
 
 def _client(
-    settings: config.ApiSettings, qps: float | None, budgets: dict[str, Any]
+    settings: config.ApiSettings, qps: float | None, concurrency: int, budgets: dict[str, Any]
 ) -> QianfanClient:
     """The API client with the retry budget and deadline the options ask for."""
     retry = RetryPolicy(
@@ -201,6 +210,7 @@ def _client(
         deadline=budgets["api_deadline"],
         retry=retry,
         qps=qps,
+        concurrency=concurrency,
     )
 
 
@@ -252,8 +262,9 @@ def db_current(database_url: str | None) -> None:
     engine = engine_for(database_url)
     current = db.current_revision(engine)
     head = db.head_revision()
-    state = "up to date" if current == head else "run `qianfan-etl db upgrade`"
+    state = "up to date" if current == head else "not at head"
     click.echo(f"current: {current or 'none'}  head: {head}  ({state})")
+    db.require_head(engine)  # exits 78 with what to do when the schema is not at head
 
 
 @cli.command("status")
@@ -261,14 +272,40 @@ def db_current(database_url: str | None) -> None:
 @click.option(
     "--runs", type=click.IntRange(1), default=10, show_default=True, help="Recent runs to list."
 )
+@click.option(
+    "--max-age",
+    metavar="DURATION",
+    callback=lambda _ctx, _param, value: _duration(value),
+    help="Check only: exit 0 if the latest run succeeded within DURATION (90m, 2h, 1d), else 69.",
+)
 @database_option()
-def status_command(as_json: bool, runs: int, database_url: str | None) -> None:
-    """Show recent runs and table counts."""
+def status_command(
+    as_json: bool, runs: int, max_age: tuple[float, str] | None, database_url: str | None
+) -> None:
+    """Show recent runs and table counts, or check that the data is fresh (--max-age).
+
+    \b
+    Example (a cron wrapper, health check or Kubernetes probe):
+        qianfan-etl status --max-age 2h || alert "qianfan-etl data is stale"
+    """
     engine = engine_for(database_url)
     db.require_head(engine)
     with db.translated_errors(engine.url):
+        if max_age is not None:
+            click.echo(monitor.check_freshness(engine, *max_age))
+            return
         status = report.status(engine, runs)
     click.echo(json.dumps(status, indent=2, default=str) if as_json else report.status_text(status))
+
+
+def _duration(value: str | None) -> tuple[float, str] | None:
+    """A DURATION option as (seconds, as written), or a usage error (exit 2)."""
+    if value is None:
+        return None
+    try:
+        return config.parse_duration(value), value
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 SIMULATOR_OPTIONS: list[tuple[str, click.ParamType[Any], object, str]] = [

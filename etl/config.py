@@ -1,6 +1,7 @@
 """Settings from options, the environment and `.env`, resolved once at the edge."""
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,3 +156,37 @@ def show_url(url: URL) -> str:
     """The URL as it may be printed: password and secret query parameters masked."""
     hidden = {k: redact.MASK for k in SECRET_QUERY_KEYS if k in url.query}
     return url.update_query_dict(hidden).render_as_string(hide_password=True)
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `90m`, `2h`, `1d`, `1h30m` or `45` (bare: seconds)."""
+    value = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", value):
+        seconds = float(value)
+    elif re.fullmatch(f"(?:{_DURATION_PART.pattern})+", value):
+        seconds = sum(float(n) * DURATION_UNITS[u] for n, u in _DURATION_PART.findall(value))
+    else:
+        raise ValueError(
+            f"{text!r} is not a duration: use a number with a unit s, m, h, d or w "
+            "(e.g. 90m, 2h, 1d, 1h30m; a bare number is seconds)"
+        )
+    if seconds <= 0:
+        raise ValueError(f"{text!r} is not a positive duration")
+    return seconds
+
+
+def show_duration(seconds: float) -> str:
+    """A duration for people: `3h05m`, `12m`, `40s`, `2d03h`."""
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

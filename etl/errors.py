@@ -2,6 +2,7 @@
 
 EXIT_OK = 0
 EXIT_DATA = 65
+EXIT_UNAVAILABLE = 69
 EXIT_TEMPFAIL = 75
 EXIT_NOPERM = 77
 EXIT_CONFIG = 78
@@ -17,6 +18,12 @@ class ContractError(EtlError):
     """Upstream data broke the API contract (broken pagination, too many rejects)."""
 
     exit_code = EXIT_DATA
+
+
+class StaleError(EtlError):
+    """`status --max-age`: the data is stale, or the latest run did not succeed, or none ran."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 class TransientError(EtlError):

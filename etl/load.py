@@ -28,7 +28,7 @@ from etl.schema import (
     finetune_task_status_history,
     finetune_tasks,
 )
-from etl.transform import Reject, TaskRows
+from etl.transform import Reject, TaskRows, same_content
 
 # pg_advisory_lock key: an arbitrary constant that only qianfan-etl uses.
 ADVISORY_LOCK_KEY = 0x5A3F0E3C6B1D2E4F
@@ -188,7 +188,7 @@ def write_batch(
     jobs = list({job["job_id"]: job for job in batch.jobs}.values())
     tasks = list({rows.task["task_id"]: rows for rows in batch.tasks}.values())
     stored_jobs = _stored(connection, finetune_jobs, [j["job_id"] for j in jobs])
-    changed_jobs = [job for job in jobs if _is_changed(job, "job_id", stored_jobs)]
+    changed_jobs = [job for job in jobs if not _same_job(job, stored_jobs)]
     changed = [rows for rows in tasks if _is_changed(rows.task, "task_id", stored)]
     written = _save(connection, finetune_jobs, changed_jobs, stored_jobs, stamp)
     written += _undelete(
@@ -260,6 +260,12 @@ def _stored(connection: Connection, table: sa.Table, ids: Sequence[str]) -> dict
 def _is_changed(row: dict[str, Any], key: str, stored: dict[str, sa.Row[Any]]) -> bool:
     before = stored.get(row[key])
     return before is None or before.content_hash != row["content_hash"]
+
+
+def _same_job(job: dict[str, Any], stored: dict[str, sa.Row[Any]]) -> bool:
+    """Whether the job is stored with this content (a legacy hash of it counts)."""
+    before = stored.get(job["job_id"])
+    return before is not None and same_content(before.content_hash, job["content_hash"], job["raw"])
 
 
 def _returning(

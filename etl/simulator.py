@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from etl.qianfan.signing import AUTH_VERSION, signature
@@ -473,16 +473,16 @@ class Simulator:
     def jobs(self) -> list[Any]:
         """Every job the API lists right now, in listing order."""
         with self._lock:
-            return copy.deepcopy(self._data.job_listing())
+            return _copy(self._data.job_listing())
 
     def tasks(self, job_id: str) -> list[Any]:
         """Every task the API lists for this job right now, in listing order."""
         with self._lock:
-            return copy.deepcopy(self._data.task_listing(job_id))
+            return _copy(self._data.task_listing(job_id))
 
     def _mutate(self, change: Callable[..., None], *args: Any) -> None:
         with self._lock:
-            change(*copy.deepcopy(args))
+            change(*_copy(args))
 
     def finish_task(self, task_id: str) -> None:
         """Running/Waiting → Done with full checkpoints, metrics (text modes) and finish time."""
@@ -586,6 +586,18 @@ def _legacy_code(code: str | int | None) -> int:
     if isinstance(code, int):
         return code
     return int(code) if code and code.isdigit() else 500000
+
+
+_T = TypeVar("_T")
+
+
+def _copy(value: _T) -> _T:
+    """A deep copy; JSON nested deeper than copy.deepcopy can recurse is copied through json."""
+    try:
+        return copy.deepcopy(value)
+    except RecursionError:
+        copied: _T = json.loads(json.dumps(value))
+        return copied
 
 
 def _json_bytes(payload: Any) -> bytes:

@@ -5,7 +5,7 @@ import json
 import marshal
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,12 +15,25 @@ import orjson
 # Unfinished tasks carry this instead of a finish time.
 TIME_SENTINEL = "0000-00-00"
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+# Ids and metric names are index keys: Postgres refuses a btree entry over ~2,700 bytes, and a
+# metric's key holds two of them. Longer ones are rejected on both backends alike.
+MAX_ID_BYTES = 1024
+# Objects and arrays nested deeper than this (the record itself is level 1) are rejected: it is
+# the most orjson writes, and the recursive walks below stay far inside Python's stack.
+MAX_DEPTH = 254
+# A reject whose record cannot be stored keeps this much of its JSON text.
+EXCERPT_CHARS = 2000
+# A reject's source_id is cut to this many characters (an over-long id is the reject's reason).
+SOURCE_ID_CHARS = 200
+# Content hashes carry this prefix; a stored hash without one is a legacy (marshal) hash.
+HASH_PREFIX = "j1:"
 
 # ASCII digits only: float()/int() would also take "1_000" and non-Latin digits.
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 # In a Python str every surrogate code point is unpaired and cannot be encoded as UTF-8.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTAINERS = (dict, list, tuple)
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,13 @@ class _Untypable(ValueError):
     """Raised inside this module; its message becomes the reject reason."""
 
 
+class _TooDeep(_Untypable):
+    """A record nested deeper than MAX_DEPTH: no walk may recurse into it."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nested deeper than {MAX_DEPTH} levels of objects and arrays")
+
+
 def clean_text(value: str) -> str:
     """Strip NUL characters and replace lone surrogates with U+FFFD."""
     if value.isascii():  # most text, and it cannot hold a surrogate
@@ -69,19 +89,109 @@ def clean_json(value: Any) -> Any:
 
 
 def content_hash(raw: Any) -> str:
-    """SHA-256 hex of the record exactly as received: equal records, equal hashes."""
-    # marshal format 2 writes floats in binary and uses no back-references, so the same JSON
-    # value always gives the same bytes, six times faster than a canonical json.dumps.
-    return hashlib.sha256(marshal.dumps(raw, 2)).hexdigest()
+    """SHA-256 hex of the record's canonical JSON, prefixed with its version (HASH_PREFIX).
+
+    The text is what the standard library's json module writes with sorted keys and no spaces:
+    integers in decimal, floats as repr() (the shortest text that reads back as the same double,
+    Python's rule since 3.1), strings with only JSON's mandatory escapes. It depends on the data
+    alone, so neither a Python nor a library upgrade changes a hash. orjson writes the same
+    bytes for most records, several times faster; it is used only where that is proven (see
+    _orjson_canonical). Raises _TooDeep for a record nested deeper than MAX_DEPTH.
+    """
+    text = _orjson_canonical(raw)
+    if text is None:
+        text = _stdlib_canonical(raw)
+    return HASH_PREFIX + hashlib.sha256(text).hexdigest()
+
+
+def legacy_hash(raw: Any) -> str:
+    """The hash releases before canonical JSON stored: SHA-256 of marshal format 2."""
+    try:
+        return hashlib.sha256(marshal.dumps(raw, 2)).hexdigest()
+    except ValueError:  # nested too deep for marshal: no stored hash can match it
+        return ""
+
+
+def same_content(stored: str | None, digest: str, raw: Any) -> bool:
+    """Whether a stored hash is this record's: equal, or a legacy hash of the same record.
+
+    Legacy hashes stay until their record changes, so moving to canonical JSON writes nothing;
+    the marshal hash is computed only for records that still have one."""
+    if stored is None:
+        return False
+    if stored == digest:
+        return True
+    return not stored.startswith(HASH_PREFIX) and legacy_hash(raw) == stored
+
+
+def _orjson_canonical(value: Any) -> bytes | None:
+    """orjson's sorted-key text where it is exactly the stdlib's canonical text, else None."""
+    if not _ORJSON_AGREES:
+        return None
+    try:
+        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # ints beyond 64 bits, lone surrogates, nesting past MAX_DEPTH
+        return None
+    # orjson picks its own notation for exponents and for tiny floats (0.00005): those go the
+    # stdlib way. A number token follows ':', ',' or '['; a string merely looking alike only
+    # costs the slower path.
+    if _ORJSON_OWN_NOTATION.search(data):
+        return None
+    # orjson writes NaN and infinity as null; a record that reads back equal has none.
+    if b"null" in data and orjson.loads(data) != value:
+        return None
+    return data
+
+
+def _stdlib_canonical(value: Any) -> bytes:
+    """The canonical text (see content_hash), from the json module; lone surrogates kept."""
+    if _deeper_than(value, MAX_DEPTH):
+        raise _TooDeep()
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8", "surrogatepass")
+
+
+_ORJSON_OWN_NOTATION = re.compile(rb"[:,\[]-?(?:\d+(?:\.\d+)?[eE]|0\.0000)")
+
+
+def _orjson_agrees() -> bool:
+    """Whether this orjson writes the probes (floats outside its own notation, every ASCII
+    character, non-ASCII text and key order) exactly as the canonical stdlib text does."""
+    floats = [0.0, -0.0, 1.0, 123.0, 0.1, 0.0001, 0.00015000000000000001, 1234.5678, 2.5, 1e15]
+    text = "".join(map(chr, range(128))) + "\u00e9\u2028\U0001f642\ufeff"
+    probe = {"floats": floats, "text": text, "\ufffd": 1, "\U0001f642": 2, "\u00e9": 3, "B": [True]}
+    try:
+        return orjson.dumps(probe, option=orjson.OPT_SORT_KEYS) == _stdlib_canonical(probe)
+    except TypeError:
+        return False
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels, found without recursion."""
+    stack = [(value, 1)] if isinstance(value, _CONTAINERS) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, _CONTAINERS))
+    return False
+
+
+_ORJSON_AGREES = _orjson_agrees()
 
 
 def cleaned_json(raw: Any) -> tuple[Any, str]:
-    """The cleaned record and its JSON text, without a deep copy unless one is needed."""
+    """The cleaned record and its JSON text, without a deep copy unless one is needed.
+
+    Raises _TooDeep for a record nested deeper than MAX_DEPTH."""
     # Most records are clean: one orjson dump proves it and is the text to store. Only
     # records with a NUL, a lone surrogate, a NaN or infinity, or a huge int pay for the walk.
     text = faithful_json(raw)
     if text is not None and "\\u0000" not in text:
         return raw, text
+    if _deeper_than(raw, MAX_DEPTH):  # clean_json recurses
+        raise _TooDeep()
     cleaned = clean_json(raw)
     return cleaned, _json_text(cleaned)
 
@@ -121,11 +231,12 @@ def parse_percent(value: Any) -> float | None:
 
 def job_to_row(raw: Any) -> dict[str, Any] | Reject:
     """One raw job as a finetune_jobs row, or a Reject."""
-    cleaned = cleaned_json(raw)[0]
     try:
+        digest = content_hash(raw)
+        cleaned = cleaned_json(raw)[0]
         job_id = _record_id(raw, "job", "jobId")
     except _Untypable as exc:
-        return Reject("job", _readable_id(raw, "jobId"), str(exc), cleaned)
+        return _reject("job", raw, "jobId", exc)
     return {
         "job_id": job_id,
         "name": _text(raw, "name"),
@@ -134,7 +245,7 @@ def job_to_row(raw: Any) -> dict[str, Any] | Reject:
         "train_mode": _text(raw, "trainMode"),
         "create_time": parse_time(_first(raw, "createTime", "createDate")),
         "raw": cleaned,
-        "content_hash": content_hash(raw),
+        "content_hash": digest,
     }
 
 
@@ -154,7 +265,11 @@ def prepare_task(raw: Any, job_id: str | None = None) -> PreparedTask:
 
     Given the listed job's id, the task is typed now too: worth it when most tasks change.
     """
-    task_id, digest = _readable_id(raw, "taskId"), content_hash(raw)
+    task_id = _readable_id(raw, "taskId")
+    try:
+        digest = content_hash(raw)
+    except _Untypable as exc:
+        return PreparedTask(raw, task_id, "", _reject("task", raw, "taskId", exc))
     prepared = PreparedTask(raw, task_id, digest)
     if job_id is None:
         return prepared
@@ -164,14 +279,16 @@ def prepare_task(raw: Any, job_id: str | None = None) -> PreparedTask:
 def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
     """One raw (or prepared) task of the listed job `job_id` as rows, or a Reject."""
     prepared = raw if isinstance(raw, PreparedTask) else prepare_task(raw)
+    if isinstance(prepared.typed, Reject):
+        return prepared.typed
     raw, digest = prepared.raw, prepared.digest
-    cleaned, text = cleaned_json(raw)
     try:
+        cleaned, text = cleaned_json(raw)
         task_id = _record_id(raw, "task", "taskId")
         metrics = _metric_rows(task_id, raw.get("metrics"))
         checkpoints = _checkpoint_rows(task_id, raw.get("checkpointList"))
     except _Untypable as exc:
-        return Reject("task", prepared.task_id, str(exc), cleaned)
+        return _reject("task", raw, "taskId", exc)
     task = {
         "task_id": task_id,
         "job_id": clean_text(job_id),
@@ -219,10 +336,14 @@ def tasks_to_rows(
 
 
 def _unchanged_stub(task: PreparedTask, known: Mapping[str, str] | None) -> TaskRows | None:
-    """A stub for a task whose stored hash matches: stored once, so it typed cleanly."""
-    if not known or task.task_id is None or known.get(task.task_id) != task.digest:
+    """A stub for a task whose stored hash matches (carrying that hash, which may be a legacy
+    one): stored once, so it typed cleanly."""
+    if not known or task.task_id is None:
         return None
-    return TaskRows({"task_id": task.task_id, "content_hash": task.digest})
+    stored = known.get(task.task_id)
+    if stored is None or not same_content(stored, task.digest, task.raw):
+        return None
+    return TaskRows({"task_id": task.task_id, "content_hash": stored})
 
 
 def _record_id(raw: Any, entity: str, key: str) -> str:
@@ -237,7 +358,31 @@ def _record_id(raw: Any, entity: str, key: str) -> str:
     cleaned = clean_text(value)
     if not cleaned:
         raise _Untypable(f"{key} is empty")
-    return cleaned
+    return _key_text(cleaned, key)
+
+
+def _key_text(text: str, what: str) -> str:
+    """The text of an index key, or raise _Untypable when it is longer than MAX_ID_BYTES."""
+    # Four bytes per character at most: most keys are measured without encoding them.
+    if len(text) * 4 > MAX_ID_BYTES and len(text.encode()) > MAX_ID_BYTES:
+        raise _Untypable(
+            f"{what} is {len(text.encode())} bytes long, more than the {MAX_ID_BYTES} a key may "
+            f"have: {_show(text)}"
+        )
+    return text
+
+
+def _reject(entity: str, raw: Any, key: str, error: _Untypable) -> Reject:
+    """A Reject whose id and raw value can be stored: a bounded id, and a bounded excerpt of
+    the JSON text in place of a record nested too deep to store."""
+    source_id = _readable_id(raw, key)
+    if source_id is not None and len(source_id) > SOURCE_ID_CHARS:
+        source_id = source_id[:SOURCE_ID_CHARS] + "..."
+    try:
+        stored = excerpt(raw) if isinstance(error, _TooDeep) else cleaned_json(raw)[0]
+    except _TooDeep:
+        stored = excerpt(raw)
+    return Reject(entity, source_id, str(error), stored)
 
 
 def _readable_id(raw: Any, key: str) -> str | None:
@@ -254,7 +399,7 @@ def _metric_rows(task_id: str, metrics: Any) -> list[dict[str, Any]]:
         raise _Untypable(f"metrics is not an object: {_show(metrics)}")
     rows: dict[str, dict[str, Any]] = {}
     for key, value in metrics.items():
-        name = _clean_key(key)
+        name = _key_text(_clean_key(key), "metric name")
         # Parse what is stored, so value_percent always agrees with value_raw.
         value = clean_text(value) if isinstance(value, str) else value
         rows[name] = {
@@ -373,3 +518,54 @@ def _show(value: Any) -> str:
 def _json_text(value: Any) -> str:
     """Compact JSON text, keys in the order received (for what orjson cannot write exactly)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """The start of a value's JSON text, cleaned, at most `limit` characters (written without
+    recursion, so any depth will do)."""
+    pieces: list[str] = []
+    size = 0
+    for piece in _json_pieces(value):
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            return "".join(pieces)[:limit] + "..."
+    return "".join(pieces)
+
+
+class _Punct(str):
+    """Punctuation among _json_pieces' values, written as it is."""
+
+
+def _json_pieces(value: Any) -> Iterator[str]:
+    """A value's compact JSON text piece by piece, with a stack of iterators, not recursion."""
+    stack: list[Iterator[Any]] = [iter((value,))]
+    while stack:
+        item = next(stack[-1], stack)  # the stack itself marks an exhausted iterator
+        if item is stack:
+            stack.pop()
+        elif isinstance(item, _Punct):
+            yield item
+        elif isinstance(item, dict):
+            yield "{"
+            stack.append(_members(item))
+        elif isinstance(item, list | tuple):
+            yield "["
+            stack.append(_elements(item))
+        else:
+            yield _json_text(clean_json(item))
+
+
+def _members(value: dict[Any, Any]) -> Iterator[Any]:
+    for i, (key, item) in enumerate(value.items()):
+        yield _Punct(("," if i else "") + _json_text(_clean_key(key)) + ":")
+        yield item
+    yield _Punct("}")
+
+
+def _elements(value: list[Any] | tuple[Any, ...]) -> Iterator[Any]:
+    for i, item in enumerate(value):
+        if i:
+            yield _Punct(",")
+        yield item
+    yield _Punct("]")

@@ -57,7 +57,7 @@ def test_raw_json_is_compressed_with_lz4_on_postgres(pg_url: URL) -> None:
 def test_db_commands(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
     before = run_cli(["db", "current"], env, cwd=tmp_path)
-    assert before.returncode == 0 and "current: none" in before.stdout
+    assert before.returncode == 78 and "current: none" in before.stdout
     upgraded = run_cli(["db", "upgrade"], env, cwd=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
     after = run_cli(["db", "current"], env, cwd=tmp_path)

@@ -66,7 +66,7 @@ def assert_no_fragment(text: str, secret: str, allowed: tuple[str, ...] = ()) ->
 @dataclass
 class Runs:
     """Runs the real CLI in a subprocess, once with text logs and once with JSON logs, at -vv,
-    and keeps everything it printed."""
+    and keeps everything it printed and every metrics file `sync` wrote."""
 
     env: dict[str, str]
     cwd: Path
@@ -75,8 +75,10 @@ class Runs:
 
     def run(self, args: list[str], codes: set[int], says: str, **extra: str) -> None:
         """`qianfan-etl ARGS` exits with one of `codes` and says `says` on stderr, both ways."""
-        log_args = ["-vv"] if args[0] == "sync" else []
+        metrics = self.cwd / "metrics.prom"
+        log_args = ["-vv", "--metrics-file", str(metrics)] if args[0] == "sync" else []
         for log_format in self.formats:
+            metrics.unlink(missing_ok=True)
             env = {**self.env, "QIANFAN_ETL_LOG_FORMAT": log_format, **extra}
             done = subprocess.run(
                 [sys.executable, "-m", "etl", *args, *log_args],
@@ -87,6 +89,8 @@ class Runs:
                 timeout=60,
             )
             self.outputs += [done.stdout, done.stderr]
+            if log_args:
+                self.outputs.append(metrics.read_text())
             assert done.returncode in codes, (args, extra, done.stderr)
             assert says in done.stderr + done.stdout, (args, extra, done.stderr)
 

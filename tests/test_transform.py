@@ -1,7 +1,9 @@
 """Transform: whole-row examples, parsing tables, reject reasons and hostile-input properties."""
 
 import copy
+import hashlib
 import json
+import marshal
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,16 +13,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl.transform import (
+    EXCERPT_CHARS,
+    HASH_PREFIX,
+    MAX_DEPTH,
+    MAX_ID_BYTES,
+    SOURCE_ID_CHARS,
     Reject,
     TaskRows,
+    _orjson_canonical,
+    _stdlib_canonical,
     clean_json,
     clean_text,
     cleaned_json,
     content_hash,
+    excerpt,
     job_to_row,
+    legacy_hash,
     parse_percent,
     parse_time,
     prepare_task,
+    same_content,
     task_to_rows,
     tasks_to_rows,
 )
@@ -518,7 +530,103 @@ def test_content_hash_is_of_the_record_as_received() -> None:
     assert content_hash({"a": 1}) != content_hash({"a": 1.0})
     assert content_hash({"a": "x\x00"}) != content_hash({"a": "x"})
     assert content_hash([{"step": 1}]) != content_hash([{"step": 1}, {"step": 1}])
-    assert len(content_hash(None)) == 64
+    assert content_hash({"a": 1, "b": 2}) == content_hash({"b": 2, "a": 1})  # keys sorted
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        (None, "null"),
+        ({"b": [1, 1.0, -0.0, 0.1], "a": True}, '{"a":true,"b":[1,1.0,-0.0,0.1]}'),
+        ([2.5e-05, 1e16, 1e-07, 0.0001, 1e15], "[2.5e-05,1e+16,1e-07,0.0001,1000000000000000.0]"),
+        (
+            {"é": "\n\x1f\x7f\u2028😀", "B": 2**70},
+            '{"B":1180591620717411303424,"é":"\\n\\u001f\x7f\u2028😀"}',
+        ),
+        ({"x": float("inf"), "y": "\ud800"}, '{"x":Infinity,"y":"\ud800"}'),
+    ],
+)
+def test_content_hash_is_sha256_of_canonical_json(raw: Any, canonical: str) -> None:
+    """The definition, pinned: a library or interpreter that changed it fails here."""
+    digest = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    assert content_hash(raw) == HASH_PREFIX + digest
+
+
+def test_a_legacy_hash_of_the_same_record_counts_as_the_same_content() -> None:
+    raw, other = _done_task(), {**_done_task(), "runStatus": "Failed"}
+    legacy = hashlib.sha256(marshal.dumps(raw, 2)).hexdigest()  # what releases before stored
+    assert legacy_hash(raw) == legacy
+    assert same_content(legacy, content_hash(raw), raw)
+    assert not same_content(legacy, content_hash(other), other)
+    assert not same_content(content_hash(other), content_hash(raw), raw)
+    stub, _ = tasks_to_rows([raw], JOB_ID, known={raw["taskId"]: legacy})
+    assert stub[0].task == {"task_id": raw["taskId"], "content_hash": legacy}
+    changed, _ = tasks_to_rows([other], JOB_ID, known={raw["taskId"]: legacy})
+    assert changed[0].task["content_hash"] == content_hash(other)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = {"deeper": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH, 600, 5000])
+def test_deep_nesting_is_a_reject_with_a_bounded_excerpt(depth: int) -> None:
+    raw = {**_done_task(), "unknown": _nested(depth - 1)}  # the task itself is a level
+    if depth <= MAX_DEPTH:
+        assert isinstance(task_to_rows(raw, JOB_ID), TaskRows)
+        assert isinstance(job_to_row({"jobId": "j", "x": _nested(depth - 1)}), dict)
+        return
+    for result in (task_to_rows(raw, JOB_ID), prepare_task(raw, JOB_ID).typed):
+        assert isinstance(result, Reject)
+        assert result.source_id == raw["taskId"]
+        assert result.reason == f"nested deeper than {MAX_DEPTH} levels of objects and arrays"
+        assert isinstance(result.raw, str) and len(result.raw) <= EXCERPT_CHARS + 3
+        assert result.raw.startswith('{"taskId":"task-abc123"')
+    job = job_to_row({"jobId": "job-deep", "x": _nested(depth)})
+    assert isinstance(job, Reject) and job.source_id == "job-deep"
+    rows, rejects = tasks_to_rows([raw, _done_task() | {"taskId": "t2"}], JOB_ID)
+    assert [r.task["task_id"] for r in rows] == ["t2"] and len(rejects) == 1
+
+
+def test_excerpt_is_the_start_of_the_json_text() -> None:
+    value = {"a": [1, 2.5, None, "x\x00"], "b": {"c": True}}
+    assert excerpt(value) == '{"a":[1,2.5,null,"x"],"b":{"c":true}}'
+    assert excerpt(value, limit=11) == '{"a":[1,2.5...'
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "rejected"),
+    [
+        ("taskId", "t" * MAX_ID_BYTES, False),
+        ("taskId", "t" * (MAX_ID_BYTES + 1), True),
+        ("taskId", "😀" * (MAX_ID_BYTES // 4 + 1), True),  # counted in UTF-8 bytes
+        ("taskId", "t" * 3000, True),
+        ("metric", "m" * 3000, True),
+        ("metric", "é" * (MAX_ID_BYTES // 2), False),
+    ],
+)
+def test_keys_longer_than_an_index_takes_are_rejected(
+    where: str, value: str, rejected: bool
+) -> None:
+    raw = _done_task()
+    if where == "taskId":
+        raw["taskId"] = value
+    else:
+        raw["metrics"] = {value: "1%"}
+    result = task_to_rows(raw, JOB_ID)
+    assert isinstance(result, Reject) == rejected
+    if isinstance(result, Reject):
+        assert "bytes long, more than the 1024 a key may have" in result.reason
+        assert result.source_id is not None and len(result.source_id) <= SOURCE_ID_CHARS + 3
+        assert result.raw == raw
+
+
+def test_a_job_id_longer_than_an_index_takes_is_rejected() -> None:
+    job = job_to_row({"jobId": "j" * 3000, "name": "n"})
+    assert isinstance(job, Reject) and job.reason.startswith("jobId is 3000 bytes long")
 
 
 # --- properties ---------------------------------------------------------------------------
@@ -650,6 +758,8 @@ def test_property_tasks_to_rows_one_result_per_id(raws: list[dict[str, Any]]) ->
 @given(json_values)
 def test_property_hash_is_deterministic_and_json_text_matches_the_cleaned_value(raw: Any) -> None:
     assert content_hash(raw) == content_hash(copy.deepcopy(raw))
+    fast = _orjson_canonical(raw)
+    assert fast is None or fast == _stdlib_canonical(raw)  # orjson only where it agrees
     cleaned, text = cleaned_json(raw)
     assert cleaned == clean_json(raw)
     assert json.loads(text) == cleaned

@@ -1,15 +1,11 @@
 """The Qianfan console v2 fine-tuning API: signing, client and pagination."""
 
 from etl.qianfan import signing
-from etl.qianfan.client import (
-    QianfanClient,
-    RetryPolicy,
-    fetch_job_pages,
-    fetch_pages,
-    fetch_tasks,
-)
+from etl.qianfan.client import QianfanClient, RetryPolicy
+from etl.qianfan.pagination import MarkerPaginator, fetch_job_pages, fetch_pages, fetch_tasks
 
 __all__ = [
+    "MarkerPaginator",
     "QianfanClient",
     "RetryPolicy",
     "fetch_job_pages",

@@ -1,0 +1,215 @@
+"""What monitors read: the freshness check of `status --max-age` and the metrics file of `sync`."""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine
+
+from etl.config import show_duration
+from etl.errors import EXIT_OK, EtlError, StaleError
+from etl.schema import etl_runs
+
+log = logging.getLogger(__name__)
+
+# Runs by --job-id refresh only some jobs, so they say nothing about the account's freshness.
+SELECTED_MODE = "selected"
+RUN_STATUSES = ("succeeded", "partial", "failed", "abandoned")
+ERROR_EXCERPT = 200
+EXIT_SIGINT = 130
+
+
+# -- status --max-age ----------------------------------------------------------------------
+
+
+def check_freshness(engine: Engine, max_age: float, max_age_text: str) -> str:
+    """One line saying the data is fresh, or raise StaleError with one line saying why not.
+
+    The judge is the latest finished run (a run still in progress is skipped, so a long run
+    does not flap the check; one that never finishes lets the finished one grow stale)."""
+    with engine.connect() as connection:
+        latest = connection.execute(
+            sa.select(etl_runs)
+            .where(etl_runs.c.status != "running", etl_runs.c.mode != SELECTED_MODE)
+            .order_by(etl_runs.c.run_id.desc())
+            .limit(1)
+        ).first()
+    if latest is None:
+        raise StaleError("never ran: no finished qianfan-etl run in this database yet")
+    age = show_duration(max(0.0, time.time() - _epoch(latest.finished_at or latest.started_at)))
+    if latest.status != "succeeded":
+        error = " ".join((latest.error or "no error recorded").split())[:ERROR_EXCERPT]
+        raise StaleError(f"{latest.status}: run {latest.run_id} ended {age} ago: {error}")
+    if time.time() - _epoch(latest.finished_at) > max_age:
+        raise StaleError(
+            f"stale: the latest run, {latest.run_id}, succeeded {age} ago, "
+            f"longer ago than --max-age {max_age_text}"
+        )
+    return f"fresh: run {latest.run_id} succeeded {age} ago (--max-age {max_age_text})"
+
+
+def _epoch(moment: datetime) -> float:
+    """Seconds since the epoch; SQLite hands back naive times, which are UTC."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+# -- sync --metrics-file -------------------------------------------------------------------
+
+COUNT_METRICS = {
+    "jobs_seen": ("last_run_jobs", "Jobs the last run listed."),
+    "tasks_seen": ("last_run_tasks", "Tasks the last run listed."),
+    "tasks_changed": ("last_run_tasks_changed", "Tasks the last run found new or changed."),
+    "rows_written": ("last_run_rows_written", "Rows the last run wrote, all tables together."),
+    "rejects": ("last_run_rejects", "Records the last run set aside in etl_rejects."),
+    "jobs_failed": ("last_run_failed_jobs", "Jobs whose task listing failed in the last run."),
+    "jobs_skipped": ("last_run_skipped_jobs", "Jobs the last run carried over without listing."),
+}
+
+
+@dataclass
+class RunOutcome:
+    """What is known about a run when it ends, from its etl_runs row where it could be read."""
+
+    exit_code: int
+    finished: float
+    duration: float
+    api_calls: int
+    status: str = "failed"
+    run_id: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    last_success: float | None = None
+
+
+class RunMetrics:
+    """Around one `sync`: whatever ends it, write the metrics file (unless it is a dry run).
+
+    The command sets `engine` and `client` as soon as it has them; what could not be read
+    (the database down) is left out, and the last success time is carried over from the file."""
+
+    def __init__(self, path: Path | None, dry_run: bool = False) -> None:
+        self.path = None if dry_run else path
+        self.engine: Engine | None = None
+        self.client: Any = None
+        self.started = time.time()
+        self._monotonic = time.monotonic()
+
+    def __enter__(self) -> "RunMetrics":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        if self.path is None:
+            return
+        outcome = RunOutcome(
+            exit_code=exit_code_of(exc),
+            finished=time.time(),
+            duration=time.monotonic() - self._monotonic,
+            api_calls=getattr(self.client, "api_calls", 0),
+        )
+        outcome.status = "succeeded" if outcome.exit_code == EXIT_OK else "failed"
+        if self.engine is not None:
+            _read_run(self.engine, self.started, outcome)
+        if outcome.last_success is None:
+            outcome.last_success = previous_last_success(self.path)
+        try:
+            write_metrics(self.path, outcome)
+        except OSError as error:
+            log.error("could not write the metrics file %s: %s", self.path, error)
+
+
+def exit_code_of(exc: BaseException | None) -> int:
+    """The exit code the process ends with for this exception (as the CLI maps them)."""
+    if exc is None:
+        return EXIT_OK
+    if isinstance(exc, EtlError):
+        return exc.exit_code
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else 1
+    return EXIT_SIGINT if isinstance(exc, KeyboardInterrupt) else 1
+
+
+def _read_run(engine: Engine, started: float, outcome: RunOutcome) -> None:
+    """Fill the outcome from this run's etl_runs row, if the database answers."""
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                sa.select(etl_runs).order_by(etl_runs.c.run_id.desc()).limit(1)
+            ).first()
+            success = connection.execute(
+                sa.select(sa.func.max(etl_runs.c.finished_at)).where(
+                    etl_runs.c.status == "succeeded"
+                )
+            ).scalar()
+    except Exception as error:  # the database may be why the run failed: write what is known
+        log.warning("metrics: could not read the run record: %s", type(error).__name__)
+        return
+    if success is not None:
+        outcome.last_success = _epoch(_as_datetime(success))
+    # A run row older than this process is an earlier run's: this one never got recorded.
+    if row is None or _epoch(row.started_at) < started - 1:
+        return
+    outcome.run_id, outcome.status = row.run_id, row.status
+    outcome.counts = {name: getattr(row, name) for name in COUNT_METRICS}
+    outcome.api_calls = max(outcome.api_calls, row.api_calls)
+
+
+def _as_datetime(value: Any) -> datetime:
+    # MAX() over a SQLite column comes back as text, bypassing the column's type.
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def previous_last_success(path: Path) -> float | None:
+    """The last success time an earlier run wrote to the metrics file, if any."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        if family.name == "qianfan_etl_last_success_timestamp_seconds" and family.samples:
+            return float(family.samples[0].value)
+    return None
+
+
+def write_metrics(path: Path, outcome: RunOutcome) -> None:
+    """Write the run's metrics in Prometheus text format, atomically (rename into place)."""
+    registry = CollectorRegistry()
+
+    def gauge(name: str, text: str, value: float, **labels: str) -> None:
+        metric = Gauge(f"qianfan_etl_{name}", text, list(labels), registry=registry)
+        (metric.labels(**labels) if labels else metric).set(value)
+
+    gauge("last_run_timestamp_seconds", "When the last sync ended, Unix time.", outcome.finished)
+    gauge("last_run_duration_seconds", "Wall time of the last sync.", outcome.duration)
+    gauge("last_run_exit_code", "Exit code of the last sync (0 success).", outcome.exit_code)
+    gauge("last_run_api_calls", "Qianfan API requests the last sync made.", outcome.api_calls)
+    if outcome.last_success is not None:
+        gauge(
+            "last_success_timestamp_seconds",
+            "When the last successful sync ended, Unix time.",
+            outcome.last_success,
+        )
+    if outcome.run_id is not None:
+        gauge("last_run_id", "etl_runs.run_id of the last sync.", outcome.run_id)
+    status = Gauge(
+        "qianfan_etl_last_run_status",
+        "1 for the status of the last sync (etl_runs.status), 0 for the others.",
+        ["status"],
+        registry=registry,
+    )
+    for name in RUN_STATUSES:
+        status.labels(status=name).set(1 if name == outcome.status else 0)
+    for column, value in outcome.counts.items():
+        name, text = COUNT_METRICS[column]
+        gauge(name, text, value)
+    write_to_textfile(str(path), registry)
