@@ -96,13 +96,21 @@ def _url_secrets(name: str, value: str) -> list[str]:
             f"{name} ({_without_userinfo(value)}) cannot be parsed: its user:password part "
             "holds an unencoded '@', '/', '?' or '#'; percent-encode special characters in it"
         )
-    return _typed_password(value)
+    typed, password = _typed_password(value)
+    try:
+        unquote(userinfo).encode("latin-1")  # what requests' Proxy-Authorization takes
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"{name} ({_without_userinfo(value)}): proxy authentication carries only Latin-1 "
+            "user names and passwords; give the proxy user a password without other characters"
+        ) from None
+    return [typed, password]
 
 
-def _typed_password(value: str) -> list[str]:
+def _typed_password(value: str) -> tuple[str, str]:
     """The password between `user:` and the last `@`, as typed and percent-decoded."""
     typed = value.partition("://")[2].rpartition("@")[0].partition(":")[2]
-    return [typed, unquote(typed)]
+    return typed, unquote(typed)
 
 
 def _without_userinfo(value: str) -> str:

@@ -2,6 +2,7 @@
 
 import logging
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -107,3 +108,11 @@ def test_a_proxy_url_that_parses_two_ways_is_refused() -> None:
         config.api_settings(env)
     assert "HTTPS_PROXY" in str(caught.value) and caught.value.exit_code == 78
     assert_no_fragment(str(caught.value), PASSWORD)
+
+
+def test_a_proxy_password_beyond_latin_1_is_refused() -> None:
+    proxy = "http://u:" + quote("Px9中Wm", safe="") + "@127.0.0.1:3128"
+    env = {"QIANFAN_ACCESS_KEY": "a", "QIANFAN_SECRET_KEY": "b", "https_proxy": proxy}
+    with pytest.raises(ConfigError, match="Latin-1") as caught:
+        config.api_settings(env)
+    assert caught.value.exit_code == 78 and "Px9" not in str(caught.value)

@@ -3,14 +3,11 @@ driven through the real CLI with passwords and keys built to break parsers, at -
 and JSON logs; then stdout, stderr and the database's own text are searched for any fragment of
 4 characters of each secret (raw, percent-encoded, or escaped as repr/JSON print it)."""
 
-import http.server
 import json
 import secrets
 import sqlite3
-import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +21,15 @@ from sqlalchemy.engine import URL
 from etl import db
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
 from tests.conftest import admin_url, cli_env
+from tests.relay import ForwardProxy, self_signed, tls_front
 from tests.test_faults import FAST, _dsn, admin, free_port
 
 # Every 4-character window holds a letter, so a fragment found is a leak, not punctuation
 # that any log line has; `%2F` checks that nothing decodes the password twice.
 PASSWORD = "Kq@:Vw/?Xz#%2FYj[]Zb \"G'\\Hé中Jm"
 SECRET_KEY = "Sk@:Tw/?Uz#%41Vj[]Wb \"X'\\Yé文Zm"
-PROXY_PASSWORD = "Px@:Qw/?Rz#%Sj[]Tb \"U'\\Vé中Wm"
+# Proxy authentication carries Latin-1 only (a password beyond it is refused with exit 78)
+PROXY_PASSWORD = "Px@:Qw/?Rz#%Sj[]Tb \"U'\\Vé¿Wm"
 # A password that is a common word and the start of the host name: masking it as a substring
 # would print `***host` and so tell the password.
 WORD_PASSWORD = "local"
@@ -143,26 +142,11 @@ def hostile_url(db_url: URL) -> Iterator[URL]:
 
 
 @pytest.fixture
-def tls_url(tmp_path: Path) -> Iterator[str]:
-    """An https server on loopback whose certificate no CA signed."""
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"https://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+def tls_url(hostile_sim: tuple[Simulator, SimulatorServer], tmp_path: Path) -> Iterator[str]:
+    """The simulator behind TLS with a certificate no CA signed."""
+    cert, key = self_signed(tmp_path)
+    with tls_front(cert, key, int(hostile_sim[1].url.rsplit(":", 1)[1])) as url:
+        yield url
 
 
 def database_text(url: URL) -> str:
@@ -202,6 +186,10 @@ def test_api_failures_leak_no_key_or_password(
     runs.run(["sync"], {75}, "proxy", HTTP_PROXY=proxy, HTTPS_PROXY=proxy, ALL_PROXY=proxy)
     runs.run(["sync"], {78}, "percent-encode", HTTP_PROXY=raw_proxy, https_proxy=raw_proxy)
     runs.run(["sync"], {77}, "TLS verification failed", QIANFAN_CONSOLE_API_BASE_URL=tls_url)
+    with ForwardProxy().running() as live:
+        through = live.url.replace("://", f"://etl:{quote(PROXY_PASSWORD, safe='')}@")
+        runs.run(["sync"], {0}, "sync", HTTP_PROXY=through)
+        assert live.seen, "the run went through the proxy"
     runs.run(["sync"], {1}, "Traceback", QIANFAN_ETL_FAULT="before_commit:1:raise")
     runs.run(["sync"], {0}, "sync")
     runs.run(["status"], {0}, "failed")
