@@ -1,7 +1,8 @@
 """No secret in any output: every failure path that can carry a database URL or an API key,
 driven through the real CLI with passwords and keys built to break parsers, at -vv, with text
 and JSON logs; then stdout, stderr and the database's own text are searched for any fragment of
-4 characters of each secret (raw, percent-encoded, or escaped as repr/JSON print it)."""
+4 characters of each secret (raw, percent-encoded, or escaped as repr/JSON print it), and so
+are the metrics files and the report page."""
 
 import json
 import secrets
@@ -65,7 +66,7 @@ def assert_no_fragment(text: str, secret: str, allowed: tuple[str, ...] = ()) ->
 @dataclass
 class Runs:
     """Runs the real CLI in a subprocess, once with text logs and once with JSON logs, at -vv,
-    and keeps everything it printed and every metrics file `sync` wrote."""
+    and keeps everything it printed, every metrics file `sync` wrote and the report pages."""
 
     env: dict[str, str]
     cwd: Path
@@ -92,6 +93,12 @@ class Runs:
                 self.outputs.append(metrics.read_text())
             assert done.returncode in codes, (args, extra, done.stderr)
             assert says in done.stderr + done.stdout, (args, extra, done.stderr)
+
+    def report(self) -> None:
+        """`qianfan-etl report`, keeping the page it wrote."""
+        page = self.cwd / "report.html"
+        self.run(["report", "--output", str(page)], {0}, "report:")
+        self.outputs.append(page.read_text())
 
     def text(self) -> str:
         """All of it."""
@@ -194,6 +201,7 @@ def test_api_failures_leak_no_key_or_password(
     runs.run(["sync"], {0}, "sync")
     runs.run(["status"], {0}, "failed")
     runs.run(["status", "--json"], {0}, "injected fault")
+    runs.report()
     stored = database_text(hostile_url)
     assert "QIANFAN_SECRET_KEY does not match" in stored and "injected fault" in stored
     for text in (runs.text(), stored):
@@ -240,6 +248,7 @@ def test_database_failures_leak_no_password(
     runs.run(["db", "upgrade"], {0}, "***@127.0.0.1")
     runs.run(["db", "current"], {0}, "head")
     runs.run(["status"], {0}, "succeeded")
+    runs.report()
     for secret in (PASSWORD, PASSWORD[::-1], SECRET_KEY):
         assert_no_fragment(runs.text() + database_text(pg_url), secret)
 
