@@ -417,8 +417,9 @@ def demo_command(
         click.echo(report.status_text(report.status(engine, 3)))
         click.echo(report.sample_text(engine))
     prog = sys.argv[0] if Path(sys.argv[0]).name == "qianfan-etl" else "qianfan-etl"
-    click.echo(f"Explore it: {prog} status --database-url {database_url}")
-    click.echo(_demo_report(engine, f"{prog} report --database-url {database_url}"))
+    shown = database_url if engine.url.password is None else config.show_url(engine.url)
+    click.echo(f"Explore it: {prog} status --database-url {shown}")
+    click.echo(_demo_report(engine, f"{prog} report --database-url {shown}"))
 
 
 def _demo_report(engine: Engine, command: str) -> str:

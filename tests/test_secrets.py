@@ -258,6 +258,8 @@ def test_database_failures_leak_no_password(
     runs.run(["db", "current"], {0}, "head")
     runs.run(["status"], {0}, "succeeded")
     runs.report()
+    demo = ["demo", "--database-url", at(url), "--jobs", "1", "--tasks-per-job", "1"]
+    Runs(runs.env, tmp_path, ("text",), runs.outputs).run(demo, {0}, "Explore it")  # text only
     for secret in (PASSWORD, PASSWORD[::-1], SECRET_KEY):
         assert_no_fragment(runs.text() + database_text(pg_url), secret)
 
