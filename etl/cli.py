@@ -103,9 +103,20 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def engine_for(database_url: str | None) -> Engine:
-    """An engine for the URL given (or DATABASE_URL, or the embedded default)."""
-    return db.create(config.database_url(database_url))
+def db_schema_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The --db-schema option: every table and view, and Alembic's version table, there."""
+    return click.option(
+        "--db-schema",
+        envvar=config.DB_SCHEMA_VAR,
+        metavar="NAME",
+        help="Postgres schema of the tables and views (created by `db upgrade`) "
+        "[default: the connection's search path].",
+    )(func)
+
+
+def engine_for(database_url: str | None, db_schema: str | None = None) -> Engine:
+    """An engine for the URL given (or DATABASE_URL, or the embedded default) and schema."""
+    return db.create(config.database_url(database_url), schema=config.db_schema(db_schema))
 
 
 @cli.command("sync")
@@ -145,6 +156,20 @@ def engine_for(database_url: str | None) -> Engine:
     help="Seconds to wait for another run's lock before exit 75.",
 )
 @click.option(
+    "--active-only",
+    is_flag=True,
+    help="List tasks only of jobs that are new, unfinished or failed to list; delete nothing.",
+)
+@click.option(
+    "--full-every",
+    metavar="DURATION",
+    default="24h",
+    show_default=True,
+    envvar="QIANFAN_ETL_FULL_EVERY",
+    callback=lambda _ctx, _param, value: _duration(value),
+    help="An --active-only run is full when the last full run is older than this (90m, 2h, 1d).",
+)
+@click.option(
     "--metrics-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="QIANFAN_ETL_METRICS_FILE",
@@ -152,6 +177,7 @@ def engine_for(database_url: str | None) -> Engine:
 )
 @budget_options
 @database_option()
+@db_schema_option
 @logging_options
 def sync_command(
     job_ids: tuple[str, ...],
@@ -160,8 +186,11 @@ def sync_command(
     dry_run: bool,
     max_rejects: int,
     lock_wait: float,
+    active_only: bool,
+    full_every: tuple[float, str],
     metrics_file: Path | None,
     database_url: str | None,
+    db_schema: str | None,
     log_format: str,
     verbose: int,
     quiet: bool,
@@ -173,18 +202,29 @@ def sync_command(
     Example:
         export QIANFAN_ACCESS_KEY=... QIANFAN_SECRET_KEY=...
         qianfan-etl sync --database-url postgresql://etl@db/analytics
+        qianfan-etl sync --active-only --full-every 24h    # every few minutes
     """
     setup_logging(log_format, verbose, quiet)
     faults.arm(os.environ.get(FAULT_VAR))
+    if active_only and job_ids:
+        raise click.UsageError("--active-only and --job-id do not combine: choose one")
     with monitor.RunMetrics(metrics_file, dry_run) as metrics:
         settings = config.api_settings()
         engine = metrics.engine = db.create(
             config.database_url(database_url),
             budgets["db_lock_timeout"],
             budgets["db_statement_timeout"],
+            config.db_schema(db_schema),
         )
         options = SyncOptions(
-            frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait, budgets["batch_tasks"]
+            frozenset(job_ids),
+            concurrency,
+            dry_run,
+            max_rejects,
+            lock_wait,
+            budgets["batch_tasks"],
+            active_only=active_only,
+            full_every=full_every[0],
         )
         progress = report.Progress() if not quiet and sys.stderr.isatty() else None
         with _terminate_as_exit(), _client(settings, qps, concurrency, budgets) as client:
@@ -250,18 +290,20 @@ def db_group() -> None:
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 @database_option()
-def db_upgrade(revision: str, database_url: str | None) -> None:
+@db_schema_option
+def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -> None:
     """Create or migrate the tables and views to the code's revision."""
-    engine = engine_for(database_url)
+    engine = engine_for(database_url, db_schema)
     db.upgrade(engine, revision)
     click.echo(f"database {config.show_url(engine.url)} at revision {db.current_revision(engine)}")
 
 
 @db_group.command("current")
 @database_option()
-def db_current(database_url: str | None) -> None:
+@db_schema_option
+def db_current(database_url: str | None, db_schema: str | None) -> None:
     """Show the database's schema revision and the code's head."""
-    engine = engine_for(database_url)
+    engine = engine_for(database_url, db_schema)
     current = db.current_revision(engine)
     head = db.head_revision()
     state = "up to date" if current == head else "not at head"
@@ -281,8 +323,13 @@ def db_current(database_url: str | None) -> None:
     help="Check only: exit 0 if the latest run succeeded within DURATION (90m, 2h, 1d), else 69.",
 )
 @database_option()
+@db_schema_option
 def status_command(
-    as_json: bool, runs: int, max_age: tuple[float, str] | None, database_url: str | None
+    as_json: bool,
+    runs: int,
+    max_age: tuple[float, str] | None,
+    database_url: str | None,
+    db_schema: str | None,
 ) -> None:
     """Show recent runs and table counts, or check that the data is fresh (--max-age).
 
@@ -290,7 +337,7 @@ def status_command(
     Example (a cron wrapper, health check or Kubernetes probe):
         qianfan-etl status --max-age 2h || alert "qianfan-etl data is stale"
     """
-    engine = engine_for(database_url)
+    engine = engine_for(database_url, db_schema)
     db.require_head(engine)
     with db.translated_errors(engine.url):
         if max_age is not None:
@@ -332,12 +379,14 @@ def _duration(value: str | None) -> tuple[float, str] | None:
     help="Tasks drawn in the loss curves.",
 )
 @database_option()
+@db_schema_option
 def report_command(
     output: Path,
     job_ids: tuple[str, ...],
     since: datetime | None,
     tasks: int,
     database_url: str | None,
+    db_schema: str | None,
 ) -> None:
     """Write one self-contained HTML page of charts: loss curves, metrics, outcomes, durations.
 
@@ -346,7 +395,7 @@ def report_command(
         qianfan-etl report --output /var/www/qianfan/index.html
     """
     page.require_extra()
-    engine = engine_for(database_url)
+    engine = engine_for(database_url, db_schema)
     db.require_head(engine)
     selection = Selection(job_ids, since.replace(tzinfo=UTC) if since else None, tasks)
     with db.translated_errors(engine.url):
@@ -378,12 +427,24 @@ def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="Port on 127.0.0.1 (0: any free port).",
 )
+@click.option(
+    "--running-jobs",
+    type=click.FloatRange(0, 1),
+    help="A steady state: this share of jobs has a Running task, the rest only finished ones.",
+)
 @simulator_options
 def simulate_command(
-    port: int, jobs: int, tasks_per_job: int, checkpoints: int, seed: int, latency_ms: float
+    port: int,
+    running_jobs: float | None,
+    jobs: int,
+    tasks_per_job: int,
+    checkpoints: int,
+    seed: int,
+    latency_ms: float,
 ) -> None:
     """Serve a Qianfan-compatible API with synthetic data on 127.0.0.1."""
     sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
+    sim_config.running_jobs = running_jobs
     server = Simulator(sim_config).serve(port=port)
     keys = f"{config.ACCESS_KEY_VAR}={sim_config.access_key} "
     keys += f"{config.SECRET_KEY_VAR}={sim_config.secret_key}"

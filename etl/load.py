@@ -1,6 +1,7 @@
 """Writing to the database: upserts, child replacement, status history, soft deletes, run
 records and the one-run-at-a-time lock."""
 
+import hashlib
 import operator
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from etl import redact
 from etl.errors import LockBusyError
 from etl.schema import (
+    etl_failed_jobs,
     etl_rejects,
     etl_runs,
     finetune_jobs,
@@ -34,6 +36,12 @@ from etl.transform import Reject, TaskRows, same_content
 ADVISORY_LOCK_KEY = 0x5A3F0E3C6B1D2E4F
 LOCK_POLL_SECONDS = 0.2
 ID_CHUNK = 1000
+# A task in any other status (`Running`, `Waiting`, `""`, NULL, one not yet known) may still
+# change, so an --active-only run lists its job again.
+TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
+RUNNING = "Running"
+# Written by their own UPDATEs, never by the content upsert: progress alone is no change.
+PROGRESS_COLUMNS = ("run_progress", "vdl_link", "progress_at")
 
 
 def now() -> datetime:
@@ -60,7 +68,8 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
     # A session-level lock on its own connection: it dies with the session, even on SIGKILL.
     with engine.connect() as connection:
         deadline = time.monotonic() + wait
-        try_lock = sa.text("SELECT pg_try_advisory_lock(:key)").bindparams(key=ADVISORY_LOCK_KEY)
+        key = _lock_key(connection)
+        try_lock = sa.text("SELECT pg_try_advisory_lock(:key)").bindparams(key=key)
         while not connection.execute(try_lock).scalar_one():
             connection.rollback()
             if time.monotonic() >= deadline:
@@ -70,9 +79,19 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
         try:
             yield
         finally:
-            unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=ADVISORY_LOCK_KEY)
+            unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=key)
             connection.execute(unlock)
             connection.commit()
+
+
+def _lock_key(connection: Connection) -> int:
+    """One lock per schema, so installations in two schemas of a database run independently;
+    `public` keeps the key of the versions before schemas, which took no other."""
+    schema = connection.execute(sa.text("SELECT current_schema()")).scalar()
+    if schema in (None, "public"):
+        return ADVISORY_LOCK_KEY
+    digest = hashlib.sha256(f"qianfan-etl:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @contextmanager
@@ -112,6 +131,7 @@ class RunCounts:
     rows_written: int = 0
     api_calls: int = 0
     rejects: int = 0
+    jobs_skipped: int = 0
 
     def add(self, other: "RunCounts") -> None:
         """Accumulate another batch's counts."""
@@ -119,7 +139,7 @@ class RunCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def start_run(connection: Connection) -> int:
+def start_run(connection: Connection, mode: str = "full") -> int:
     """Mark runs that died without finishing as abandoned, then record a new running one."""
     connection.execute(
         etl_runs.update()
@@ -127,7 +147,9 @@ def start_run(connection: Connection) -> int:
         .values(status="abandoned", error="the process ended without finishing its run")
     )
     result = connection.execute(
-        etl_runs.insert().values(started_at=now(), status="running").returning(etl_runs.c.run_id)
+        etl_runs.insert()
+        .values(started_at=now(), status="running", mode=mode)
+        .returning(etl_runs.c.run_id)
     )
     return int(result.scalar_one())
 
@@ -201,6 +223,7 @@ def write_batch(
         connection, finetune_tasks, _returning(finetune_tasks, stored, changed_tasks), stamp
     )
     written += _replace_children(connection, changed, stored)
+    written += _clear_progress(connection, _left_running(changed, stored))
     history = _status_changes(changed, stored, run_id, stamp)
     written += _insert(connection, finetune_task_status_history, history)
     seen = {r.task["task_id"] for r in tasks} | {r.source_id for r in batch.rejects if r.source_id}
@@ -304,7 +327,7 @@ def _upsert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]],
         return 0
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(table)
-    keep = {key, "first_seen_at"}
+    keep = {key, "first_seen_at", *PROGRESS_COLUMNS}
     update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keep}
     connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=update), rows)
     return len(rows)
@@ -436,6 +459,118 @@ def _delete_absent_tasks(
                 connection, finetune_tasks, finetune_tasks.c.task_id.in_(chunk), stamp
             )
     return written
+
+
+def _left_running(changed: list[TaskRows], stored: dict[str, sa.Row[Any]]) -> list[str]:
+    """Changed tasks stored as Running that are no longer: their progress goes."""
+    return [
+        rows.task["task_id"]
+        for rows in changed
+        if rows.task["task_id"] in stored
+        and stored[rows.task["task_id"]].run_status == RUNNING
+        and rows.task["run_status"] != RUNNING
+    ]
+
+
+def _clear_progress(connection: Connection, task_ids: list[str]) -> int:
+    written = 0
+    for chunk in _chunks(task_ids):
+        result = connection.execute(
+            finetune_tasks.update()
+            .where(finetune_tasks.c.task_id.in_(chunk))
+            .values(dict.fromkeys(PROGRESS_COLUMNS))
+        )
+        written += result.rowcount
+    return written
+
+
+def save_progress(connection: Connection, progress: list[dict[str, Any]]) -> int:
+    """Store the live progress of tasks stored as Running, where it changed.
+
+    Its own UPDATE: content_hash, last_changed_at and the status history stay as they were."""
+    stored = _stored_progress(connection, [row["task_id"] for row in progress])
+    changed = [
+        {**row, "progress_at": now()}
+        for row in progress
+        if row["task_id"] in stored
+        and stored[row["task_id"]] != (row["run_progress"], row["vdl_link"])
+    ]
+    if not changed:
+        return 0
+    key: sa.BindParameter[str] = sa.bindparam("progress_task_id")
+    connection.execute(
+        finetune_tasks.update()
+        .where(finetune_tasks.c.task_id == key)
+        .values({name: sa.bindparam(name) for name in PROGRESS_COLUMNS}),
+        [{**row, "progress_task_id": row["task_id"]} for row in changed],
+    )
+    return len(changed)
+
+
+def _stored_progress(
+    connection: Connection, task_ids: list[str]
+) -> dict[str, tuple[float | None, str | None]]:
+    """Stored progress of those of these tasks that are live and stored as Running."""
+    table, found = finetune_tasks, {}
+    for chunk in _chunks(task_ids):
+        rows = connection.execute(
+            sa.select(table.c.task_id, table.c.run_progress, table.c.vdl_link).where(
+                table.c.task_id.in_(chunk),
+                table.c.run_status == RUNNING,
+                table.c.deleted_at.is_(None),
+            )
+        )
+        found.update({row.task_id: (row.run_progress, row.vdl_link) for row in rows})
+    return found
+
+
+# -- what an --active-only run lists -------------------------------------------------------
+
+
+def live_job_ids(connection: Connection) -> set[str]:
+    """Every job stored and not soft-deleted."""
+    query = sa.select(finetune_jobs.c.job_id).where(finetune_jobs.c.deleted_at.is_(None))
+    return set(connection.execute(query).scalars())
+
+
+def jobs_to_relist(connection: Connection) -> set[str]:
+    """Jobs whose tasks an --active-only run lists again although stored: those with a live
+    task not in a terminal state or with no live task at all (a new job's first task comes
+    soon), and those a run since the last complete one failed to list."""
+    tasks, jobs = finetune_tasks, finetune_jobs
+    unfinished = sa.select(tasks.c.job_id).where(
+        tasks.c.deleted_at.is_(None),
+        sa.or_(tasks.c.run_status.is_(None), tasks.c.run_status.not_in(TERMINAL_STATUSES)),
+    )
+    live_task = sa.select(tasks.c.task_id).where(
+        tasks.c.job_id == jobs.c.job_id, tasks.c.deleted_at.is_(None)
+    )
+    empty = sa.select(jobs.c.job_id).where(jobs.c.deleted_at.is_(None), ~live_task.exists())
+    failed = sa.select(etl_failed_jobs.c.job_id).where(
+        etl_failed_jobs.c.run_id > _last_covering_run()
+    )
+    return set(connection.execute(sa.union(unfinished, empty, failed)).scalars())
+
+
+def _last_covering_run() -> sa.ScalarSelect[Any]:
+    """The last run that listed every job it had to: a succeeded full or active-only run."""
+    runs = etl_runs
+    last = sa.select(sa.func.coalesce(sa.func.max(runs.c.run_id), 0)).where(
+        runs.c.status == "succeeded", runs.c.mode.in_(("full", "active"))
+    )
+    return last.scalar_subquery()
+
+
+def last_full_run_at(connection: Connection) -> datetime | None:
+    """When the last full run that listed every job finished (succeeded or partial), if any."""
+    runs = etl_runs
+    query = sa.select(sa.func.max(runs.c.finished_at)).where(
+        runs.c.mode == "full", runs.c.status.in_(("succeeded", "partial"))
+    )
+    finished: datetime | None = connection.execute(query).scalar_one()
+    if finished is not None and finished.tzinfo is None:
+        finished = finished.replace(tzinfo=UTC)  # SQLite gives back naive UTC
+    return finished
 
 
 def _reject_rows(rejects: list[Reject], run_id: int, stamp: datetime) -> list[dict[str, Any]]:

@@ -136,7 +136,9 @@ class QianfanClient:
             raise ConfigError(f"max_attempts must be at least 1, got {retry.max_attempts}")
         parts = urlsplit(base_url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
-            raise ConfigError(f"bad Qianfan base URL {base_url!r}: expected http(s)://host[:port]")
+            raise ConfigError(
+                f"bad Qianfan base URL {redact.scrub(base_url)!r}: expected http(s)://host[:port]"
+            )
         self._url = f"{parts.scheme}://{parts.netloc}{parts.path}{API_PATH}"
         self._path = f"{parts.path}{API_PATH}"
         self._host = parts.netloc
