@@ -6,6 +6,7 @@ EXIT_UNAVAILABLE = 69
 EXIT_TEMPFAIL = 75
 EXIT_NOPERM = 77
 EXIT_CONFIG = 78
+EXIT_SIGINT = 130
 
 
 class EtlError(Exception):
@@ -46,3 +47,14 @@ class ConfigError(EtlError):
     """Missing credentials, a bad URL, or a schema not at the code's Alembic head."""
 
     exit_code = EXIT_CONFIG
+
+
+def exit_code_of(exc: BaseException | None) -> int:
+    """The exit code the process ends with for this exception (as the CLI maps them)."""
+    if exc is None:
+        return EXIT_OK
+    if isinstance(exc, EtlError):
+        return exc.exit_code
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else 1
+    return EXIT_SIGINT if isinstance(exc, KeyboardInterrupt) else 1

@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
+from etl import redact
 from etl.errors import LockBusyError
 from etl.schema import (
     etl_failed_jobs,
@@ -172,7 +173,13 @@ def finish_run(
     connection.execute(
         etl_runs.update()
         .where(etl_runs.c.run_id == run_id)
-        .values(finished_at=now(), status=status, error=error, exit_code=exit_code, **vars(counts))
+        .values(
+            finished_at=now(),
+            status=status,
+            error=redact.bounded(error) if error else None,
+            exit_code=exit_code,
+            **vars(counts),
+        )
     )
 
 
@@ -542,7 +549,15 @@ def _absent_tasks(connection: Connection, listed_jobs: list[str], seen: set[str]
 def _failure_rows(
     failures: list[dict[str, Any]], run_id: int, stamp: datetime
 ) -> list[dict[str, Any]]:
-    return [{**failure, "run_id": run_id, "failed_at": stamp} for failure in failures]
+    return [
+        {
+            **failure,
+            "message": redact.bounded(failure["message"]),
+            "run_id": run_id,
+            "failed_at": stamp,
+        }
+        for failure in failures
+    ]
 
 
 def _left_running(changed: list[TaskRows], stored: dict[str, sa.Row[Any]]) -> list[str]:
@@ -663,7 +678,7 @@ def _reject_rows(rejects: list[Reject], run_id: int, stamp: datetime) -> list[di
             "run_id": run_id,
             "entity": reject.entity,
             "source_id": reject.source_id,
-            "reason": reject.reason,
+            "reason": redact.bounded(reject.reason),
             "raw": reject.raw,
             "rejected_at": stamp,
         }

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from etl.config import show_duration
-from etl.errors import EXIT_OK, EtlError, StaleError
+from etl.errors import EXIT_OK, StaleError, exit_code_of
 from etl.schema import etl_runs
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 SELECTED_MODE = "selected"
 RUN_STATUSES = ("succeeded", "partial", "failed", "abandoned")
 ERROR_EXCERPT = 200
-EXIT_SIGINT = 130
 
 
 # -- status --max-age ----------------------------------------------------------------------
@@ -126,17 +125,6 @@ class RunMetrics:
             write_metrics(self.path, outcome)
         except OSError as error:
             log.error("could not write the metrics file %s: %s", self.path, error)
-
-
-def exit_code_of(exc: BaseException | None) -> int:
-    """The exit code the process ends with for this exception (as the CLI maps them)."""
-    if exc is None:
-        return EXIT_OK
-    if isinstance(exc, EtlError):
-        return exc.exit_code
-    if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else 1
-    return EXIT_SIGINT if isinstance(exc, KeyboardInterrupt) else 1
 
 
 def _read_run(engine: Engine, started: float, outcome: RunOutcome) -> None:

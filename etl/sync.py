@@ -19,8 +19,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl import db, load
-from etl.errors import EXIT_DATA, EXIT_OK, EXIT_TEMPFAIL, ContractError, EtlError
+from etl import db, load, redact
+from etl.errors import (
+    EXIT_DATA,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    ContractError,
+    EtlError,
+    exit_code_of,
+)
 from etl.extract import ActiveSelection, JobFailure, JobListing, WalkStats, fetch_account
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts, Written
@@ -517,7 +524,7 @@ def _record_failure(
         connection.rollback()
     try:
         with _transaction(connection, dry_run):
-            error, code = _describe(exc), _exit_code(exc)
+            error, code = _describe(exc), exit_code_of(exc)
             load.finish_run(connection, run_id, counts, error, status="failed", exit_code=code)
     except SQLAlchemyError as secondary:
         log.warning("could not record run %s as failed: %s", run_id, type(secondary).__name__)
@@ -526,13 +533,4 @@ def _record_failure(
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit | KeyboardInterrupt):
         return f"interrupted ({type(exc).__name__} {getattr(exc, 'code', '')})".strip()
-    return str(exc) or type(exc).__name__
-
-
-def _exit_code(exc: BaseException) -> int:
-    """The exit code the process ends with for this error."""
-    if isinstance(exc, EtlError):
-        return exc.exit_code
-    if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else 1
-    return 130 if isinstance(exc, KeyboardInterrupt) else 1
+    return redact.describe(exc)
