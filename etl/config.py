@@ -65,20 +65,22 @@ def base_url(value: str | None) -> str:
     return url
 
 
-def database_url(value: str | None) -> URL:
-    """Parse DATABASE_URL; a plain postgresql:// URL is driven by psycopg 3."""
+def database_url(value: str | None, source: str | None = None) -> URL:
+    """Parse DATABASE_URL (or the option named in `source`); a plain postgresql:// URL is
+    driven by psycopg 3."""
+    source = source or DATABASE_URL_VAR
     try:
         url = make_url((value or DEFAULT_DATABASE_URL).strip())
     except ArgumentError as exc:
         raise ConfigError(
-            f"{DATABASE_URL_VAR} is not a SQLAlchemy URL ({exc}); "
+            f"{source} is not a SQLAlchemy URL ({exc}); "
             "use e.g. postgresql://user@host/db or sqlite:///qianfan_etl.db"
         ) from None
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() not in ("postgresql", "sqlite"):
         raise ConfigError(
-            f"{DATABASE_URL_VAR} names {url.get_backend_name()!r}; "
+            f"{source} names {url.get_backend_name()!r}; "
             "qianfan-etl supports postgresql:// and sqlite:/// URLs"
         )
     return url

@@ -63,6 +63,19 @@ def create(
     )
 
 
+def require_file(url: URL) -> URL:
+    """Refuse a SQLite database file that is not there: opening it would create it empty."""
+    path = url.database or ""
+    if url.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return url
+    if not Path(path).exists():
+        raise ConfigError(
+            f"no SQLite database at {Path(path).absolute()}: run `qianfan-etl db upgrade` "
+            "to create it (or point --database-url / DATABASE_URL at the right file)"
+        )
+    return url
+
+
 def postgres_options(lock_timeout: float, statement_timeout: float) -> str:
     """Session settings for libpq's `options`; Postgres takes these timeouts in ms."""
     timeouts = {

@@ -79,6 +79,7 @@ def sync(
             outer = connection.begin() if options.dry_run else None
             with _transaction(connection, options.dry_run):
                 run_id = load.start_run(connection)
+            log.info("run %d started%s", run_id, " (dry run)" if options.dry_run else "")
             counts = RunCounts()
             try:
                 deleted = _copy_account(connection, client, options, run_id, counts, progress)
@@ -91,6 +92,7 @@ def sync(
                 load.finish_run(connection, run_id, counts)
             if outer is not None:
                 outer.rollback()
+    log.info("run %d finished: %s", run_id, _figures(counts))
     return SyncResult(run_id, counts, time.monotonic() - started, options.dry_run, deleted)
 
 
@@ -139,6 +141,8 @@ def _copy_account(
     with _transaction(connection, options.dry_run):
         deleted = load.delete_absent_jobs(connection, state.seen_jobs)
     counts.rows_written += deleted
+    if deleted:
+        log.info("soft-deleted %d rows no longer listed upstream", deleted)
     return deleted
 
 
@@ -177,6 +181,7 @@ def _check(
     """Add a committed batch's counts, then check the reject budget."""
     if written is None:
         return
+    log.info("batch written: %s", _figures(written))
     counts.add(written)
     state.type_ahead = written.tasks_changed * 2 > written.tasks_seen
     if counts.rejects > options.max_rejects:
@@ -265,6 +270,14 @@ def _record_failure(
             load.finish_run(connection, run_id, counts, error=_describe(exc))
     except SQLAlchemyError as secondary:
         log.warning("could not record run %s as failed: %s", run_id, type(secondary).__name__)
+
+
+def _figures(counts: RunCounts) -> str:
+    """Counts for a log line."""
+    return (
+        f"{counts.jobs_seen} jobs, {counts.tasks_seen} tasks ({counts.tasks_changed} changed), "
+        f"{counts.rows_written} rows, {counts.rejects} rejects"
+    )
 
 
 def _describe(exc: BaseException) -> str:
