@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -15,7 +16,8 @@ from click.core import ParameterSource
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import config, db, faults, monitor, report
+from etl import config, db, faults, monitor, page, report
+from etl.charts import Selection
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.simulator import Simulator, SimulatorConfig
@@ -340,6 +342,50 @@ def _duration(value: str | None) -> tuple[float, str] | None:
         raise click.BadParameter(str(exc)) from None
 
 
+@cli.command("report")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=page.DEFAULT_OUTPUT,
+    show_default=True,
+    help="The HTML file to write (replaced whole).",
+)
+@click.option("--job-id", "job_ids", multiple=True, help="Only this job (repeatable).")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="Only tasks created at or after this UTC date/time.",
+)
+@click.option(
+    "--tasks",
+    type=click.IntRange(1, 50),
+    default=10,
+    show_default=True,
+    help="Tasks drawn in the loss curves.",
+)
+@database_option()
+def report_command(
+    output: Path,
+    job_ids: tuple[str, ...],
+    since: datetime | None,
+    tasks: int,
+    database_url: str | None,
+) -> None:
+    """Write one self-contained HTML page of charts: loss curves, metrics, outcomes, durations.
+
+    \b
+    Example:
+        qianfan-etl report --output /var/www/qianfan/index.html
+    """
+    page.require_extra()
+    engine = engine_for(database_url)
+    db.require_head(engine)
+    selection = Selection(job_ids, since.replace(tzinfo=UTC) if since else None, tasks)
+    with db.translated_errors(engine.url):
+        size = page.write_report(engine, output, selection)
+    click.echo(f"report: {output.resolve()} ({size / 1e6:.1f} MB)")
+
+
 SIMULATOR_OPTIONS: list[tuple[str, click.ParamType[Any], object, str]] = [
     ("--jobs", click.IntRange(0), 20, "Jobs in the synthetic account."),
     ("--tasks-per-job", click.IntRange(0), 10, "Tasks listed under each job."),
@@ -411,6 +457,18 @@ def demo_command(
         click.echo(report.sample_text(engine))
     prog = sys.argv[0] if Path(sys.argv[0]).name == "qianfan-etl" else "qianfan-etl"
     click.echo(f"Explore it: {prog} status --database-url {database_url}")
+    click.echo(_demo_report(engine, f"{prog} report --database-url {database_url}"))
+
+
+def _demo_report(engine: Engine, command: str) -> str:
+    """The demo's last line: where its report is, or how to get one."""
+    output = Path(page.DEFAULT_OUTPUT)
+    try:
+        with db.translated_errors(engine.url):
+            page.write_report(engine, output, Selection())
+    except page.MissingExtraError:
+        return f"For a page of charts: {page.INSTALL_HINT}, then {command}"
+    return f"Report: {output.resolve()}"
 
 
 def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
