@@ -292,11 +292,13 @@ def db_upgrade(revision: str, database_url: str | None) -> None:
 @database_option()
 def db_current(database_url: str | None) -> None:
     """Show the database's schema revision and the code's head."""
-    engine = engine_for(database_url, existing=True)
-    current = db.current_revision(engine)
+    url = parse_database_url(database_url)
+    engine = db.create(url)
+    current = None if db.missing_file(url) else db.current_revision(engine)
     head = db.head_revision()
     state = "up to date" if current == head else "not at head"
     click.echo(f"current: {current or 'none'}  head: {head}  ({state})")
+    db.require_file(url)  # a missing SQLite file: 78, and it stays missing
     db.require_head(engine)  # exits 78 with what to do when the schema is not at head
 
 
