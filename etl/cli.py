@@ -176,6 +176,20 @@ def parse_database_url(database_url: str | None) -> URL:
     help="Seconds to wait for another run's lock before exit 75.",
 )
 @click.option(
+    "--active-only",
+    is_flag=True,
+    help="List tasks only of jobs that are new, unfinished or failed to list; delete nothing.",
+)
+@click.option(
+    "--full-every",
+    metavar="DURATION",
+    default="24h",
+    show_default=True,
+    envvar="QIANFAN_ETL_FULL_EVERY",
+    callback=lambda _ctx, _param, value: _duration(value),
+    help="An --active-only run is full when the last full run is older than this (90m, 2h, 1d).",
+)
+@click.option(
     "--metrics-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="QIANFAN_ETL_METRICS_FILE",
@@ -191,6 +205,8 @@ def sync_command(
     dry_run: bool,
     max_rejects: int,
     lock_wait: float,
+    active_only: bool,
+    full_every: tuple[float, str],
     metrics_file: Path | None,
     database_url: str | None,
     log_format: str,
@@ -204,9 +220,12 @@ def sync_command(
     Example:
         export QIANFAN_ACCESS_KEY=... QIANFAN_SECRET_KEY=...
         qianfan-etl sync --database-url postgresql://etl@db/analytics
+        qianfan-etl sync --active-only --full-every 24h    # every few minutes
     """
     setup_logging(log_format, verbose, quiet)
     faults.arm(os.environ.get(FAULT_VAR))
+    if active_only and job_ids:
+        raise click.UsageError("--active-only and --job-id do not combine: choose one")
     with monitor.RunMetrics(metrics_file, dry_run) as metrics:
         settings = config.api_settings()
         engine = metrics.engine = db.create(
@@ -215,7 +234,14 @@ def sync_command(
             budgets["db_statement_timeout"],
         )
         options = SyncOptions(
-            frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait, budgets["batch_tasks"]
+            frozenset(job_ids),
+            concurrency,
+            dry_run,
+            max_rejects,
+            lock_wait,
+            budgets["batch_tasks"],
+            active_only=active_only,
+            full_every=full_every[0],
         )
         progress = report.Progress() if not quiet and sys.stderr.isatty() else None
         with _terminate_as_exit(), _client(settings, qps, concurrency, budgets) as client:
@@ -420,11 +446,23 @@ would; the first lines it prints are the exports that point qianfan-etl at it.
     show_default=True,
     help="Port on 127.0.0.1 (0: any free port).",
 )
+@click.option(
+    "--running-jobs",
+    type=click.FloatRange(0, 1),
+    help="A steady state: this share of jobs has a Running task, the rest only finished ones.",
+)
 @simulator_options
 def simulate_command(
-    port: int, jobs: int, tasks_per_job: int, checkpoints: int, seed: int, latency_ms: float
+    port: int,
+    running_jobs: float | None,
+    jobs: int,
+    tasks_per_job: int,
+    checkpoints: int,
+    seed: int,
+    latency_ms: float,
 ) -> None:
     sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
+    sim_config.running_jobs = running_jobs
     server = Simulator(sim_config).serve(port=port)
     keys = f"{config.ACCESS_KEY_VAR}={sim_config.access_key} "
     keys += f"{config.SECRET_KEY_VAR}={sim_config.secret_key}"
