@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 
 import click
@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import config, db, faults, monitor, page, report
+from etl import config, db, faults, monitor, page, redact, report
 from etl.charts import Selection
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, RetryPolicy
@@ -120,13 +120,26 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def engine_for(database_url: str | None, existing: bool = False) -> Engine:
-    """An engine for the URL given (or DATABASE_URL, or the embedded default); with
-    `existing`, a SQLite file that is not there yet is an error, not created empty."""
+def db_schema_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The --db-schema option: every table and view, and Alembic's version table, there."""
+    return click.option(
+        "--db-schema",
+        envvar=config.DB_SCHEMA_VAR,
+        metavar="NAME",
+        help="Postgres schema of the tables and views (created by `db upgrade`) "
+        "[default: the connection's search path].",
+    )(func)
+
+
+def engine_for(
+    database_url: str | None, db_schema: str | None = None, existing: bool = False
+) -> Engine:
+    """An engine for the URL given (or DATABASE_URL, or the embedded default) and schema;
+    with `existing`, a SQLite file that is not there yet is an error, not created empty."""
     url = parse_database_url(database_url)
     if existing:
         db.require_file(url)
-    return db.create(url)
+    return db.create(url, schema=config.db_schema(db_schema))
 
 
 def parse_database_url(database_url: str | None) -> URL:
@@ -197,6 +210,7 @@ def parse_database_url(database_url: str | None) -> URL:
 )
 @budget_options
 @database_option()
+@db_schema_option
 @logging_options
 def sync_command(
     job_ids: tuple[str, ...],
@@ -209,6 +223,7 @@ def sync_command(
     full_every: tuple[float, str],
     metrics_file: Path | None,
     database_url: str | None,
+    db_schema: str | None,
     log_format: str,
     verbose: int,
     quiet: bool,
@@ -232,6 +247,7 @@ def sync_command(
             db.require_file(parse_database_url(database_url)),
             budgets["db_lock_timeout"],
             budgets["db_statement_timeout"],
+            config.db_schema(db_schema),
         )
         options = SyncOptions(
             frozenset(job_ids),
@@ -307,19 +323,21 @@ def db_group() -> None:
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 @database_option()
-def db_upgrade(revision: str, database_url: str | None) -> None:
+@db_schema_option
+def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -> None:
     """Create or migrate the tables and views to the code's revision."""
-    engine = engine_for(database_url)
+    engine = engine_for(database_url, db_schema)
     db.upgrade(engine, revision)
     click.echo(f"database {config.show_url(engine.url)} at revision {db.current_revision(engine)}")
 
 
 @db_group.command("current")
 @database_option()
-def db_current(database_url: str | None) -> None:
+@db_schema_option
+def db_current(database_url: str | None, db_schema: str | None) -> None:
     """Show the database's schema revision and the code's head."""
     url = parse_database_url(database_url)
-    engine = db.create(url)
+    engine = db.create(url, schema=config.db_schema(db_schema))
     current = None if db.missing_file(url) else db.current_revision(engine)
     head = db.head_revision()
     state = "up to date" if current == head else "not at head"
@@ -340,8 +358,13 @@ def db_current(database_url: str | None) -> None:
     help="Check only: exit 0 if the latest run succeeded within DURATION (90m, 2h, 1d), else 69.",
 )
 @database_option()
+@db_schema_option
 def status_command(
-    as_json: bool, runs: int, max_age: tuple[float, str] | None, database_url: str | None
+    as_json: bool,
+    runs: int,
+    max_age: tuple[float, str] | None,
+    database_url: str | None,
+    db_schema: str | None,
 ) -> None:
     """Show recent runs and table counts, or check that the data is fresh (--max-age).
 
@@ -349,7 +372,7 @@ def status_command(
     Example (a cron wrapper, health check or Kubernetes probe):
         qianfan-etl status --max-age 2h || alert "qianfan-etl data is stale"
     """
-    engine = engine_for(database_url, existing=True)
+    engine = engine_for(database_url, db_schema, existing=True)
     db.require_head(engine)
     with db.translated_errors(engine.url):
         if max_age is not None:
@@ -392,12 +415,14 @@ def _duration(value: str | None) -> tuple[float, str] | None:
     help="Tasks drawn in the loss curves.",
 )
 @database_option()
+@db_schema_option
 def report_command(
     output: Path,
     job_ids: tuple[str, ...],
     since: datetime | None,
     tasks: int,
     database_url: str | None,
+    db_schema: str | None,
 ) -> None:
     """Write one self-contained HTML page of charts: loss curves, metrics, outcomes, durations.
 
@@ -406,7 +431,7 @@ def report_command(
         qianfan-etl report --output /var/www/qianfan/index.html
     """
     page.require_extra()
-    engine = engine_for(database_url)
+    engine = engine_for(database_url, db_schema)
     db.require_head(engine)
     selection = Selection(job_ids, since.replace(tzinfo=UTC) if since else None, tasks)
     with db.translated_errors(engine.url):
@@ -496,8 +521,9 @@ def demo_command(
         click.echo(report.status_text(report.status(engine, 3)))
         click.echo(report.sample_text(engine))
     prog = sys.argv[0] if Path(sys.argv[0]).name == "qianfan-etl" else "qianfan-etl"
-    click.echo(f"Explore it: {prog} status --database-url {database_url}")
-    click.echo(_demo_report(engine, f"{prog} report --database-url {database_url}"))
+    shown = database_url if engine.url.password is None else config.show_url(engine.url)
+    click.echo(f"Explore it: {prog} status --database-url {shown}")
+    click.echo(_demo_report(engine, f"{prog} report --database-url {shown}"))
 
 
 def _demo_report(engine: Engine, command: str) -> str:
@@ -518,6 +544,7 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
     )
     # -v is about this program: libraries stay at WARNING (SQLAlchemy at INFO logs every query)
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(redact.RedactingFilter())
     handler.setFormatter(
         report.JsonFormatter()
         if log_format == "json"
@@ -527,11 +554,18 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.WARNING))
     logging.getLogger("etl").setLevel(level)
+    logging.captureWarnings(True)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """A traceback goes through the log handler, so it is scrubbed like every other line."""
+    log.critical("unexpected error (a bug: please report it)", exc_info=(kind, exc, tb))
 
 
 def main() -> None:
     """Console-script entry point: `.env` first, then click."""
     config.load_env_file()
+    sys.excepthook = _log_uncaught
     if not logging.getLogger().handlers:
         setup_logging(os.environ.get("QIANFAN_ETL_LOG_FORMAT", "text"), 0, False)
     cli(prog_name="qianfan-etl")

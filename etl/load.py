@@ -1,6 +1,7 @@
 """Writing to the database: upserts, child replacement, status history, soft deletes, run
 records and the one-run-at-a-time lock."""
 
+import hashlib
 import operator
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,6 +18,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
+from etl import redact
 from etl.errors import LockBusyError
 from etl.schema import (
     etl_failed_jobs,
@@ -66,7 +68,8 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
     # A session-level lock on its own connection: it dies with the session, even on SIGKILL.
     with engine.connect() as connection:
         deadline = time.monotonic() + wait
-        try_lock = sa.text("SELECT pg_try_advisory_lock(:key)").bindparams(key=ADVISORY_LOCK_KEY)
+        key = _lock_key(connection)
+        try_lock = sa.text("SELECT pg_try_advisory_lock(:key)").bindparams(key=key)
         while not connection.execute(try_lock).scalar_one():
             connection.rollback()
             if time.monotonic() >= deadline:
@@ -76,9 +79,19 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
         try:
             yield
         finally:
-            unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=ADVISORY_LOCK_KEY)
+            unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=key)
             connection.execute(unlock)
             connection.commit()
+
+
+def _lock_key(connection: Connection) -> int:
+    """One lock per schema, so installations in two schemas of a database run independently;
+    `public` keeps the key of the versions before schemas, which took no other."""
+    schema = connection.execute(sa.text("SELECT current_schema()")).scalar()
+    if schema in (None, "public"):
+        return ADVISORY_LOCK_KEY
+    digest = hashlib.sha256(f"qianfan-etl:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @contextmanager
@@ -151,7 +164,7 @@ def finish_run(
         .values(
             finished_at=now(),
             status="failed" if error else "succeeded",
-            error=error,
+            error=redact.bounded(error) if error else None,
             **vars(counts),
         )
     )
@@ -522,16 +535,21 @@ def live_job_ids(connection: Connection) -> set[str]:
 
 def jobs_to_relist(connection: Connection) -> set[str]:
     """Jobs whose tasks an --active-only run lists again although stored: those with a live
-    task not in a terminal state, and those a run since the last complete one failed to list."""
-    tasks = finetune_tasks
+    task not in a terminal state or with no live task at all (a new job's first task comes
+    soon), and those a run since the last complete one failed to list."""
+    tasks, jobs = finetune_tasks, finetune_jobs
     unfinished = sa.select(tasks.c.job_id).where(
         tasks.c.deleted_at.is_(None),
         sa.or_(tasks.c.run_status.is_(None), tasks.c.run_status.not_in(TERMINAL_STATUSES)),
     )
+    live_task = sa.select(tasks.c.task_id).where(
+        tasks.c.job_id == jobs.c.job_id, tasks.c.deleted_at.is_(None)
+    )
+    empty = sa.select(jobs.c.job_id).where(jobs.c.deleted_at.is_(None), ~live_task.exists())
     failed = sa.select(etl_failed_jobs.c.job_id).where(
         etl_failed_jobs.c.run_id > _last_covering_run()
     )
-    return set(connection.execute(sa.union(unfinished, failed)).scalars())
+    return set(connection.execute(sa.union(unfinished, empty, failed)).scalars())
 
 
 def _last_covering_run() -> sa.ScalarSelect[Any]:
@@ -561,7 +579,7 @@ def _reject_rows(rejects: list[Reject], run_id: int, stamp: datetime) -> list[di
             "run_id": run_id,
             "entity": reject.entity,
             "source_id": reject.source_id,
-            "reason": reject.reason,
+            "reason": redact.bounded(reject.reason),
             "raw": reject.raw,
             "rejected_at": stamp,
         }

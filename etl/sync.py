@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl import db, load
+from etl import db, load, redact
 from etl.errors import ContractError
 from etl.extract import ActiveSelection, JobListing, fetch_account
 from etl.faults import fault_point
@@ -348,4 +348,4 @@ def _figures(counts: RunCounts, jobs: bool = True) -> str:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit | KeyboardInterrupt):
         return f"interrupted ({type(exc).__name__} {getattr(exc, 'code', '')})".strip()
-    return str(exc) or type(exc).__name__
+    return redact.describe(exc)
