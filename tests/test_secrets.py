@@ -19,16 +19,19 @@ from psycopg import sql
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import db
+from etl import db, redact
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
 from tests.conftest import admin_url, cli_env
 from tests.relay import ForwardProxy, self_signed, tls_front
-from tests.test_faults import FAST, _dsn, admin, free_port
+from tests.test_faults import FAST, _dsn, admin, bi_session, free_port, run_status
 
 # Every 4-character window holds a letter, so a fragment found is a leak, not punctuation
 # that any log line has; `%2F` checks that nothing decodes the password twice.
 PASSWORD = "Kq@:Vw/?Xz#%2FYj[]Zb \"G'\\Hé中Jm"
 SECRET_KEY = "Sk@:Tw/?Uz#%41Vj[]Wb \"X'\\Yé文Zm"
+# The issue's case: an `@` SQLAlchemy splits at, with nothing before it that fails to parse, so
+# that the rest would be taken for the host and database and printed.
+AT_PASSWORD = "Mwq@Rq9Zt/Ux8Pk"
 # Proxy authentication carries Latin-1 only (a password beyond it is refused with exit 78)
 PROXY_PASSWORD = "Px@:Qw/?Rz#%Sj[]Tb \"U'\\Vé¿Wm"
 # A password that is a common word and the start of the host name: masking it as a substring
@@ -240,6 +243,8 @@ def test_database_failures_leak_no_password(
 
     unencoded = f"postgresql://{pg_role}:{PASSWORD}@127.0.0.1:5432/{pg_url.database}"
     runs.run(["sync"], {78}, "percent-encode", DATABASE_URL=unencoded)
+    at_sign = f"postgresql://{pg_role}:{AT_PASSWORD}@127.0.0.1:5432/{pg_url.database}"
+    runs.run(["sync"], {78}, "percent-encode", DATABASE_URL=at_sign)
     runs.run(["db", "upgrade"], {78}, "PGPASSWORD", DATABASE_URL=unencoded)
     runs.run(
         ["sync"],
@@ -260,7 +265,7 @@ def test_database_failures_leak_no_password(
     runs.report()
     demo = ["demo", "--database-url", at(url), "--jobs", "1", "--tasks-per-job", "1"]
     Runs(runs.env, tmp_path, ("text",), runs.outputs).run(demo, {0}, "Explore it")  # text only
-    for secret in (PASSWORD, PASSWORD[::-1], SECRET_KEY):
+    for secret in (PASSWORD, PASSWORD[::-1], SECRET_KEY, AT_PASSWORD):
         assert_no_fragment(runs.text() + database_text(pg_url), secret)
 
 
@@ -313,3 +318,22 @@ def test_pgpassword_and_pgpass_are_honoured_when_the_url_has_none(
         runs.run(["db", "upgrade"], {0}, f"{pg_role}@127.0.0.1")
         assert_no_fragment(runs.text(), PASSWORD)
     assert_no_fragment(database_text(pg_url), PASSWORD)
+
+
+def test_a_database_error_is_stored_bounded_and_without_sql_parameters(
+    hostile_sim: tuple[Simulator, SimulatorServer], pg_url: URL, pg_role: str, tmp_path: Path
+) -> None:
+    """A statement that fails mid-run: etl_runs.error keeps the driver's words, not the SQL
+    and its parameters that SQLAlchemy's text appends."""
+    sim, server = hostile_sim
+    url = pg_url.set(username=pg_role, password=PASSWORD)
+    runs = Runs(without_proxies(cli_env(sim, server, url, **FAST)), tmp_path, ("json",))
+    with bi_session(pg_url, "LOCK TABLE finetune_tasks IN ACCESS EXCLUSIVE MODE"):
+        runs.run(["sync"], {75}, "lock timeout")
+    engine = db.create(pg_url)
+    status, error = run_status(engine, 1)
+    engine.dispose()
+    assert status == "failed" and "lock timeout" in str(error)
+    assert "[SQL" not in str(error) and "parameters" not in str(error)
+    assert len(str(error)) <= redact.MAX_STORED_CHARS
+    assert_no_fragment(runs.text() + database_text(pg_url), PASSWORD)
