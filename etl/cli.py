@@ -295,7 +295,7 @@ def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -
     """Create or migrate the tables and views to the code's revision."""
     engine = engine_for(database_url, db_schema)
     db.upgrade(engine, revision)
-    click.echo(f"database {config.show_url(engine.url)} at revision {db.current_revision(engine)}")
+    click.echo(f"database {db.describe(engine)} at revision {db.current_revision(engine)}")
 
 
 @db_group.command("current")

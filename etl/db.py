@@ -184,20 +184,26 @@ def require_head(engine: Engine) -> None:
     current = current_revision(engine)
     if current == SCHEMA_HEAD:
         return
-    where = show_url(engine.url)
+    where, upgrade = describe(engine), "`qianfan-etl db upgrade`"
+    if schema_of(engine):
+        upgrade = f"`qianfan-etl db upgrade --db-schema {schema_of(engine)}`"
     if current is None:
-        raise ConfigError(
-            f"database {where} has no qianfan-etl schema: run `qianfan-etl db upgrade`"
-        )
+        raise ConfigError(f"database {where} has no qianfan-etl schema: run {upgrade}")
     if current in _known_revisions():
         raise ConfigError(
             f"database {where} is at schema revision {current}, this qianfan-etl needs "
-            f"{SCHEMA_HEAD}: run `qianfan-etl db upgrade`"
+            f"{SCHEMA_HEAD}: run {upgrade}"
         )
     raise ConfigError(
         f"database {where} is at schema revision {current}, newer than this qianfan-etl "
         f"(head {SCHEMA_HEAD}): upgrade qianfan-etl"
     )
+
+
+def describe(engine: Engine) -> str:
+    """The engine's URL as it may be printed, with its --db-schema if it has one."""
+    schema = schema_of(engine)
+    return show_url(engine.url) + (f" (schema {schema})" if schema else "")
 
 
 def _known_revisions() -> set[str]:

@@ -36,6 +36,7 @@ def test_two_schemas_are_two_installations(pg_url: URL, pg_engine: Engine, tmp_p
     large = Simulator(SimulatorConfig(jobs=5, tasks_per_job=7, checkpoints=3, seed=2))
     upgraded = etl_cli(["db", "upgrade", "--db-schema", "alpha"], small, url, tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
+    assert "(schema alpha) at revision" in upgraded.stdout
     beta = {"QIANFAN_ETL_DB_SCHEMA": "beta"}
     assert etl_cli(["db", "upgrade"], large, url, tmp_path, **beta).returncode == 0
     for sim, schema in ((small, "alpha"), (large, "beta")):
@@ -68,8 +69,11 @@ def test_two_schemas_are_two_installations(pg_url: URL, pg_engine: Engine, tmp_p
         }
 
     assert drawn(large) and not drawn(small)
+    assert ", schema beta</dd>" in html
     current = etl_cli(["db", "current", "--db-schema", "gamma"], large, url, tmp_path)
     assert current.returncode == 78 and "current: none" in current.stdout
+    assert "(schema gamma) has no qianfan-etl schema" in current.stderr
+    assert "db upgrade --db-schema gamma" in current.stderr
 
 
 def test_each_schema_has_its_own_run_lock(pg_url: URL, tmp_path: Path) -> None:
