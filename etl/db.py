@@ -78,6 +78,25 @@ def create(
     )
 
 
+def missing_file(url: URL) -> Path | None:
+    """The SQLite database file the URL names, if it is not there (opening would create it)."""
+    path = url.database or ""
+    if url.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return None if Path(path).exists() else Path(path).absolute()
+
+
+def require_file(url: URL) -> URL:
+    """Refuse a SQLite database file that is not there, rather than create it empty."""
+    missing = missing_file(url)
+    if missing is not None:
+        raise ConfigError(
+            f"no SQLite database at {missing}: run `qianfan-etl db upgrade` to create it "
+            "(or point --database-url / DATABASE_URL at the right file)"
+        )
+    return url
+
+
 def schema_of(engine: Engine) -> str | None:
     """The schema the engine was made for (None: the connection's search path)."""
     schema: str | None = engine.get_execution_options().get(SCHEMA_OPTION)

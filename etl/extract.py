@@ -127,9 +127,12 @@ def fetch_account(
 def _listed_jobs(client: QianfanClient, stats: WalkStats) -> Iterator[Any]:
     """Every raw job, one at a time."""
     paginator = job_paginator()
+    listed = 0
     for page in fetch_job_pages(client, paginator):
         stats.job_list_warnings = paginator.warnings
+        listed += len(page)
         yield from page
+    log.info("listed %d jobs", listed)
 
 
 def _fetch_listing(client: QianfanClient, job: Any, job_id: str) -> JobListing:
@@ -143,6 +146,7 @@ def _fetch_listing(client: QianfanClient, job: Any, job_id: str) -> JobListing:
         log.warning("%s; the job's stored rows stay as they are", message)
         failure = JobFailure(job_id, type(exc).__name__, exc.exit_code, message)
         return JobListing(job, [], failure=failure, warnings=paginator.warnings)
+    log.debug("job %s: %d tasks", job_id, len(tasks))
     details, failed = fetch_details(client, running_task_ids(tasks))
     return JobListing(job, tasks, details, failed, warnings=paginator.warnings)
 

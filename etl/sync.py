@@ -144,6 +144,7 @@ def sync(
             with _transaction(connection, options.dry_run):
                 mode = _mode(connection, options)
                 run_id = load.start_run(connection, mode)
+            log.info("run %d (%s) started%s", run_id, mode, " (dry run)" if options.dry_run else "")
             counts, stats = RunCounts(), WalkStats()
             state = _State(complete=mode == "full", deletes=mode != "active")
             try:
@@ -167,6 +168,7 @@ def sync(
                 )
             if outer is not None:
                 outer.rollback()
+    log.info("run %d finished: %s", run_id, _figures(counts))
     return SyncResult(
         run_id,
         counts,
@@ -253,6 +255,8 @@ def _copy_account(
         counts.add(_write_deferred(connection, state, run_id))
         deleted, refusal = _delete_absent(connection, state, options.max_delete_fraction)
     counts.rows_written += deleted
+    if deleted:
+        log.info("soft-deleted %d rows no longer listed upstream", deleted)
     return _outcome(state, run_id, deleted, refusal)
 
 
@@ -330,6 +334,7 @@ def _check(
     """Add a committed batch's counts and what it leaves to settle, then check the rejects."""
     if written is None:
         return
+    log.info("batch written: %s", _figures(written.counts, jobs=False))
     counts.add(written.counts)
     _note_pending_work(state, written)
     state.type_ahead = written.counts.tasks_changed * 2 > written.counts.tasks_seen
@@ -528,6 +533,15 @@ def _record_failure(
             load.finish_run(connection, run_id, counts, error, status="failed", exit_code=code)
     except SQLAlchemyError as secondary:
         log.warning("could not record run %s as failed: %s", run_id, type(secondary).__name__)
+
+
+def _figures(counts: RunCounts, jobs: bool = True) -> str:
+    """Counts for a log line (a batch's have no jobs: those are counted as they are listed)."""
+    seen = f"{counts.jobs_seen} jobs, " if jobs else ""
+    return (
+        f"{seen}{counts.tasks_seen} tasks ({counts.tasks_changed} changed), "
+        f"{counts.rows_written} rows, {counts.rejects} rejects"
+    )
 
 
 def _describe(exc: BaseException) -> str:
