@@ -13,7 +13,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from etl import config, db, faults, monitor, report
+from etl import config, db, faults, monitor, report, stopping
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.simulator import Simulator, SimulatorConfig
@@ -236,6 +236,7 @@ class _terminate_as_exit:
 
 
 def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    stopping.request()  # every wait of the workers ends, and no batch commits after this
     raise SystemExit(128 + signum)
 
 

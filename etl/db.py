@@ -3,7 +3,7 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import sqlalchemy as sa
@@ -43,7 +43,7 @@ def create(
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_pre_ping=True,
         connect_args={
@@ -52,6 +52,8 @@ def create(
             "options": postgres_options(lock_timeout, statement_timeout),
         },
     )
+    event.listen(engine, "connect", _no_idle_session_timeout)
+    return engine
 
 
 def postgres_options(lock_timeout: float, statement_timeout: float) -> str:
@@ -64,6 +66,14 @@ def postgres_options(lock_timeout: float, statement_timeout: float) -> str:
     return " ".join(
         ["-c timezone=UTC", *(f"-c {name}={round(s * 1000)}" for name, s in timeouts.items())]
     )
+
+
+def _no_idle_session_timeout(dbapi_connection: psycopg.Connection[Any], _record: object) -> None:
+    """A run's sessions idle while it waits on the API, by design: a database-wide
+    idle_session_timeout (Postgres 14+; an unknown name before) must not end them."""
+    if dbapi_connection.info.server_version >= 140000:
+        dbapi_connection.execute("SET idle_session_timeout = 0")
+        dbapi_connection.commit()
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

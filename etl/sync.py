@@ -7,10 +7,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine, RootTransaction
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl import db, load
+from etl import db, load, stopping
 from etl.errors import ContractError
 from etl.extract import JobListing, fetch_account
 from etl.faults import fault_point
@@ -75,47 +75,63 @@ def sync(
     started = time.monotonic()
     with db.translated_errors(engine.url):
         db.require_head(engine)
-        with load.run_lock(engine, options.lock_wait), engine.connect() as connection:
+        with load.run_lock(engine, options.lock_wait) as lock, engine.connect() as connection:
             outer = connection.begin() if options.dry_run else None
             with _transaction(connection, options.dry_run):
                 run_id = load.start_run(connection)
             counts = RunCounts()
             try:
-                deleted = _copy_account(connection, client, options, run_id, counts, progress)
+                deleted = _copy_account(
+                    connection, client, options, _Run(run_id, lock), counts, progress
+                )
+                counts.api_calls = client.api_calls
+                with _transaction(connection, options.dry_run, lock):
+                    load.finish_run(connection, run_id, counts)
             except BaseException as exc:
                 counts.api_calls = client.api_calls
                 _record_failure(connection, run_id, counts, exc, options.dry_run)
                 raise
-            counts.api_calls = client.api_calls
-            with _transaction(connection, options.dry_run):
-                load.finish_run(connection, run_id, counts)
             if outer is not None:
                 outer.rollback()
     return SyncResult(run_id, counts, time.monotonic() - started, options.dry_run, deleted)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """The run's id and the lock it must still hold at each commit."""
+
+    run_id: int
+    lock: load.RunLock
+
+
 @contextmanager
-def _transaction(connection: Connection, dry_run: bool) -> Iterator[None]:
-    """A transaction of its own; in a dry run, part of the outer one that is rolled back."""
+def _transaction(
+    connection: Connection, dry_run: bool, lock: load.RunLock | None = None
+) -> Iterator[None]:
+    """A transaction of its own, committed only while `lock` is still held; in a dry run,
+    part of the outer one that is rolled back."""
     if dry_run:
         yield
         return
     with connection.begin():
         yield
+        if lock is not None:
+            lock.check(connection)
 
 
 def _copy_account(
     connection: Connection,
     client: QianfanClient,
     options: SyncOptions,
-    run_id: int,
+    run: _Run,
     counts: RunCounts,
     progress: Callable[[RunCounts], None] | None,
 ) -> int:
     with _transaction(connection, options.dry_run):
         first_load = not load.has_tasks(connection)
     state = _State(complete=not options.job_ids, type_ahead=first_load)
-    writer = _Writer(connection, run_id, options.dry_run)
+    run_id = run.run_id
+    writer = _Writer(connection, run, options.dry_run)
     try:
         listings = fetch_account(
             client, job_ids=options.job_ids or None, concurrency=options.concurrency
@@ -136,7 +152,7 @@ def _copy_account(
         raise
     if not state.complete:
         return 0
-    with _transaction(connection, options.dry_run):
+    with _transaction(connection, options.dry_run, run.lock):
         deleted = load.delete_absent_jobs(connection, state.seen_jobs)
     counts.rows_written += deleted
     return deleted
@@ -187,61 +203,61 @@ def _check(
 
 
 class _Writer:
-    """Writes one batch at a time on a background thread, so the database's work overlaps
-    fetching and hashing the next batch. The main thread commits, so a signal it receives
-    rolls back the batch in progress instead of racing its commit."""
+    """Writes and commits one batch at a time on a background thread, so the database's work
+    overlaps fetching and hashing the next batch, and no transaction stays open while the run
+    waits on the API. A batch commits only while the run holds its lock and is not stopping,
+    so a signal rolls back the batch in progress instead of racing its commit."""
 
-    def __init__(self, connection: Connection, run_id: int, dry_run: bool) -> None:
+    def __init__(self, connection: Connection, run: _Run, dry_run: bool) -> None:
         self._connection = connection
-        self._run_id = run_id
+        self._run = run
         self._dry_run = dry_run
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qianfan-writer")
-        self._pending: Future[tuple[RunCounts, RootTransaction | None]] | None = None
+        self._pending: Future[RunCounts] | None = None
 
     def submit(self, pending: _Pending) -> RunCounts | None:
-        """Commit the batch in progress (returning its counts), then start writing this one."""
+        """Wait for the batch in progress (returning its counts), then start writing this one."""
         written = self.finish()
         if pending.batch.jobs or pending.batch.rejects:
             self._pending = self._pool.submit(self._write, pending)
         return written
 
     def finish(self) -> RunCounts | None:
-        """Wait for the batch in progress and commit it; its counts, or None if there was none."""
+        """Wait for the batch in progress to commit; its counts, or None if there was none."""
         if self._pending is None:
             return None
         future, self._pending = self._pending, None
-        counts, transaction = future.result()
-        fault_point("before_commit")
-        if transaction is not None:
-            transaction.commit()
-        fault_point("after_commit")
-        return counts
+        return future.result()
 
     def abandon(self) -> None:
-        """After a failure: let the batch in progress end, roll it back, stop the thread."""
+        """After a failure: let the batch in progress end (it rolls back), stop the thread."""
         future, self._pending = self._pending, None
         # An error of the writer's own was rolled back in the writer; the first one raised wins.
         with suppress(Exception):
             if future is not None:
-                _, transaction = future.result()
-                if transaction is not None:
-                    transaction.rollback()
+                future.result()
         self._pool.shutdown(wait=True)
 
-    def _write(self, pending: _Pending) -> tuple[RunCounts, RootTransaction | None]:
-        """In the writer thread: type what changed and write it, leaving the commit open."""
+    def _write(self, pending: _Pending) -> RunCounts:
+        """In the writer thread: type what changed, write it and commit."""
         connection = self._connection
-        transaction = None if self._dry_run else connection.begin()
-        try:
+        with _transaction(connection, self._dry_run):
             ids = [t.task_id for _, tasks in pending.untyped for t in tasks if t.task_id]
             stored = load.stored_tasks(connection, ids)
             _type_tasks(pending, {key: row.content_hash for key, row in stored.items()})
-            counts = load.write_batch(connection, pending.batch, self._run_id, stored)
-        except BaseException:
-            if transaction is not None:
-                transaction.rollback()
-            raise
-        return counts, transaction
+            counts = load.write_batch(connection, pending.batch, self._run.run_id, stored)
+            if not self._dry_run:
+                self._before_commit()
+        if not self._dry_run:
+            fault_point("after_commit")
+        return counts
+
+    def _before_commit(self) -> None:
+        """Refuse to commit once the run is stopping or has lost its lock."""
+        fault_point("before_commit")
+        if stopping.requested():
+            raise stopping.Stopped("the run is stopping: the batch in progress is rolled back")
+        self._run.lock.check(self._connection)
 
 
 def _type_tasks(pending: _Pending, known: dict[str, str]) -> None:

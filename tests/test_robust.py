@@ -5,14 +5,29 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from etl import schema
-from etl.simulator import Simulator, SimulatorServer
+from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
 from etl.transform import HASH_PREFIX, MAX_DEPTH, legacy_hash
+from tests import test_faults
+from tests.test_faults import (
+    Etl,
+    _dsn,
+    admin,
+    assert_whole_jobs,
+    etl_for,
+    run_status,
+    snapshot,
+    start_paused,
+)
 from tests.test_sync import row_counts, scalar, sync, writes_on_postgres
+
+# The fault tests' fixtures, shared: an Etl on Postgres, and the fault-free golden snapshot.
+pg_etl, golden = test_faults.pg_etl, test_faults.golden
 
 
 def _nested(depth: int) -> Any:
@@ -120,3 +135,77 @@ def test_a_database_with_legacy_hashes_is_not_rewritten(
     new = {key for key, digest, _ in _hashes_and_stamps(engine) if digest.startswith(HASH_PREFIX)}
     assert changed in new and job_id in new
     assert len(new) == 1 + len(sim.tasks(job_id))
+
+
+# -- transactions and the run lock ---------------------------------------------------------
+
+
+def _sessions(url: URL) -> list[tuple[int, str]]:
+    """(pid, state) of every qianfan-etl session on the database."""
+    with psycopg.connect(_dsn(url), autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pid, state FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'qianfan-etl'",
+            [url.database],
+        ).fetchall()
+    return [(pid, state) for pid, state in rows]
+
+
+def test_no_transaction_stays_open_while_the_run_fetches(pg_etl: Etl, tmp_path: Path) -> None:
+    """Paused between two fetches, with two batches written: every session is idle, none
+    idle in a transaction (a DBA's idle_in_transaction_session_timeout would end it)."""
+    pause = tmp_path / "pause"
+    process = start_paused(pg_etl, "after_fetch:3", pause)
+    deadline = time.monotonic() + 20
+    while any(state == "active" for _, state in _sessions(pg_etl.url)):
+        assert time.monotonic() < deadline, "the writer never finished its batch"
+        time.sleep(0.01)
+    states = [state for _, state in _sessions(pg_etl.url)]
+    Path(f"{pause}.release").touch()
+    assert process.wait(timeout=30) == 0, process.communicate()
+    assert states and set(states) == {"idle"}
+    assert scalar(pg_etl.engine, "SELECT count(*) FROM finetune_jobs") == len(pg_etl.sim.jobs())
+
+
+def test_database_idle_timeouts_do_not_end_a_slow_run(
+    pg_url: URL, pg_engine: Engine, tmp_path: Path, golden: Any
+) -> None:
+    """Every API call takes longer than the database lets a session idle: the lock's session
+    and the work session both idle for as long, and the run still succeeds."""
+    database = str(pg_url.database)
+    admin(f"ALTER DATABASE \"{database}\" SET idle_session_timeout = '200ms'")
+    admin(f"ALTER DATABASE \"{database}\" SET idle_in_transaction_session_timeout = '200ms'")
+    config = SimulatorConfig(jobs=3, tasks_per_job=12, checkpoints=2, latency_ms=400)
+    with etl_for(config, pg_url, pg_engine, tmp_path) as etl:
+        expected = golden(etl)
+        result = etl.run("--concurrency", "1", QIANFAN_ETL_API_DEADLINE="10")
+        assert result.returncode == 0, result.stderr
+        assert snapshot(etl.engine) == expected
+        assert run_status(etl.engine, 1)[0] == "succeeded"
+
+
+def _lock_holder(url: URL) -> int:
+    with psycopg.connect(_dsn(url), autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = %s",
+            [url.database],
+        ).fetchone()
+    assert row is not None, "no session holds the run lock"
+    return int(row[0])
+
+
+def test_a_run_that_lost_its_lock_stops_with_75_before_committing(
+    pg_etl: Etl, golden: Any, tmp_path: Path
+) -> None:
+    expected = golden(pg_etl)
+    pause = tmp_path / "pause"
+    process = start_paused(pg_etl, "before_commit:2", pause)
+    admin(f"SELECT pg_terminate_backend({_lock_holder(pg_etl.url)}, 10000)")  # until it is gone
+    Path(f"{pause}.release").touch()
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 75, stderr
+    assert "lost its lock" in stderr and "Traceback" not in stderr
+    assert len(assert_whole_jobs(pg_etl.engine, expected)) == 1  # batch 2 was not committed
+    assert run_status(pg_etl.engine, 1)[0] == "failed"
+    pg_etl.assert_converges(expected)
