@@ -185,7 +185,7 @@ def sync_command(
             frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait, budgets["batch_tasks"]
         )
         progress = report.Progress() if not quiet and sys.stderr.isatty() else None
-        with _terminate_as_exit(), _client(settings, qps, budgets) as client:
+        with _terminate_as_exit(), _client(settings, qps, concurrency, budgets) as client:
             metrics.client = client
             result = sync(engine, client, options, progress.update if progress else None)
     if progress:
@@ -195,7 +195,7 @@ def sync_command(
 
 
 def _client(
-    settings: config.ApiSettings, qps: float | None, budgets: dict[str, Any]
+    settings: config.ApiSettings, qps: float | None, concurrency: int, budgets: dict[str, Any]
 ) -> QianfanClient:
     """The API client with the retry budget and deadline the options ask for."""
     retry = RetryPolicy(
@@ -210,6 +210,7 @@ def _client(
         deadline=budgets["api_deadline"],
         retry=retry,
         qps=qps,
+        concurrency=concurrency,
     )
 
 

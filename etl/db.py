@@ -1,5 +1,6 @@
 """Connecting to the database, classifying its errors, and Alembic: upgrade, current, head check."""
 
+import importlib.resources
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,11 +19,19 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+
+def schema_files() -> Path:
+    """Where alembic.ini, migrations/ and sql/ are: inside an installed wheel, else the checkout."""
+    packaged = importlib.resources.files("etl") / "_schema"
+    if isinstance(packaged, Path) and (packaged / "alembic.ini").is_file():
+        return packaged
+    return Path(__file__).resolve().parent.parent
+
+
+ALEMBIC_INI = schema_files() / "alembic.ini"
 # The newest Alembic revision. A test keeps it equal to the scripts' head, so that the check
 # every sync makes needs no Alembic import (a tenth of a second of start-up).
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 # Bounded waits, so a BI session holding a lock or a stuck statement cannot hang cron forever.
 DEFAULT_LOCK_TIMEOUT = 30.0

@@ -6,7 +6,6 @@ import http.server
 import logging
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from etl.qianfan import QianfanClient, RetryPolicy, fetch_job_pages, fetch_tasks
 from etl.qianfan.client import retry_after_seconds
 from etl.simulator import Fault, Simulator, SimulatorConfig
 from etl.transform import Reject, job_to_row
+from tests.relay import ForwardProxy, self_signed, tls_front
 
 AK = "example-access-key-id"
 SK = "example-secret-access-key"
@@ -185,16 +185,7 @@ def test_connection_refused_is_retried_then_transient(free_port: int) -> None:
 
 def test_untrusted_certificate_is_an_auth_error_without_retry(tmp_path: Path) -> None:
     """TLS is always verified: a server with a self-signed certificate gets one attempt."""
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
@@ -598,17 +589,78 @@ def test_netrc_never_replaces_the_signature(
     assert header(sim.requests[-1], "Authorization").startswith("bce-auth-v1/")
 
 
-def test_proxy_settings_come_from_the_environment(
-    url: str, free_port: int, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment with no proxy or CA bundle settings of the machine's own."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    return monkeypatch
+
+
+def test_http_proxy_from_the_environment_carries_the_call(
+    sim: Simulator, url: str, no_proxy_env: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port}")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    with client_for(url, attempts=1) as client, pytest.raises(TransientError):
-        client.call("DescribeFineTuningJobs", {})  # sent to the (dead) proxy
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    with client_for(url, attempts=1) as client:
-        client.call("DescribeFineTuningJobs", {})
+    """HTTP_PROXY routes the call through the proxy; NO_PROXY covering the host bypasses it."""
+    with ForwardProxy().running() as proxy:
+        no_proxy_env.setenv("HTTP_PROXY", proxy.url)
+        with client_for(url, attempts=1) as client:
+            assert client.call(JOBS, {})["jobList"] == sim.jobs()
+        assert proxy.seen == [f"POST {url}/v2/finetuning?Action={JOBS} HTTP/1.1"]
+        no_proxy_env.setenv("NO_PROXY", "127.0.0.1")
+        with client_for(url, attempts=1) as client:
+            assert client.call(JOBS, {})["jobList"] == sim.jobs()
+        assert len(proxy.seen) == 1
+    assert_freshly_signed(sim.requests[0])
+
+
+def test_https_proxy_and_ca_bundle_from_the_environment(
+    sim: Simulator, url: str, tmp_path: Path, no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    """REQUESTS_CA_BUNDLE trusts a self-signed server; HTTPS_PROXY tunnels to it (CONNECT)."""
+    cert, key = self_signed(tmp_path)
+    with tls_front(cert, key, int(url.rsplit(":", 1)[1])) as https_url:
+        with client_for(https_url, attempts=1) as client, pytest.raises(AuthError):
+            client.call(JOBS, {})
+        no_proxy_env.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        with client_for(https_url, attempts=1) as client:
+            assert client.call(JOBS, {})["jobList"] == sim.jobs()
+        with ForwardProxy().running() as proxy:
+            no_proxy_env.setenv("HTTPS_PROXY", proxy.url)
+            with client_for(https_url, attempts=1) as client:
+                assert client.call(JOBS, {})["jobList"] == sim.jobs()
+            assert [line.rsplit(" ", 1)[0] for line in proxy.seen] == [
+                f"CONNECT {https_url.removeprefix('https://')}"
+            ]
+            no_proxy_env.setenv("NO_PROXY", "127.0.0.1")
+            with client_for(https_url, attempts=1) as client:
+                assert client.call(JOBS, {})["jobList"] == sim.jobs()
+            assert len(proxy.seen) == 1
+
+
+def test_curl_ca_bundle_is_honoured_too(
+    sim: Simulator, url: str, tmp_path: Path, no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    """CURL_CA_BUNDLE, the other variable requests reads, trusts the server as well."""
+    cert, key = self_signed(tmp_path)
+    no_proxy_env.setenv("CURL_CA_BUNDLE", str(cert))
+    with (
+        tls_front(cert, key, int(url.rsplit(":", 1)[1])) as https_url,
+        client_for(https_url, attempts=1) as client,
+    ):
+        assert client.call(JOBS, {})["jobList"] == sim.jobs()
+
+
+def test_dead_proxy_is_named_and_retried(
+    url: str, free_port: int, no_proxy_env: pytest.MonkeyPatch
+) -> None:
+    """A proxy that is not there: a transient failure that says the proxy failed."""
+    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port}")
+    with client_for(url, attempts=2) as client, pytest.raises(TransientError) as caught:
+        client.call(JOBS, {})
+    assert "the proxy failed" in str(caught.value)
+    assert client.api_calls == 2
 
 
 def test_body_shorter_than_its_content_length_is_retried(sim: Simulator, url: str) -> None:

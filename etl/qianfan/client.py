@@ -5,18 +5,19 @@ import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Mapping
-from contextlib import suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn, Self
 from urllib.parse import urlsplit
 
 import orjson
-import urllib3
+import requests
+from requests.adapters import HTTPAdapter
 
 from etl import __version__
 from etl.errors import AuthError, ConfigError, ContractError, TransientError
@@ -33,9 +34,8 @@ TRANSIENT_LEGACY_CODES = frozenset({18, 336100, 500000})
 # token invalid or expired. Retrying cannot help; they exit 77 like a 401/403.
 AUTH_LEGACY_CODES = frozenset({6, 14, 110, 111})
 CHUNK_SIZE = 64 * 1024
-# Connections kept open per host: more than any sensible --concurrency.
-POOL_SIZE = 32
 MAX_BODY_BYTES = 64 * 1024 * 1024
+DEADLINE_PASSED = "response body not complete within the per-attempt deadline"
 SNIPPET_CHARS = 200
 # Where a body too deep for json.loads is cut (see _cut_deep): past the deepest record the
 # transform takes (etl.transform.MAX_DEPTH, below a page's three levels), within the parser's.
@@ -130,6 +130,7 @@ class QianfanClient:
         retry: RetryPolicy = RetryPolicy(),
         qps: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        concurrency: int = 8,
     ) -> None:
         if retry.max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {retry.max_attempts}")
@@ -141,14 +142,18 @@ class QianfanClient:
         self._host = parts.netloc
         self._access_key = access_key
         self._secret_key = secret_key
-        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._timeout = (connect_timeout, read_timeout)
         self._deadline = deadline
         self._retry = retry
         self._sleep = sleep
         self._limiter = _RateLimiter(qps, sleep)
         self._calls = 0
         self._calls_lock = threading.Lock()
-        self._http = _connection_pool(parts.scheme, parts.hostname)
+        self._http = _session(concurrency)
+        # proxies and CA bundle as requests reads them from the environment, once per client
+        # (per request it would scan the environment twice, a fifth of the client's CPU)
+        self._transport = self._http.merge_environment_settings(self._url, {}, True, None, None)
+        self._watchdog = _Watchdog(deadline)
 
     def __enter__(self) -> Self:
         """Use as a context manager that closes the session."""
@@ -161,8 +166,9 @@ class QianfanClient:
         self.close()
 
     def close(self) -> None:
-        """Release pooled connections."""
-        self._http.clear()
+        """Release pooled connections and stop the watchdog."""
+        self._watchdog.close()
+        self._http.close()
 
     @property
     def api_calls(self) -> int:
@@ -240,73 +246,153 @@ class QianfanClient:
         """POST and read the whole body, mapping transport failures to retriable ones."""
         deadline = time.monotonic() + self._deadline
         url = f"{self._url}?Action={signing.uri_encode(action)}"
+        request = requests.Request(
+            "POST", url, data=payload, headers=self._signed_headers(action), auth=_keep_signature
+        )
         try:
-            response = self._http.request(
-                "POST",
-                url,
-                body=payload,
-                headers=self._signed_headers(action),
+            prepared = self._http.prepare_request(request)
+            with self._http.send(
+                prepared,
+                stream=True,
                 timeout=self._timeout,
-                preload_content=False,
-                redirect=False,
-            )
-            try:
-                body = _read_body(response, deadline)
-            except BaseException:
-                response.close()  # a half-read connection must not go back to the pool
-                raise
-            finally:
-                response.release_conn()
-            return response.status, response.headers, body
+                allow_redirects=False,
+                proxies=self._transport["proxies"],
+                verify=self._transport["verify"],
+                cert=self._transport["cert"],
+            ) as response:
+                with self._watchdog.guard(response, deadline):
+                    body = _read_capped(response)
+                if time.monotonic() > deadline:
+                    raise _Retriable(DEADLINE_PASSED)
+            return response.status_code, response.headers, body
         except _Retriable as exc:
             raise _Retriable(f"{action}: {exc} ({self._deadline:g} s)") from None
-        except urllib3.exceptions.SSLError as exc:
+        except requests.exceptions.SSLError as exc:
             raise AuthError(f"{action}: TLS verification failed for {self._host}: {exc}") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (requests.RequestException, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise _Retriable(f"{action}: {DEADLINE_PASSED} ({self._deadline:g} s)") from None
             what = _transport_failure(exc)
             raise _Retriable(f"{action}: {what} talking to {self._host}") from None
 
 
-# Checked in order: NewConnectionError is also a ConnectTimeoutError.
-_TRANSPORT_FAILURES: tuple[tuple[type[Exception], str], ...] = (
-    (urllib3.exceptions.ProxyError, "the proxy failed"),
-    (urllib3.exceptions.NewConnectionError, "could not connect"),
-    (urllib3.exceptions.ConnectTimeoutError, "connecting timed out"),
-    (urllib3.exceptions.ReadTimeoutError, "no response within the read timeout"),
-    (urllib3.exceptions.ProtocolError, "the connection broke (reset, or closed mid-response)"),
+def _keep_signature(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """An auth hook that changes nothing, so requests never swaps in ~/.netrc credentials."""
+    return request
+
+
+def _session(concurrency: int) -> requests.Session:
+    """One session that verifies TLS, never retries or redirects on its own, and takes
+    proxies and CA bundles from the environment (trust_env: HTTPS_PROXY, NO_PROXY,
+    REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE)."""
+    session = requests.Session()
+    session.trust_env = True
+    # one connection per worker thread, plus the thread that lists jobs
+    adapter = HTTPAdapter(pool_maxsize=concurrency + 1, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+# requests wraps the transport's exception: these names, found in the chain of causes, say
+# what happened; checked in order, since a failed connect is also a ConnectionError.
+_TRANSPORT_FAILURES: tuple[tuple[str, str], ...] = (
+    ("ProxyError", "the proxy failed"),
+    ("NewConnectionError", "could not connect"),
+    ("ConnectTimeout", "connecting timed out"),
+    ("ReadTimeout", "no response within the read timeout"),
+    ("ContentDecodingError", "the body could not be decoded"),
+    ("ChunkedEncodingError", "the connection broke (reset, or closed mid-response)"),
+    ("ProtocolError", "the connection broke (reset, or closed mid-response)"),
 )
 
 
-def _transport_failure(exc: Exception) -> str:
-    """What went wrong on the wire, in words, with the exception's name."""
-    what = next((text for kind, text in _TRANSPORT_FAILURES if isinstance(exc, kind)), "failed")
-    return f"{what} ({type(exc).__name__})"
+def _transport_failure(exc: BaseException) -> str:
+    """What went wrong on the wire, in words, with the name of the innermost cause."""
+    chain = _causes(exc)
+    names = {kind.__name__ for cause in chain for kind in type(cause).__mro__}
+    what = next((text for name, text in _TRANSPORT_FAILURES if name in names), "failed")
+    return f"{what} ({type(chain[-1]).__name__})"
 
 
-def _connection_pool(scheme: str, host: str) -> urllib3.PoolManager:
-    """Pooled connections that verify TLS and never retry or redirect on their own, through
-    the proxy the environment names for this host (read once, here)."""
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(scheme) or proxies.get("all")
-    if proxy and not urllib.request.proxy_bypass(host):
-        auth = urllib3.util.parse_url(proxy).auth
-        headers = urllib3.make_headers(proxy_basic_auth=auth) if auth else None
-        return urllib3.ProxyManager(proxy, proxy_headers=headers, maxsize=POOL_SIZE, retries=False)
-    return urllib3.PoolManager(maxsize=POOL_SIZE, retries=False)
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and those it wraps (requests and urllib3 keep them in args or reason)."""
+    chain = [exc]
+    while len(chain) < 8:
+        inner = getattr(chain[-1], "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((arg for arg in chain[-1].args if isinstance(arg, BaseException)), None)
+        if inner is None or inner in chain:
+            break
+        chain.append(inner)
+    return chain
 
 
-def _read_body(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
-    """Stream the body, enforcing the per-attempt deadline and a size cap."""
+def _read_capped(response: requests.Response) -> bytes:
+    """Stream the body in chunks, refusing one larger than the size cap."""
     chunks: list[bytes] = []
     size = 0
-    while chunk := response.read1(CHUNK_SIZE, decode_content=True):
+    for chunk in response.iter_content(CHUNK_SIZE):
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise ContractError(f"response larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
-        if time.monotonic() > deadline:
-            raise _Retriable("response body not complete within the per-attempt deadline")
     return b"".join(chunks)
+
+
+class _Watchdog:
+    """One thread that shuts the socket of a response still being read at its deadline, so
+    a body trickling in byte by byte cannot outlast the per-attempt deadline."""
+
+    def __init__(self, period: float) -> None:
+        self._period = min(max(period, 0.01), 3600.0)
+        self._guarded: dict[int, tuple[float, requests.Response]] = {}
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @contextmanager
+    def guard(self, response: requests.Response, deadline: float) -> Iterator[None]:
+        """Watch this response while the block reads it."""
+        with self._wake:
+            self._guarded[id(response)] = (deadline, response)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="qianfan-deadline")
+                self._thread.daemon = True
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._wake:  # a cut never hits a connection already back in the pool
+                self._guarded.pop(id(response), None)
+
+    def close(self) -> None:
+        """Stop the thread."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        # Every deadline is "now + period", so waking at the soonest one, or a period from
+        # now when nothing is guarded, is never late: guard() needs no notify.
+        with self._wake:
+            while not self._closed:
+                now = time.monotonic()
+                for key, (deadline, response) in list(self._guarded.items()):
+                    if deadline <= now:
+                        _shut(response)
+                        del self._guarded[key]
+                soonest = min((d for d, _ in self._guarded.values()), default=now + self._period)
+                self._wake.wait(max(soonest - now, 0.001))
+
+
+def _shut(response: requests.Response) -> None:
+    """Shut the socket of a response whose deadline passed: a blocked read returns at once."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _reject_constant(name: str) -> NoReturn:
