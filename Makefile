@@ -16,7 +16,12 @@ $(VENV)/.test-deps: $(BIN)/qianfan-etl
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-demo: $(BIN)/qianfan-etl
+# The demo ends with the report page, so it installs the report extra too.
+$(VENV)/.report-deps: $(BIN)/qianfan-etl
+	$(BIN)/pip install --quiet -e '.[report]'
+	touch $@
+
+demo: $(VENV)/.report-deps
 	$(BIN)/qianfan-etl demo
 
 lint: $(VENV)/.test-deps
@@ -31,4 +36,4 @@ bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) qianfan_demo.db* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) qianfan_demo.db* qianfan-report.html .pytest_cache .mypy_cache .ruff_cache

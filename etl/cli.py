@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -13,7 +14,8 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from etl import config, db, faults, monitor, report, stopping
+from etl import config, db, faults, monitor, page, report, stopping
+from etl.charts import Selection
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.simulator import Simulator, SimulatorConfig
@@ -143,6 +145,20 @@ def engine_for(database_url: str | None) -> Engine:
     help="Seconds to wait for another run's lock before exit 75.",
 )
 @click.option(
+    "--active-only",
+    is_flag=True,
+    help="List tasks only of jobs that are new, unfinished or failed to list; delete nothing.",
+)
+@click.option(
+    "--full-every",
+    metavar="DURATION",
+    default="24h",
+    show_default=True,
+    envvar="QIANFAN_ETL_FULL_EVERY",
+    callback=lambda _ctx, _param, value: _duration(value),
+    help="An --active-only run is full when the last full run is older than this (90m, 2h, 1d).",
+)
+@click.option(
     "--metrics-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="QIANFAN_ETL_METRICS_FILE",
@@ -158,6 +174,8 @@ def sync_command(
     dry_run: bool,
     max_rejects: int,
     lock_wait: float,
+    active_only: bool,
+    full_every: tuple[float, str],
     metrics_file: Path | None,
     database_url: str | None,
     log_format: str,
@@ -171,9 +189,12 @@ def sync_command(
     Example:
         export QIANFAN_ACCESS_KEY=... QIANFAN_SECRET_KEY=...
         qianfan-etl sync --database-url postgresql://etl@db/analytics
+        qianfan-etl sync --active-only --full-every 24h    # every few minutes
     """
     setup_logging(log_format, verbose, quiet)
     faults.arm(os.environ.get(FAULT_VAR))
+    if active_only and job_ids:
+        raise click.UsageError("--active-only and --job-id do not combine: choose one")
     with monitor.RunMetrics(metrics_file, dry_run) as metrics:
         settings = config.api_settings()
         engine = metrics.engine = db.create(
@@ -182,7 +203,14 @@ def sync_command(
             budgets["db_statement_timeout"],
         )
         options = SyncOptions(
-            frozenset(job_ids), concurrency, dry_run, max_rejects, lock_wait, budgets["batch_tasks"]
+            frozenset(job_ids),
+            concurrency,
+            dry_run,
+            max_rejects,
+            lock_wait,
+            budgets["batch_tasks"],
+            active_only=active_only,
+            full_every=full_every[0],
         )
         progress = report.Progress() if not quiet and sys.stderr.isatty() else None
         with _terminate_as_exit(), _client(settings, qps, concurrency, budgets) as client:
@@ -309,6 +337,50 @@ def _duration(value: str | None) -> tuple[float, str] | None:
         raise click.BadParameter(str(exc)) from None
 
 
+@cli.command("report")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=page.DEFAULT_OUTPUT,
+    show_default=True,
+    help="The HTML file to write (replaced whole).",
+)
+@click.option("--job-id", "job_ids", multiple=True, help="Only this job (repeatable).")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="Only tasks created at or after this UTC date/time.",
+)
+@click.option(
+    "--tasks",
+    type=click.IntRange(1, 50),
+    default=10,
+    show_default=True,
+    help="Tasks drawn in the loss curves.",
+)
+@database_option()
+def report_command(
+    output: Path,
+    job_ids: tuple[str, ...],
+    since: datetime | None,
+    tasks: int,
+    database_url: str | None,
+) -> None:
+    """Write one self-contained HTML page of charts: loss curves, metrics, outcomes, durations.
+
+    \b
+    Example:
+        qianfan-etl report --output /var/www/qianfan/index.html
+    """
+    page.require_extra()
+    engine = engine_for(database_url)
+    db.require_head(engine)
+    selection = Selection(job_ids, since.replace(tzinfo=UTC) if since else None, tasks)
+    with db.translated_errors(engine.url):
+        size = page.write_report(engine, output, selection)
+    click.echo(f"report: {output.resolve()} ({size / 1e6:.1f} MB)")
+
+
 SIMULATOR_OPTIONS: list[tuple[str, click.ParamType[Any], object, str]] = [
     ("--jobs", click.IntRange(0), 20, "Jobs in the synthetic account."),
     ("--tasks-per-job", click.IntRange(0), 10, "Tasks listed under each job."),
@@ -333,12 +405,24 @@ def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="Port on 127.0.0.1 (0: any free port).",
 )
+@click.option(
+    "--running-jobs",
+    type=click.FloatRange(0, 1),
+    help="A steady state: this share of jobs has a Running task, the rest only finished ones.",
+)
 @simulator_options
 def simulate_command(
-    port: int, jobs: int, tasks_per_job: int, checkpoints: int, seed: int, latency_ms: float
+    port: int,
+    running_jobs: float | None,
+    jobs: int,
+    tasks_per_job: int,
+    checkpoints: int,
+    seed: int,
+    latency_ms: float,
 ) -> None:
     """Serve a Qianfan-compatible API with synthetic data on 127.0.0.1."""
     sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
+    sim_config.running_jobs = running_jobs
     server = Simulator(sim_config).serve(port=port)
     keys = f"{config.ACCESS_KEY_VAR}={sim_config.access_key} "
     keys += f"{config.SECRET_KEY_VAR}={sim_config.secret_key}"
@@ -373,6 +457,18 @@ def demo_command(
         click.echo(report.sample_text(engine))
     prog = sys.argv[0] if Path(sys.argv[0]).name == "qianfan-etl" else "qianfan-etl"
     click.echo(f"Explore it: {prog} status --database-url {database_url}")
+    click.echo(_demo_report(engine, f"{prog} report --database-url {database_url}"))
+
+
+def _demo_report(engine: Engine, command: str) -> str:
+    """The demo's last line: where its report is, or how to get one."""
+    output = Path(page.DEFAULT_OUTPUT)
+    try:
+        with db.translated_errors(engine.url):
+            page.write_report(engine, output, Selection())
+    except page.MissingExtraError:
+        return f"For a page of charts: {page.INSTALL_HINT}, then {command}"
+    return f"Report: {output.resolve()}"
 
 
 def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:

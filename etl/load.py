@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from etl.errors import LockBusyError, LockLostError
 from etl.schema import (
+    etl_failed_jobs,
     etl_rejects,
     etl_runs,
     finetune_jobs,
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 ADVISORY_LOCK_KEY = 0x5A3F0E3C6B1D2E4F
 LOCK_POLL_SECONDS = 0.2
 ID_CHUNK = 1000
+# A task in any other status (`Running`, `Waiting`, `""`, NULL, one not yet known) may still
+# change, so an --active-only run lists its job again.
+TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
+RUNNING = "Running"
+# Written by their own UPDATEs, never by the content upsert: progress alone is no change.
+PROGRESS_COLUMNS = ("run_progress", "vdl_link", "progress_at")
 
 
 def now() -> datetime:
@@ -159,6 +166,7 @@ class RunCounts:
     rows_written: int = 0
     api_calls: int = 0
     rejects: int = 0
+    jobs_skipped: int = 0
 
     def add(self, other: "RunCounts") -> None:
         """Accumulate another batch's counts."""
@@ -166,7 +174,7 @@ class RunCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def start_run(connection: Connection) -> int:
+def start_run(connection: Connection, mode: str = "full") -> int:
     """Mark runs that died without finishing as abandoned, then record a new running one."""
     connection.execute(
         etl_runs.update()
@@ -174,7 +182,9 @@ def start_run(connection: Connection) -> int:
         .values(status="abandoned", error="the process ended without finishing its run")
     )
     result = connection.execute(
-        etl_runs.insert().values(started_at=now(), status="running").returning(etl_runs.c.run_id)
+        etl_runs.insert()
+        .values(started_at=now(), status="running", mode=mode)
+        .returning(etl_runs.c.run_id)
     )
     return int(result.scalar_one())
 
@@ -248,6 +258,7 @@ def write_batch(
         connection, finetune_tasks, _returning(finetune_tasks, stored, changed_tasks), stamp
     )
     written += _replace_children(connection, changed, stored)
+    written += _clear_progress(connection, _left_running(changed, stored))
     history = _status_changes(changed, stored, run_id, stamp)
     written += _insert(connection, finetune_task_status_history, history)
     seen = {r.task["task_id"] for r in tasks} | {r.source_id for r in batch.rejects if r.source_id}
@@ -351,7 +362,7 @@ def _upsert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]],
         return 0
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(table)
-    keep = {key, "first_seen_at"}
+    keep = {key, "first_seen_at", *PROGRESS_COLUMNS}
     update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keep}
     connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=update), rows)
     return len(rows)
@@ -483,6 +494,113 @@ def _delete_absent_tasks(
                 connection, finetune_tasks, finetune_tasks.c.task_id.in_(chunk), stamp
             )
     return written
+
+
+def _left_running(changed: list[TaskRows], stored: dict[str, sa.Row[Any]]) -> list[str]:
+    """Changed tasks stored as Running that are no longer: their progress goes."""
+    return [
+        rows.task["task_id"]
+        for rows in changed
+        if rows.task["task_id"] in stored
+        and stored[rows.task["task_id"]].run_status == RUNNING
+        and rows.task["run_status"] != RUNNING
+    ]
+
+
+def _clear_progress(connection: Connection, task_ids: list[str]) -> int:
+    written = 0
+    for chunk in _chunks(task_ids):
+        result = connection.execute(
+            finetune_tasks.update()
+            .where(finetune_tasks.c.task_id.in_(chunk))
+            .values(dict.fromkeys(PROGRESS_COLUMNS))
+        )
+        written += result.rowcount
+    return written
+
+
+def save_progress(connection: Connection, progress: list[dict[str, Any]]) -> int:
+    """Store the live progress of tasks stored as Running, where it changed.
+
+    Its own UPDATE: content_hash, last_changed_at and the status history stay as they were."""
+    stored = _stored_progress(connection, [row["task_id"] for row in progress])
+    changed = [
+        {**row, "progress_at": now()}
+        for row in progress
+        if row["task_id"] in stored
+        and stored[row["task_id"]] != (row["run_progress"], row["vdl_link"])
+    ]
+    if not changed:
+        return 0
+    key: sa.BindParameter[str] = sa.bindparam("progress_task_id")
+    connection.execute(
+        finetune_tasks.update()
+        .where(finetune_tasks.c.task_id == key)
+        .values({name: sa.bindparam(name) for name in PROGRESS_COLUMNS}),
+        [{**row, "progress_task_id": row["task_id"]} for row in changed],
+    )
+    return len(changed)
+
+
+def _stored_progress(
+    connection: Connection, task_ids: list[str]
+) -> dict[str, tuple[float | None, str | None]]:
+    """Stored progress of those of these tasks that are live and stored as Running."""
+    table, found = finetune_tasks, {}
+    for chunk in _chunks(task_ids):
+        rows = connection.execute(
+            sa.select(table.c.task_id, table.c.run_progress, table.c.vdl_link).where(
+                table.c.task_id.in_(chunk),
+                table.c.run_status == RUNNING,
+                table.c.deleted_at.is_(None),
+            )
+        )
+        found.update({row.task_id: (row.run_progress, row.vdl_link) for row in rows})
+    return found
+
+
+# -- what an --active-only run lists -------------------------------------------------------
+
+
+def live_job_ids(connection: Connection) -> set[str]:
+    """Every job stored and not soft-deleted."""
+    query = sa.select(finetune_jobs.c.job_id).where(finetune_jobs.c.deleted_at.is_(None))
+    return set(connection.execute(query).scalars())
+
+
+def jobs_to_relist(connection: Connection) -> set[str]:
+    """Jobs whose tasks an --active-only run lists again although stored: those with a live
+    task not in a terminal state, and those a run since the last complete one failed to list."""
+    tasks = finetune_tasks
+    unfinished = sa.select(tasks.c.job_id).where(
+        tasks.c.deleted_at.is_(None),
+        sa.or_(tasks.c.run_status.is_(None), tasks.c.run_status.not_in(TERMINAL_STATUSES)),
+    )
+    failed = sa.select(etl_failed_jobs.c.job_id).where(
+        etl_failed_jobs.c.run_id > _last_covering_run()
+    )
+    return set(connection.execute(sa.union(unfinished, failed)).scalars())
+
+
+def _last_covering_run() -> sa.ScalarSelect[Any]:
+    """The last run that listed every job it had to: a succeeded full or active-only run."""
+    runs = etl_runs
+    last = sa.select(sa.func.coalesce(sa.func.max(runs.c.run_id), 0)).where(
+        runs.c.status == "succeeded", runs.c.mode.in_(("full", "active"))
+    )
+    return last.scalar_subquery()
+
+
+def last_full_run_at(connection: Connection) -> datetime | None:
+    """When the last full run that listed every job finished (succeeded or partial), if any."""
+    runs = etl_runs
+    query = sa.select(sa.func.max(runs.c.finished_at)).where(
+        runs.c.mode == "full", runs.c.status.in_(("succeeded", "partial"))
+    )
+    finished: datetime | None = connection.execute(query).scalar_one()
+    if finished is not None and finished.tzinfo is None:
+        finished = finished.replace(tzinfo=UTC)  # SQLite gives back naive UTC
+    return finished
 
 
 def _reject_rows(rejects: list[Reject], run_id: int, stamp: datetime) -> list[dict[str, Any]]:

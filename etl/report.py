@@ -31,7 +31,9 @@ def summary_fields(result: SyncResult) -> dict[str, Any]:
     return {
         "run_id": result.run_id,
         "dry_run": result.dry_run,
+        "mode": result.mode,
         **asdict(result.counts),
+        "progress_failed": result.progress_failed,
         "soft_deleted": result.deleted,
         "seconds": round(result.seconds, 2),
     }
@@ -41,12 +43,23 @@ def summary_line(result: SyncResult) -> str:
     """One line: what the run saw, changed and wrote, API calls and seconds."""
     c = result.counts
     verb = "would write" if result.dry_run else "wrote"
+    mode = "" if result.mode == "full" else f" ({result.mode})"
     return (
-        f"{'dry run' if result.dry_run else 'sync'} run {result.run_id}: "
-        f"{c.jobs_seen} jobs, {c.tasks_seen} tasks ({c.tasks_changed} changed), "
+        f"{'dry run' if result.dry_run else 'sync'} run {result.run_id}{mode}: "
+        f"{c.jobs_seen} jobs{_skipped(c.jobs_skipped)}, "
+        f"{c.tasks_seen} tasks ({c.tasks_changed} changed), "
         f"{verb} {c.rows_written} rows, {c.rejects} rejects, {c.api_calls} API calls, "
-        f"{result.seconds:.1f}s"
+        f"{_failed_progress(result.progress_failed)}{result.seconds:.1f}s"
     )
+
+
+def _skipped(jobs: int) -> str:
+    """Jobs carried over: each saved at least one task-listing call."""
+    return f" ({jobs} carried over: {jobs}+ API calls saved)" if jobs else ""
+
+
+def _failed_progress(tasks: int) -> str:
+    return f"progress of {tasks} Running tasks not fetched (kept), " if tasks else ""
 
 
 class Progress:
@@ -96,14 +109,16 @@ def _counts(connection: sa.Connection) -> dict[str, dict[str, int]]:
 def status_text(status: dict[str, Any]) -> str:
     """`status` for people: a runs table, then counts."""
     lines = [
-        "run  status      started                    jobs  tasks  changed  rows  rejects  error"
+        "run  status      mode      started                    jobs  skipped  tasks  changed  "
+        "rows  rejects  calls  error"
     ]
     for run in status["runs"]:
         started = str(run["started_at"])[:19]
         lines.append(
-            f"{run['run_id']:<4} {run['status']:<11} {started:<26} {run['jobs_seen']:>4} "
+            f"{run['run_id']:<4} {run['status']:<11} {run['mode']:<9} {started:<26} "
+            f"{run['jobs_seen']:>4} {run['jobs_skipped']:>8} "
             f"{run['tasks_seen']:>6} {run['tasks_changed']:>8} {run['rows_written']:>5} "
-            f"{run['rejects']:>8}  {(run['error'] or '')[:60]}"
+            f"{run['rejects']:>8} {run['api_calls']:>6}  {(run['error'] or '')[:60]}"
         )
     lines.append("")
     for name, count in status["tables"].items():

@@ -60,6 +60,9 @@ class SimulatorConfig:
     access_key: str = "sim-access-key"
     secret_key: str = "sim-secret-key"
     field_style: str = "mixed"  # "seed": createTime/finishTime; "sdk": *Date; "mixed": per job
+    # A steady state: this share of the jobs (spread evenly) has a Running first task and the
+    # others only finished tasks. None: every task's status is drawn on its own.
+    running_jobs: float | None = None
 
 
 @dataclass
@@ -154,7 +157,7 @@ def _make_task(
     """Task `number` of job `index`; every draw happens whatever the status, so `done` is stable."""
     rng = random.Random(f"{config.seed}:{index}:{number}")
     status = "Done" if rng.random() < 0.8 else rng.choice(OTHER_STATUSES)
-    status = "Done" if done else status
+    status = "Done" if done else _steady_status(config, index, number, status)
     created = EPOCH + timedelta(hours=index, minutes=2 * number + 1, seconds=rng.randrange(60))
     finished = created + timedelta(seconds=rng.randrange(600, 86400))
     checkpoints = _make_checkpoints(rng, config.checkpoints)
@@ -182,6 +185,16 @@ def _make_task(
     if status == "Failed":
         task.update(errorCode=error_code, errorMessage=f"training aborted (code {error_code})")
     return task
+
+
+def _steady_status(config: SimulatorConfig, index: int, number: int, drawn: str) -> str:
+    """The drawn status, or under `running_jobs` the one that job's place gives it."""
+    share = config.running_jobs
+    if share is None:
+        return drawn
+    if math.floor((index + 1) * share) > math.floor(index * share):
+        return "Running" if number == 0 else drawn
+    return "Done" if drawn in UNFINISHED else drawn
 
 
 def _finish_raw(task: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +237,7 @@ class _Dataset:
         self._deleted_tasks: set[str] = set()
         self._done_tasks: set[str] = set()
         self._added_tasks: dict[str, list[Any]] = {}
+        self._task_jobs: dict[str, int] = {}  # generated task id -> job index, built once
 
     def _base_job(self, index: int) -> dict[str, Any]:
         if index not in self._job_cache:
@@ -271,12 +285,19 @@ class _Dataset:
                 _id_of(raw, "taskId") == task_id for raw in raws
             ):
                 return job_id
-        for index, job_id in enumerate(self._ids):
-            if job_id not in self._deleted_jobs and task_id in self._task_ids(index):
-                if task_id in self._deleted_tasks and task_id not in self._task_overrides:
-                    break
-                return job_id
-        raise KeyError(task_id)
+        index = self._generated_task_jobs().get(task_id)
+        if index is None or self._ids[index] in self._deleted_jobs:
+            raise KeyError(task_id)
+        if task_id in self._deleted_tasks and task_id not in self._task_overrides:
+            raise KeyError(task_id)
+        return self._ids[index]
+
+    def _generated_task_jobs(self) -> dict[str, int]:
+        """Which job generated each task id: a detail call must not hash the whole account."""
+        if not self._task_jobs and self.config.tasks_per_job:
+            for index in range(self.config.jobs):
+                self._task_jobs.update(dict.fromkeys(self._task_ids(index), index))
+        return self._task_jobs
 
     def find_task(self, task_id: str) -> Any:
         """The listed task with this id, or None."""
@@ -464,6 +485,7 @@ class Simulator:
         self.requests: list[RecordedRequest] = []
         self.pagination_fault: str | None = None
         self.pagination_fault_action: str | None = None
+        self._progress: dict[str, Any] = {}
 
     @property
     def api_calls(self) -> int:
@@ -507,6 +529,11 @@ class Simulator:
     def put_job(self, raw: Any) -> None:
         """Replace the job with raw's jobId, or append raw (any JSON value) to the listing."""
         self._mutate(self._data.put_job, raw)
+
+    def set_progress(self, task_id: str, value: Any) -> None:
+        """What the detail call answers as runProgress while the task is Running (any JSON)."""
+        with self._lock:
+            self._progress[task_id] = copy.deepcopy(value)
 
     def inject(self, fault: Fault) -> None:
         """Arm a fault for the next `fault.times` matching requests."""
@@ -561,7 +588,8 @@ class Simulator:
         detail = {**task, "vdlLink": f"https://console.bce.baidu.com/qianfan/vdl/{task_id}"}
         if task.get("runStatus") == "Running":
             done = len(task.get("checkpointList") or [])
-            detail["runProgress"] = f"{min(99, done * 100 // max(1, self.config.checkpoints))}%"
+            percent = f"{min(99, done * 100 // max(1, self.config.checkpoints))}%"
+            detail["runProgress"] = self._progress.get(task_id, percent)
         return detail
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> "SimulatorServer":

@@ -6,17 +6,26 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl import db, load, stopping
 from etl.errors import ContractError
-from etl.extract import JobListing, fetch_account
+from etl.extract import ActiveSelection, JobListing, fetch_account
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts
 from etl.qianfan import QianfanClient
-from etl.transform import PreparedTask, Reject, job_to_row, prepare_task, tasks_to_rows
+from etl.transform import (
+    PreparedTask,
+    Reject,
+    job_to_row,
+    prepare_task,
+    progress_to_row,
+    tasks_to_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,9 @@ class SyncOptions:
     max_rejects: int = 100
     lock_wait: float = 0.0
     batch_tasks: int = 2000
+    active_only: bool = False
+    # seconds: an --active-only run is full when the last full run is older than this
+    full_every: float = 86400.0
 
 
 @dataclass
@@ -42,6 +54,8 @@ class SyncResult:
     seconds: float
     dry_run: bool
     deleted: int = 0
+    mode: str = "full"
+    progress_failed: int = 0
 
 
 @dataclass
@@ -52,6 +66,10 @@ class _State:
     untyped_tasks: int = 0
     seen_jobs: set[str] = field(default_factory=set)
     complete: bool = True
+    # an --active-only run soft-deletes nothing, tasks of the jobs it listed included
+    deletes: bool = True
+    progress: list[dict[str, Any]] = field(default_factory=list)
+    progress_failed: int = 0
     # Type tasks as they arrive on a first load, or when most of the last batch changed, so the
     # writer only writes; leave typing to the writer when most were unchanged (a no-op run).
     type_ahead: bool = True
@@ -63,6 +81,8 @@ class _Pending:
 
     batch: Batch
     untyped: list[tuple[str, list[PreparedTask]]]
+    progress: list[dict[str, Any]]
+    deletes: bool
 
 
 def sync(
@@ -78,11 +98,13 @@ def sync(
         with load.run_lock(engine, options.lock_wait) as lock, engine.connect() as connection:
             outer = connection.begin() if options.dry_run else None
             with _transaction(connection, options.dry_run):
-                run_id = load.start_run(connection)
+                mode = _mode(connection, options)
+                run_id = load.start_run(connection, mode)
             counts = RunCounts()
+            state = _State(complete=mode == "full", deletes=mode != "active")
             try:
                 deleted = _copy_account(
-                    connection, client, options, _Run(run_id, lock), counts, progress
+                    connection, client, options, _Run(run_id, lock), counts, progress, state
                 )
                 counts.api_calls = client.api_calls
                 with _transaction(connection, options.dry_run, lock):
@@ -93,7 +115,26 @@ def sync(
                 raise
             if outer is not None:
                 outer.rollback()
-    return SyncResult(run_id, counts, time.monotonic() - started, options.dry_run, deleted)
+    seconds = time.monotonic() - started
+    return SyncResult(
+        run_id, counts, seconds, options.dry_run, deleted, mode, state.progress_failed
+    )
+
+
+def _mode(connection: Connection, options: SyncOptions) -> str:
+    """`selected` for --job-id; `active` for --active-only unless a full run is due; else `full`."""
+    if options.job_ids:
+        return "selected"
+    if not options.active_only:
+        return "full"
+    last_full = load.last_full_run_at(connection)
+    if last_full is None or load.now() - last_full >= timedelta(seconds=options.full_every):
+        log.info(
+            "no full run within --full-every %gs: this --active-only run is full",
+            options.full_every,
+        )
+        return "full"
+    return "active"
 
 
 @dataclass(frozen=True)
@@ -126,15 +167,19 @@ def _copy_account(
     run: _Run,
     counts: RunCounts,
     progress: Callable[[RunCounts], None] | None,
+    state: _State,
 ) -> int:
     with _transaction(connection, options.dry_run):
-        first_load = not load.has_tasks(connection)
-    state = _State(complete=not options.job_ids, type_ahead=first_load)
+        state.type_ahead = not load.has_tasks(connection)
+        select = None if state.deletes else _active_selection(connection)
     run_id = run.run_id
     writer = _Writer(connection, run, options.dry_run)
     try:
         listings = fetch_account(
-            client, job_ids=options.job_ids or None, concurrency=options.concurrency
+            client,
+            job_ids=options.job_ids or None,
+            concurrency=options.concurrency,
+            select=select,
         )
         for listing in listings:
             fault_point("after_fetch")
@@ -150,12 +195,26 @@ def _copy_account(
     except BaseException:
         writer.abandon()
         raise
+    if select is not None:
+        _count_skipped(counts, select)
     if not state.complete:
         return 0
     with _transaction(connection, options.dry_run, run.lock):
         deleted = load.delete_absent_jobs(connection, state.seen_jobs)
     counts.rows_written += deleted
     return deleted
+
+
+def _active_selection(connection: Connection) -> ActiveSelection:
+    """The jobs stored, and those of them to list again, as the run starts."""
+    return ActiveSelection(load.live_job_ids(connection), load.jobs_to_relist(connection))
+
+
+def _count_skipped(counts: RunCounts, select: ActiveSelection) -> None:
+    """Jobs carried over were listed too: they count as seen, and as skipped."""
+    counts.jobs_skipped = len(select.skipped)
+    counts.jobs_seen += counts.jobs_skipped
+    log.info("%d jobs carried over without listing their tasks", counts.jobs_skipped)
 
 
 def _add_listing(state: _State, listing: JobListing) -> None:
@@ -174,12 +233,14 @@ def _add_listing(state: _State, listing: JobListing) -> None:
     ahead = job["job_id"] if state.type_ahead else None
     state.untyped.append((job["job_id"], [prepare_task(raw, ahead) for raw in listing.tasks]))
     state.untyped_tasks += len(listing.tasks)
+    state.progress += [progress_to_row(key, raw) for key, raw in listing.details.items()]
+    state.progress_failed += listing.details_failed
 
 
 def _take(state: _State) -> _Pending:
     """Hand the batch so far to the writer and start a new one."""
-    pending = _Pending(state.batch, state.untyped)
-    state.batch, state.untyped, state.untyped_tasks = Batch(), [], 0
+    pending = _Pending(state.batch, state.untyped, state.progress, state.deletes)
+    state.batch, state.untyped, state.untyped_tasks, state.progress = Batch(), [], 0, []
     return pending
 
 
@@ -246,6 +307,7 @@ class _Writer:
             stored = load.stored_tasks(connection, ids)
             _type_tasks(pending, {key: row.content_hash for key, row in stored.items()})
             counts = load.write_batch(connection, pending.batch, self._run.run_id, stored)
+            counts.rows_written += load.save_progress(connection, pending.progress)
             if not self._dry_run:
                 self._before_commit()
         if not self._dry_run:
@@ -266,7 +328,7 @@ def _type_tasks(pending: _Pending, known: dict[str, str]) -> None:
         rows, rejects = tasks_to_rows(tasks, job_id, known)
         pending.batch.tasks.extend(rows)
         pending.batch.rejects.extend(rejects)
-        if all(reject.source_id for reject in rejects):
+        if pending.deletes and all(reject.source_id for reject in rejects):
             pending.batch.listed_jobs.append(job_id)
 
 

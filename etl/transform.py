@@ -261,6 +261,16 @@ def job_to_row(raw: Any) -> dict[str, Any] | Reject:
     }
 
 
+def progress_to_row(task_id: str, detail: Any) -> dict[str, Any]:
+    """A Running task's live progress from its detail: `"40%"` → 40.0 (else NULL), vdlLink."""
+    detail = detail if isinstance(detail, dict) else {}
+    return {
+        "task_id": clean_text(task_id),
+        "run_progress": parse_percent(detail.get("runProgress")),
+        "vdl_link": _text(detail, "vdlLink"),
+    }
+
+
 @dataclass(frozen=True)
 class PreparedTask:
     """A raw task with what every run needs of it: its id and content hash; and its rows, if

@@ -43,7 +43,15 @@ Snapshot = dict[str, list[Row]]
 ORACLE_TABLES = (*schema.CONTENT_TABLES, schema.etl_rejects)
 # run metadata and load timestamps differ between two correct histories; content may not
 SKIPPED_COLUMNS = frozenset(
-    {"first_seen_at", "last_changed_at", "observed_at", "run_id", "reject_id", "rejected_at"}
+    {
+        "first_seen_at",
+        "last_changed_at",
+        "observed_at",
+        "progress_at",
+        "run_id",
+        "reject_id",
+        "rejected_at",
+    }
 )
 # tenths of a second everywhere: retries are immediate, deadlines and lock waits short
 FAST = {
@@ -292,7 +300,9 @@ TRANSIENT = {
 def test_transient_api_faults_are_retried_and_the_run_succeeds(pg_etl: Etl, golden: Any) -> None:
     """Every transient fault at once, one after another (one CLI run keeps the file fast)."""
     expected = golden(pg_etl)
-    clean_calls = 1 + len(pg_etl.sim.jobs())
+    jobs = pg_etl.sim.jobs()
+    running = [t for j in jobs for t in pg_etl.sim.tasks(j["jobId"]) if t["runStatus"] == "Running"]
+    clean_calls = 1 + len(jobs) + len(running)  # job page, task pages, detail calls
     faults = [fault for group in TRANSIENT.values() for fault in group]
     for fault in faults:
         pg_etl.sim.inject(fault)

@@ -292,6 +292,49 @@ def test_task_detail_adds_progress_while_running_and_a_vdl_link(start: Start) ->
     assert post(server, TASK, {}).json()["code"] == "InvalidParameter"
 
 
+def test_task_detail_progress_is_settable_and_follows_the_task(start: Start) -> None:
+    sim, server = start(jobs=20, tasks_per_job=5, checkpoints=10, seed=6, running_jobs=0.2)
+    running = [sim.tasks(j["jobId"])[0] for j in sim.jobs()]
+    running = [t for t in running if t["runStatus"] == "Running"]
+    first, second = running[0]["taskId"], running[1]["taskId"]
+    sim.set_progress(first, "40%")
+    assert result(server, TASK, {"taskId": first})["runProgress"] == "40%"
+    sim.set_progress(first, "55%")  # advances between two calls
+    assert result(server, TASK, {"taskId": first})["runProgress"] == "55%"
+    sim.finish_task(first)
+    finished = result(server, TASK, {"taskId": first})
+    assert finished["runStatus"] == "Done" and "runProgress" not in finished
+    sim.delete_task(second)
+    assert post(server, TASK, {"taskId": second}).json()["code"] == "ResourceNotFound"
+    job_id = running[2]["jobId"]
+    sim.delete_job(job_id)
+    gone = [t["taskId"] for t in running if t["jobId"] == job_id]
+    assert all(post(server, TASK, {"taskId": t}).status_code == 404 for t in gone)
+
+
+def test_running_jobs_gives_a_steady_state_account(start: Start) -> None:
+    sim, _ = start(jobs=40, tasks_per_job=6, checkpoints=3, seed=2, running_jobs=0.1)
+    unfinished = {"Running", "Waiting", ""}
+    live = [
+        j["jobId"]
+        for j in sim.jobs()
+        if {t["runStatus"] for t in sim.tasks(j["jobId"])} & unfinished
+    ]
+    assert len(live) == 4
+    assert all(sim.tasks(j)[0]["runStatus"] == "Running" for j in live)
+    drawn, _ = start(jobs=40, tasks_per_job=6, checkpoints=3, seed=2)
+    assert (
+        len(
+            [
+                j
+                for j in drawn.jobs()
+                if {t["runStatus"] for t in drawn.tasks(j["jobId"])} & unfinished
+            ]
+        )
+        > 4
+    )
+
+
 # --- auth ---
 
 

@@ -1,0 +1,564 @@
+"""`qianfan-etl report`: one self-contained HTML page of Vega-Lite charts over the loaded data.
+
+The page carries its data as JSON inside <script type="application/json"> elements and the Vega
+JavaScript inline; a Content-Security-Policy allows only the page's own scripts, by hash, and no
+request to anywhere, so a page that tried to fetch something would fail loudly.
+"""
+
+import base64
+import hashlib
+import html
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Connection, Engine
+
+from etl import charts
+from etl.charts import Selection
+from etl.errors import ConfigError
+
+if TYPE_CHECKING:
+    import altair as alt
+
+INSTALL_HINT = "pip install 'qianfan-etl[report]'"
+DEFAULT_OUTPUT = "qianfan-report.html"
+STATUS_COLOURS = {
+    "Done": "#2e7d32",
+    "Running": "#1565c0",
+    "Waiting": "#9e9e9e",
+    "Stopped": "#ef6c00",
+    "Failed": "#c62828",
+}
+LEGEND_LIMIT = 360
+
+
+class MissingExtraError(ConfigError):
+    """The report's charting libraries are not installed."""
+
+
+def require_extra() -> None:
+    """Fail with what to install when the optional `report` extra is missing."""
+    try:
+        import altair  # noqa: F401
+        import vl_convert  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"`qianfan-etl report` needs the optional charting libraries ({exc.name} is "
+            f"missing): {INSTALL_HINT}"
+        ) from None
+
+
+@dataclass
+class Section:
+    """A heading, a sentence on what it shows, then a chart of its rows (or why there is none)
+    and tables. The chart's Vega-Lite data is named after the section's key."""
+
+    key: str
+    title: str
+    about: str
+    empty: str
+    rows: list[dict[str, Any]]
+    build: Callable[[], dict[str, Any]]
+    tables: list[str] = field(default_factory=list)
+
+    @property
+    def chart(self) -> dict[str, Any] | None:
+        """The chart's spec with its rows, or None when there are none to draw."""
+        return {**self.build(), "datasets": {self.key: self.rows}} if self.rows else None
+
+
+def write_report(engine: Engine, output: Path, selection: Selection) -> int:
+    """Query, render and write the page atomically; returns its size in bytes."""
+    require_extra()
+    with engine.connect() as connection:
+        header = header_html(connection, selection, _source(engine))
+        sections = build_sections(connection, selection)
+    page = render_page(header, sections).encode()
+    _write_atomically(output, page)
+    return len(page)
+
+
+def _source(engine: Engine) -> str:
+    """The backend and database name, without host or user: the page may travel by mail."""
+    return f"{engine.url.get_backend_name()} {engine.url.database or ''}".strip()
+
+
+def _write_atomically(output: Path, data: bytes) -> None:
+    """Replace the file whole, so a page published from cron is never half-written."""
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the report into {output.parent}: {exc.strerror}; choose another --output"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        os.chmod(temp, 0o644)
+        os.replace(temp, output)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def build_sections(connection: Connection, selection: Selection) -> list[Section]:
+    """Every section of the page, each from its queries in etl.charts."""
+    return [
+        loss_section(connection, selection),
+        metrics_section(connection, selection),
+        outcomes_section(connection, selection),
+        failures_section(connection, selection),
+        durations_section(connection, selection),
+    ]
+
+
+# --- header ---
+
+
+def header_html(connection: Connection, selection: Selection, source: str) -> str:
+    """Freshness (latest run, its status, when) and counts, as escaped HTML."""
+    now = datetime.now(UTC)
+    runs = charts.latest_runs(connection)
+    success = charts.last_success(connection)
+    counts = charts.task_counts(connection, selection)
+    latest = (
+        f"run {runs[0]['run_id']} <b class='status-{_css(runs[0]['status'])}'>"
+        f"{_e(runs[0]['status'])}</b>, started {_when(runs[0]['started_at'], now)}"
+        if runs
+        else "no sync has run on this database yet: run <code>qianfan-etl sync</code>"
+    )
+    facts = [
+        ("latest sync", latest),
+        ("last successful sync finished", _when(success, now) if success else "never"),
+        ("jobs", _e(charts.job_count(connection, selection))),
+        ("tasks", _e(sum(counts.values())) + _by_status(counts)),
+        ("covers", _e(_describe(selection))),
+        ("database", _e(source)),
+    ]
+    items = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts)
+    generated = now.strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"<header><h1>Qianfan fine-tuning report</h1><p class='generated'>generated {generated}"
+        f"</p><dl>{items}</dl>{runs_table(runs)}</header>"
+    )
+
+
+def _by_status(counts: dict[str, int]) -> str:
+    parts = [f"{_e(status)} {count}" for status, count in counts.items()]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _describe(selection: Selection) -> str:
+    parts = [f"jobs {', '.join(selection.job_ids)}" if selection.job_ids else "all jobs"]
+    if selection.since:
+        parts.append(f"tasks created since {selection.since:%Y-%m-%d %H:%M} UTC")
+    return "; ".join(parts)
+
+
+def runs_table(runs: list[dict[str, Any]]) -> str:
+    """The latest sync runs."""
+    columns = ["run_id", "status", "mode", "started_at", "finished_at", "tasks_seen"]
+    columns += ["tasks_changed", "rejects", "error"]
+    rows = [[r.get(column) for column in columns] for r in runs]
+    headers = ["run", "status", "mode", "started", "finished", "tasks", "changed", "rejects"]
+    return table([*headers, "error"], rows, "Latest sync runs") if rows else ""
+
+
+def _when(moment: datetime | None, now: datetime) -> str:
+    """A UTC time and how long before `now` it was."""
+    if moment is None:
+        return "-"
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return f"{_e(_text(aware))} ({_ago(now - aware)})"
+
+
+def _ago(delta: Any) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 120:
+        return f"{minutes} min ago"
+    return f"{minutes // 60} h ago" if minutes < 48 * 60 else f"{minutes // 1440} days ago"
+
+
+# --- sections ---
+
+
+def loss_section(connection: Connection, selection: Selection) -> Section:
+    """Training loss and perplexity by step, one line per task."""
+    return Section(
+        "loss",
+        "Loss curves",
+        f"Training loss and perplexity by step of the {selection.tasks} most recently finished "
+        "tasks (of the named jobs: their latest tasks with checkpoints, in any status). Long "
+        f"curves are thinned to about {charts.MAX_POINTS} points, the last step always kept.",
+        empty="No task has checkpoints yet: curves appear once a sync has loaded a task with a "
+        "checkpointList (finished tasks unless --job-id names jobs).",
+        rows=charts.loss_curves(connection, selection),
+        build=loss_chart,
+    )
+
+
+def loss_chart() -> dict[str, Any]:
+    """Two line charts sharing one legend of job · task."""
+    import altair as alt
+
+    legend = alt.Legend(title="job · task", orient="bottom", columns=2, labelLimit=LEGEND_LIMIT)
+    colour = alt.Color("task:N", legend=legend)
+
+    def line(field_name: str, title: str) -> alt.Chart:
+        chart: alt.Chart = (
+            alt.Chart(alt.NamedData("loss"), width=460, height=280)
+            .mark_line(point=alt.OverlayMarkDef(size=12))
+            .encode(
+                x=alt.X("step:Q", title="step"),
+                y=alt.Y(f"{field_name}:Q", title=title, scale=alt.Scale(zero=False)),
+                color=colour,
+                tooltip=["task:N", "step:Q", f"{field_name}:Q"],
+            )
+        )
+        return chart
+
+    return spec(alt.hconcat(line("loss", "training loss"), line("perplexity", "perplexity")))
+
+
+def metrics_section(connection: Connection, selection: Selection) -> Section:
+    """Mean BLEU-4 and ROUGE by base model and parameter scale, and the best tasks."""
+    rows = charts.metric_means(connection, selection)
+    best = charts.best_tasks(connection, selection) if rows else []
+    return Section(
+        "metrics",
+        "Evaluation metrics",
+        "Mean BLEU-4 and ROUGE-1/2/L (percent) of finished tasks, by base model (x) and "
+        "parameter scale (colour); hover for the number of tasks behind each bar.",
+        empty="No finished task has metrics yet: Qianfan reports BLEU/ROUGE for finished text "
+        "tasks (SFT, DPO, KTO), not for PostPretrain.",
+        rows=rows,
+        build=metrics_chart,
+        tables=[best_table(best)] if best else [],
+    )
+
+
+def metrics_chart() -> dict[str, Any]:
+    """Grouped bars, one panel per metric."""
+    import altair as alt
+
+    return spec(
+        alt.Chart(alt.NamedData("metrics"), width=220, height=220)
+        .mark_bar()
+        .encode(
+            x=alt.X("model:N", title="base model", axis=alt.Axis(labelAngle=-40, labelLimit=140)),
+            xOffset="scale:N",
+            y=alt.Y("mean:Q", title="mean (%)"),
+            color=alt.Color("scale:N", title="parameter scale", legend=alt.Legend(orient="top")),
+            tooltip=[
+                "metric:N",
+                "model:N",
+                "scale:N",
+                alt.Tooltip("mean:Q", format=".2f"),
+                "tasks:Q",
+            ],
+        )
+        .facet(column=alt.Column("metric:N", title=None))
+    )
+
+
+def best_table(best: list[dict[str, Any]]) -> str:
+    """The best finished tasks by BLEU-4."""
+    headers = ["job", "task", "model", "train mode", "scale", *charts.METRICS.values()]
+    rows = [
+        [
+            r["job_name"] or r["job_id"],
+            r["task_id"],
+            r["model"],
+            r["train_mode"],
+            r["parameter_scale"],
+            *(_number(r[column]) for column in charts.METRICS),
+        ]
+        for r in best
+    ]
+    return table(headers, rows, f"Best {len(rows)} tasks by BLEU-4 (ties by ROUGE-L)")
+
+
+def outcomes_section(connection: Connection, selection: Selection) -> Section:
+    """Tasks per period by run status."""
+    result = charts.tasks_per_period(connection, selection)
+    undated = result["undated"]
+    about = (
+        f"Tasks by the {result['unit']} they were created in (UTC), coloured by run status. "
+        "Weeks start on Monday; short spans are shown by day or hour."
+    )
+    if undated:
+        about += f" {undated} tasks have no creation time and are left out."
+    return Section(
+        "outcomes",
+        "Outcomes over time",
+        about,
+        empty="No tasks with a creation time yet: run `qianfan-etl sync` first.",
+        rows=result["rows"],
+        build=partial(outcomes_chart, result["unit"]),
+    )
+
+
+def outcomes_chart(unit: str) -> dict[str, Any]:
+    """Stacked bars of tasks per period."""
+    import altair as alt
+
+    return spec(
+        alt.Chart(alt.NamedData("outcomes"), width=960, height=260)
+        .mark_bar()
+        .encode(
+            x=alt.X("period:O", title=f"{unit} (UTC)", axis=alt.Axis(labelAngle=-40)),
+            y=alt.Y("sum(tasks):Q", title="tasks"),
+            color=status_colour(),
+            tooltip=["period:O", "status:N", "tasks:Q"],
+        )
+    )
+
+
+def status_colour() -> "alt.Color":
+    """Run statuses in fixed colours; any other status gets the scheme's next one."""
+    import altair as alt
+
+    scale = alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values()))
+    return alt.Color("status:N", title="run status", scale=scale)
+
+
+def failures_section(connection: Connection, selection: Selection) -> Section:
+    """Failed tasks by error code, and the latest failures."""
+    rows = charts.failures_by_code(connection, selection)
+    latest = charts.recent_failures(connection, selection) if rows else []
+    return Section(
+        "failures",
+        "Failures",
+        "Failed tasks by Qianfan error code, and the latest failures with their messages.",
+        empty="No failed tasks.",
+        rows=rows,
+        build=failures_chart,
+        tables=[failures_table(latest)] if latest else [],
+    )
+
+
+def failures_chart() -> dict[str, Any]:
+    """Horizontal bars of failed tasks per error code."""
+    import altair as alt
+
+    return spec(
+        alt.Chart(alt.NamedData("failures"), width=600)
+        .mark_bar(color=STATUS_COLOURS["Failed"])
+        .encode(
+            y=alt.Y("code:N", title="error code", sort="-x", axis=alt.Axis(labelLimit=200)),
+            x=alt.X("tasks:Q", title="failed tasks"),
+            tooltip=["code:N", "tasks:Q"],
+        )
+    )
+
+
+def failures_table(failures: list[dict[str, Any]]) -> str:
+    """The latest failed tasks."""
+    rows = [
+        [r["when"], r["job_name"] or r["job_id"], r["task_id"], r["error_code"], r["error_message"]]
+        for r in failures
+    ]
+    headers = ["finished", "job", "task", "code", "message"]
+    return table(headers, rows, f"Latest {len(rows)} failures")
+
+
+def durations_section(connection: Connection, selection: Selection) -> Section:
+    """Hours from creation to finish of finished tasks, per parameter scale."""
+    return Section(
+        "durations",
+        "Durations by parameter scale",
+        "Hours from creation to finish of finished tasks: the box spans the middle half, the "
+        "white tick is the median, the line runs from the shortest to the longest.",
+        empty="No finished task has both a creation and a finish time yet.",
+        rows=charts.durations_by_scale(connection, selection),
+        build=durations_chart,
+    )
+
+
+def durations_chart() -> dict[str, Any]:
+    """A box plot drawn from precomputed quartiles."""
+    import altair as alt
+
+    base = alt.Chart(alt.NamedData("durations"), width=600).encode(
+        y=alt.Y("scale:N", title="parameter scale", axis=alt.Axis(labelLimit=200)),
+        tooltip=["scale:N", "tasks:Q"]
+        + [alt.Tooltip(f"{name}:Q", format=".1f") for name in ("min", "q1", "median", "q3")]
+        + [alt.Tooltip("max:Q", format=".1f")],
+    )
+    whisker = base.mark_rule().encode(x=alt.X("min:Q", title="hours"), x2="max:Q")
+    box = base.mark_bar(size=18, color="#5c6bc0").encode(x="q1:Q", x2="q3:Q")
+    median = base.mark_tick(color="white", size=18, thickness=2).encode(x="median:Q")
+    return spec(alt.layer(whisker, box, median))
+
+
+def spec(chart: "alt.TopLevelMixin") -> dict[str, Any]:
+    """The chart's Vega-Lite spec, validated by Altair while it holds no rows (cheap)."""
+    result: dict[str, Any] = chart.to_dict()
+    return result
+
+
+# --- HTML ---
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], caption: str) -> str:
+    """An HTML table, every cell escaped."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return (
+        f"<table><caption>{_e(caption)}</caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+    )
+
+
+def _e(value: Any) -> str:
+    """Data as HTML text: escaped, NULL as a dash, times in UTC."""
+    return html.escape(_text(value))
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M UTC")
+    return str(value)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _css(value: Any) -> str:
+    """A class-name-safe token."""
+    return "".join(ch for ch in str(value) if ch.isalnum()) or "unknown"
+
+
+def script_json(value: Any) -> str:
+    """JSON that cannot end its <script> element or open a comment: <, > and & as escapes.
+    Non-finite numbers become null (JSON has no NaN)."""
+    text = orjson.dumps(value).decode()
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(char, escape)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def section_html(section: Section) -> tuple[str, str | None]:
+    """A section's HTML and the JSON of its chart, if it has one."""
+    body = f"<h2>{_e(section.title)}</h2><p class='about'>{_e(section.about)}</p>"
+    chart = section.chart
+    if chart is None:
+        body += f"<p class='empty'>{_e(section.empty)}</p>"
+        spec = None
+    else:
+        body += f"<div class='chart' id='chart-{section.key}' data-marks='pending'></div>"
+        spec = script_json(chart)
+    body += "".join(section.tables)
+    return f"<section id='{section.key}'>{body}</section>", spec
+
+
+def render_page(header: str, sections: list[Section]) -> str:
+    """The whole document: header, sections, chart data, the Vega bundle and the renderer."""
+    parts, specs = [], []
+    for section in sections:
+        part, spec = section_html(section)
+        parts.append(part)
+        if spec is not None:
+            specs.append(
+                f"<script type='application/json' data-chart='chart-{section.key}'>{spec}</script>"
+            )
+    scripts = [vega_bundle(), RENDER_SCRIPT]
+    return PAGE.format(
+        csp=content_security_policy(scripts),
+        style=STYLE,
+        body=header + "".join(parts),
+        specs="".join(specs),
+        scripts="".join(f"<script>{script}</script>" for script in scripts),
+    )
+
+
+def vega_bundle() -> str:
+    """Vega, Vega-Lite (the version Altair writes) and vega-embed as one script."""
+    import altair as alt
+    import vl_convert
+
+    version = "_".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+    bundle: str = vl_convert.javascript_bundle("window.vegaEmbed = vegaEmbed;", version)
+    if "</script" in bundle.lower():
+        raise RuntimeError("the Vega bundle contains </script> and cannot be inlined")
+    return bundle
+
+
+def content_security_policy(scripts: list[str]) -> str:
+    """Only these inline scripts run (Vega compiles its expressions, hence unsafe-eval); no
+    image, font, frame or connection may load from anywhere."""
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
+        for s in scripts
+    )
+    return (
+        f"default-src 'none'; script-src {hashes} 'unsafe-eval'; style-src 'unsafe-inline'; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
+
+
+RENDER_SCRIPT = """
+(async () => {
+  const options = {renderer: "svg", actions: false};
+  const specs = [...document.querySelectorAll("script[data-chart]")];
+  const results = await Promise.allSettled(specs.map((element) => {
+    const target = document.getElementById(element.dataset.chart);
+    return vegaEmbed(target, JSON.parse(element.textContent), options).then(() => {
+      target.dataset.marks = "drawn";
+    });
+  }));
+  results.forEach((result, index) => {
+    if (result.status === "rejected") {
+      const target = document.getElementById(specs[index].dataset.chart);
+      target.dataset.marks = "failed";
+      target.textContent = "This chart could not be drawn: " + result.reason;
+      console.error(result.reason);
+    }
+  });
+  document.body.dataset.rendered = String(results.length);
+})();
+"""
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1180px;
+       color: #212121; padding: 0 16px; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 32px 0 4px; }
+.generated, .about { color: #616161; margin: 0 0 12px; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 8px 0 16px; }
+dt { color: #616161; } dd { margin: 0; }
+.empty { padding: 24px; background: #f5f5f5; border-radius: 6px; color: #424242; }
+.status-succeeded { color: #2e7d32; } .status-failed, .status-abandoned { color: #c62828; }
+.status-partial, .status-running { color: #ef6c00; }
+table { border-collapse: collapse; margin: 12px 0; font-size: 13px; }
+caption { text-align: left; font-weight: 600; padding: 4px 0; }
+th, td { border-bottom: 1px solid #e0e0e0; padding: 3px 10px 3px 0; text-align: left;
+         vertical-align: top; max-width: 420px; overflow-wrap: anywhere; }
+section { border-top: 1px solid #e0e0e0; }
+"""
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Qianfan fine-tuning report</title>
+<style>{style}</style>
+</head>
+<body>
+{body}
+{specs}
+{scripts}
+</body>
+</html>
+"""

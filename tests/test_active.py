@@ -1,0 +1,288 @@
+"""`sync --active-only`, `--full-every` and live progress, end to end through the CLI.
+
+The account has 8 jobs of 4 tasks; jobs 3 and 7 have a Running first task (the simulator's
+`running_jobs` steady state), the other six only finished tasks. Every run is the real console
+entry point in a subprocess against the simulator over HTTP, on Postgres and on SQLite.
+"""
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from etl import db, schema
+from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
+from tests.conftest import cli_env, run_cli
+from tests.test_faults import _scratch_database, snapshot
+
+TASK = "DescribeFineTuningTask"
+FAST = {"QIANFAN_ETL_API_ATTEMPTS": "2", "QIANFAN_ETL_API_RETRY_WAIT": "0"}
+tasks, jobs, runs = schema.finetune_tasks, schema.finetune_jobs, schema.etl_runs
+
+
+@pytest.fixture
+def sim() -> Simulator:
+    """8 jobs x 4 tasks; jobs 3 and 7 have a Running first task, the rest are finished."""
+    config = SimulatorConfig(jobs=8, tasks_per_job=4, checkpoints=3, seed=11, running_jobs=0.25)
+    return Simulator(config)
+
+
+class Etl:
+    """The CLI pointed at the simulator and one database."""
+
+    def __init__(self, sim: Simulator, server: SimulatorServer, url: URL, cwd: Path) -> None:
+        self.sim, self.server, self.url, self.cwd = sim, server, url, cwd
+        self.engine = db.create(url)
+
+    def sync(self, *args: str, **env: str) -> dict[str, Any]:
+        """`qianfan-etl sync ARGS`, which must succeed; its JSON summary."""
+        result = run_cli(
+            ["sync", "--log-format", "json", *args],
+            cli_env(self.sim, self.server, self.url, **{**FAST, **env}),
+            cwd=self.cwd,
+        )
+        assert result.returncode == 0, result.stderr
+        summary: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+        summary["stderr"] = result.stderr
+        return summary
+
+    def task(self, task_id: str) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
+
+    def job(self, job_id: str) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(jobs).where(jobs.c.job_id == job_id)).first()
+
+    def deleted(self) -> int:
+        """Soft-deleted jobs and tasks."""
+        with self.engine.connect() as connection:
+            return sum(
+                connection.execute(
+                    sa.select(sa.func.count()).where(table.c.deleted_at.is_not(None))
+                ).scalar_one()
+                for table in (jobs, tasks)
+            )
+
+    def history(self, task_id: str) -> list[str]:
+        history = schema.finetune_task_status_history
+        with self.engine.connect() as connection:
+            query = sa.select(history.c.run_status).where(history.c.task_id == task_id)
+            return list(connection.execute(query.order_by(history.c.run_id)).scalars())
+
+    def age_full_runs(self, hours: float) -> None:
+        """Move the recorded full runs back in time, as if they finished `hours` earlier."""
+        with self.engine.begin() as connection:
+            full = connection.execute(sa.select(runs).where(runs.c.mode == "full")).all()
+            for run in full:  # in Python: SQLite has no interval arithmetic
+                earlier = run.finished_at - timedelta(hours=hours)
+                connection.execute(
+                    runs.update().where(runs.c.run_id == run.run_id).values(finished_at=earlier)
+                )
+
+
+@pytest.fixture
+def etl(sim: Simulator, server: SimulatorServer, db_url: URL, tmp_path: Path) -> Iterator[Etl]:
+    runner = Etl(sim, server, db_url, tmp_path)
+    yield runner
+    runner.engine.dispose()
+
+
+def running_task(sim: Simulator, job_id: str) -> str:
+    """The Running first task of an active job."""
+    first = sim.tasks(job_id)[0]
+    assert first["runStatus"] == "Running"
+    return str(first["taskId"])
+
+
+def listed_running(sim: Simulator, job_ids: list[str]) -> int:
+    """Running tasks listed under these jobs now: one detail call each."""
+    return sum(t["runStatus"] == "Running" for j in job_ids for t in sim.tasks(j))
+
+
+def new_job(sim: Simulator, job_id: str) -> str:
+    """Add a job with one Running task upstream; returns the task id."""
+    sim.put_job({"jobId": job_id, "name": "fresh", "trainMode": "SFT", "model": "ERNIE-Speed-8K"})
+    task_id = f"task-{job_id}"
+    sim.put_task(job_id, {"taskId": task_id, "jobId": job_id, "runStatus": "Running"})
+    return task_id
+
+
+def test_active_only_run_captures_unfinished_and_new_jobs_and_deletes_nothing(etl: Etl) -> None:
+    sim = etl.sim
+    ids = [job["jobId"] for job in sim.jobs()]
+    finishing, progressing = running_task(sim, ids[3]), running_task(sim, ids[7])
+    assert etl.sync()["mode"] == "full"
+    sim.finish_task(finishing)
+    sim.set_progress(progressing, "40%")
+    fresh = new_job(sim, "job-fresh")
+    sim.set_progress(fresh, "10%")
+    late = {"taskId": "task-late", "jobId": ids[0], "runStatus": "Running"}
+    sim.put_task(ids[0], late)  # a new task in a finished job
+    sim.delete_job(ids[1])
+    sim.delete_task(sim.tasks(ids[7])[1]["taskId"])  # in a job the run lists again
+    sim.requests.clear()
+
+    summary = etl.sync("--active-only")
+
+    assert (summary["mode"], summary["jobs_skipped"], summary["jobs_seen"]) == ("active", 5, 8)
+    listed = [ids[3], ids[7], "job-fresh"]
+    assert summary["api_calls"] == 1 + len(listed) + listed_running(sim, listed)
+    assert sorted(
+        r.body.get("jobId") for r in sim.requests if r.action.endswith("Tasks")
+    ) == sorted(listed)
+    assert etl.task(finishing).run_status == "Done"
+    assert (etl.task(progressing).run_progress, etl.task(fresh).run_progress) == (40.0, 10.0)
+    assert etl.task(progressing).vdl_link.endswith(progressing)
+    assert etl.job("job-fresh") is not None
+    assert etl.task("task-late") is None, "a finished job's tasks are carried over"
+    assert etl.deleted() == 0, "an active-only run soft-deletes nothing"
+    with etl.engine.connect() as connection:
+        run = connection.execute(sa.select(runs).order_by(runs.c.run_id.desc())).first()
+    assert run is not None and (run.mode, run.jobs_skipped, run.status) == (
+        "active",
+        5,
+        "succeeded",
+    )
+
+
+def test_full_every_elapsed_makes_the_run_full_and_it_catches_up(etl: Etl) -> None:
+    sim = etl.sim
+    ids = [job["jobId"] for job in sim.jobs()]
+    etl.sync()
+    sim.put_task(ids[0], {"taskId": "task-late", "jobId": ids[0], "runStatus": "Done"})
+    sim.delete_job(ids[1])
+    assert etl.sync("--active-only")["mode"] == "active"
+    assert etl.task("task-late") is None and etl.deleted() == 0
+
+    etl.age_full_runs(hours=2)
+    assert etl.sync("--active-only", QIANFAN_ETL_FULL_EVERY="3h")["mode"] == "active"
+    summary = etl.sync("--active-only", "--full-every", "90m")
+
+    assert (summary["mode"], summary["jobs_skipped"]) == ("full", 0)
+    assert etl.task("task-late") is not None
+    assert etl.job(ids[1]).deleted_at is not None
+    assert summary["soft_deleted"] == 1 + sim.config.tasks_per_job  # the job and its tasks
+
+
+def test_active_only_without_any_full_run_is_full(etl: Etl) -> None:
+    assert etl.sync("--active-only")["mode"] == "full"
+    assert etl.sync("--active-only")["mode"] == "active"
+
+
+def test_active_only_run_after_a_partial_run_relists_the_jobs_that_failed(etl: Etl) -> None:
+    sim = etl.sim
+    ids = [job["jobId"] for job in sim.jobs()]
+    etl.sync()
+    # what a partial run records for a job whose task listing failed
+    with etl.engine.begin() as connection:
+        run_id = connection.execute(sa.select(sa.func.max(runs.c.run_id))).scalar_one()
+        connection.execute(runs.update().values(status="partial", jobs_failed=1))
+        connection.execute(
+            schema.etl_failed_jobs.insert().values(
+                run_id=run_id,
+                job_id=ids[2],
+                error_class="TransientError",
+                exit_code=75,
+                message="DescribeFineTuningTasks: HTTP 503",
+                failed_at=sa.func.now(),
+            )
+        )
+    sim.put_task(ids[2], {"taskId": "task-missed", "jobId": ids[2], "runStatus": "Done"})
+
+    summary = etl.sync("--active-only")
+
+    assert (summary["mode"], summary["jobs_skipped"]) == ("active", 5)
+    assert etl.task("task-missed") is not None
+    again = etl.sync("--active-only")
+    assert again["jobs_skipped"] == 6, "once listed, the failed job is carried over again"
+
+
+def test_progress_alone_is_no_change_and_leaves_with_running(etl: Etl) -> None:
+    sim = etl.sim
+    ids = [job["jobId"] for job in sim.jobs()]
+    task_id = running_task(sim, ids[7])
+    etl.sync()
+    before = etl.task(task_id)
+    assert before.run_progress is not None and before.progress_at is not None
+
+    sim.set_progress(task_id, "87.5%")
+    summary = etl.sync("--active-only")
+
+    after = etl.task(task_id)
+    assert (summary["tasks_changed"], summary["rows_written"]) == (0, 1)
+    assert after.run_progress == 87.5 and after.progress_at > before.progress_at
+    assert (after.content_hash, after.last_changed_at) == (
+        before.content_hash,
+        before.last_changed_at,
+    )
+    assert etl.history(task_id) == ["Running"]
+    assert etl.sync("--active-only")["rows_written"] == 0, "unchanged progress is not rewritten"
+
+    sim.set_progress(task_id, "N/A")
+    etl.sync("--active-only")
+    assert etl.task(task_id).run_progress is None, "a progress that is not a percent is NULL"
+
+    sim.finish_task(task_id)
+    etl.sync("--active-only")
+    done = etl.task(task_id)
+    assert (done.run_status, done.run_progress, done.vdl_link, done.progress_at) == (
+        "Done",
+        None,
+        None,
+        None,
+    )
+    assert etl.history(task_id) == ["Running", "Done"]
+
+
+def test_a_failed_detail_call_costs_only_that_tasks_progress(etl: Etl) -> None:
+    sim = etl.sim
+    ids = [job["jobId"] for job in sim.jobs()]
+    kept, moved = running_task(sim, ids[3]), running_task(sim, ids[7])
+    sim.set_progress(kept, "20%")
+    etl.sync()
+    sim.set_progress(kept, "30%")
+    sim.set_progress(moved, "60%")
+    # the first detail call: job 3's first task (one worker lists the jobs in order)
+    sim.inject(Fault("status", TASK, status=404, code="ResourceNotFound"))
+
+    summary = etl.sync("--active-only", "--concurrency", "1")
+
+    assert summary["progress_failed"] == 1
+    assert f"no live progress for task {kept}" in summary["stderr"]
+    assert etl.task(kept).run_progress == 20.0, "kept as it was"
+    assert etl.task(moved).run_progress == 60.0
+
+
+def test_a_full_run_after_active_only_runs_equals_a_lone_full_run(
+    etl: Etl, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    sim = etl.sim
+    ids = [job["jobId"] for job in sim.jobs()]
+    kind = etl.engine.dialect.name
+    with _scratch_database(kind, request, tmp_path_factory) as lone_url:
+        lone = Etl(sim, etl.server, lone_url, etl.cwd)
+        etl.sync()
+        lone.sync()
+        # each task changes status at most once, so both histories see the same statuses
+        sim.finish_task(running_task(sim, ids[3]))
+        sim.set_progress(running_task(sim, ids[7]), "40%")
+        new_job(sim, "job-fresh")
+        sim.put_task(ids[0], {"taskId": "task-late", "jobId": ids[0], "runStatus": "Failed"})
+        sim.delete_job(ids[1])
+        sim.delete_task(sim.tasks(ids[7])[1]["taskId"])
+        etl.sync("--active-only")
+        sim.set_progress(running_task(sim, ids[7]), "55%")
+        sim.rename_job(ids[4], "renamed")
+        sim.delete_task(sim.tasks(ids[5])[0]["taskId"])
+        etl.sync("--active-only")
+        etl.age_full_runs(hours=25)
+        assert etl.sync("--active-only")["mode"] == "full"
+        assert lone.sync()["mode"] == "full"
+        assert snapshot(etl.engine) == snapshot(lone.engine)
+        lone.engine.dispose()

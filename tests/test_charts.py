@@ -1,0 +1,294 @@
+"""The queries behind the report's charts, on Postgres and SQLite, against data loaded by the
+real sync from the simulator (expectations read from the simulator, not from etl) or inserted
+through SQLAlchemy Core for the cases the simulator never serves."""
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+
+from etl import charts
+from etl.charts import Selection
+from etl.qianfan import QianfanClient
+from etl.schema import (
+    finetune_jobs,
+    finetune_task_checkpoints,
+    finetune_task_metrics,
+    finetune_tasks,
+)
+from etl.simulator import Simulator, SimulatorServer
+from etl.sync import SyncOptions, sync
+
+METRIC_COLUMNS = {name: column for column, name in charts.METRICS.items()}
+
+
+def load(engine: Engine, sim: Simulator, server: SimulatorServer) -> None:
+    """The real sync, in-process, from the simulator over HTTP."""
+    with QianfanClient(server.url, sim.config.access_key, sim.config.secret_key) as client:
+        sync(engine, client, SyncOptions())
+
+
+def sim_tasks(sim: Simulator) -> list[dict[str, Any]]:
+    """Every task the simulator serves, with its job."""
+    return [task | {"job": job} for job in sim.jobs() for task in sim.tasks(job["jobId"])]
+
+
+def when(task: dict[str, Any], key: str) -> datetime | None:
+    """A task's create/finish time as the simulator wrote it (either field style)."""
+    value = task.get(f"{key}Time", task.get(f"{key}Date"))
+    if value is None or value.startswith("0000"):
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@pytest.fixture
+def loaded(engine: Engine, sim: Simulator, server: SimulatorServer) -> Iterator[Connection]:
+    load(engine, sim, server)
+    with engine.connect() as connection:
+        yield connection
+
+
+def test_task_counts_and_jobs(loaded: Connection, sim: Simulator) -> None:
+    expected = Counter(task["runStatus"] for task in sim_tasks(sim))
+    assert charts.task_counts(loaded, Selection()) == dict(expected)
+    assert charts.job_count(loaded, Selection()) == len(sim.jobs())
+
+
+def test_curves_are_the_latest_finished_tasks(loaded: Connection, sim: Simulator) -> None:
+    done = [t for t in sim_tasks(sim) if t["runStatus"] == "Done" and t["checkpointList"]]
+    latest = sorted(done, key=lambda t: (-when(t, "finish").timestamp(), t["taskId"]))[:4]  # type: ignore[union-attr]
+    picked = charts.curve_tasks(loaded, Selection(tasks=4))
+    assert [row["task_id"] for row in picked] == [t["taskId"] for t in latest]
+
+
+def test_curves_of_named_jobs_include_unfinished_tasks(loaded: Connection, sim: Simulator) -> None:
+    job = next(
+        j
+        for j in sim.jobs()
+        if any(t["runStatus"] != "Done" and t["checkpointList"] for t in sim.tasks(j["jobId"]))
+    )
+    with_points = {t["taskId"] for t in sim.tasks(job["jobId"]) if t["checkpointList"]}
+    picked = charts.curve_tasks(loaded, Selection(job_ids=(job["jobId"],), tasks=50))
+    assert {row["task_id"] for row in picked} == with_points
+
+
+def test_loss_curves_keep_real_points_first_and_last(loaded: Connection, sim: Simulator) -> None:
+    points = {
+        t["taskId"]: {p["step"]: (p["trainingLoss"], p["perplexity"]) for p in t["checkpointList"]}
+        for t in sim_tasks(sim)
+    }
+    labels = {f"{t['jobName']} · {t['taskId']}": t["taskId"] for t in sim_tasks(sim)}
+    rows = charts.loss_curves(loaded, Selection(tasks=3), max_points=2)
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for row in rows:
+        task_id = labels[row["task"]]
+        assert points[task_id][row["step"]] == (row["loss"], row["perplexity"])
+        by_task[task_id].append(row["step"])
+    assert len(by_task) == 3
+    for task_id, steps in by_task.items():
+        every = sorted(points[task_id])
+        # 5 checkpoints thinned to every 3rd: the 1st, the 4th, and the last always.
+        assert steps == [every[0], every[3], every[-1]]
+
+
+def test_metric_means_by_model_and_scale(loaded: Connection, sim: Simulator) -> None:
+    values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for task in sim_tasks(sim):
+        if task["runStatus"] == "Done":
+            for name, raw in (task.get("metrics") or {}).items():
+                values[(task["model"], task["parameterScale"], name)].append(float(raw[:-1]))
+    rows = charts.metric_means(loaded, Selection())
+    got = {(r["model"], r["scale"], r["metric"]): (r["mean"], r["tasks"]) for r in rows}
+    assert got.keys() == values.keys()
+    for key, sample in values.items():
+        assert got[key][0] == pytest.approx(statistics.fmean(sample))
+        assert got[key][1] == len(sample)
+
+
+def test_best_tasks_by_bleu(loaded: Connection, sim: Simulator) -> None:
+    scored = [
+        (float(t["metrics"]["BLEU-4"][:-1]), t["taskId"])
+        for t in sim_tasks(sim)
+        if t["runStatus"] == "Done" and t.get("metrics")
+    ]
+    best = charts.best_tasks(loaded, Selection(), limit=5)
+    assert [row["task_id"] for row in best] == [tid for _, tid in sorted(scored, reverse=True)[:5]]
+    assert best[0]["bleu_4"] == max(scored)[0]
+
+
+def test_tasks_per_hour_by_status(loaded: Connection, sim: Simulator) -> None:
+    expected = Counter(
+        (when(t, "create").strftime("%Y-%m-%d %H:00"), t["runStatus"])  # type: ignore[union-attr]
+        for t in sim_tasks(sim)
+    )
+    result = charts.tasks_per_period(loaded, Selection())
+    assert result["unit"] == "hour"  # 6 jobs an hour apart
+    assert {(r["period"], r["status"]): r["tasks"] for r in result["rows"]} == expected
+    assert result["undated"] == 0
+
+
+def test_failures_by_code_and_latest(loaded: Connection, sim: Simulator) -> None:
+    failed = [t for t in sim_tasks(sim) if t["runStatus"] == "Failed"]
+    codes = Counter(str(t["errorCode"]) for t in failed)
+    rows = charts.failures_by_code(loaded, Selection())
+    assert {r["code"]: r["tasks"] for r in rows} == codes
+    latest = charts.recent_failures(loaded, Selection(), limit=100)
+    assert {r["task_id"] for r in latest} == {t["taskId"] for t in failed}
+    assert all(r["error_message"] == f"training aborted (code {r['error_code']})" for r in latest)
+
+
+def test_durations_by_scale(loaded: Connection, sim: Simulator) -> None:
+    hours: dict[str, list[float]] = defaultdict(list)
+    for t in sim_tasks(sim):
+        if t["runStatus"] == "Done":
+            seconds = (when(t, "finish") - when(t, "create")).total_seconds()  # type: ignore[operator]
+            hours[t["parameterScale"]].append(seconds / 3600)
+    rows = {r["scale"]: r for r in charts.durations_by_scale(loaded, Selection())}
+    assert rows.keys() == hours.keys()
+    for scale, sample in hours.items():
+        q1, median, q3 = statistics.quantiles(sample, n=4, method="inclusive")
+        got = rows[scale]
+        assert got["tasks"] == len(sample)
+        assert (got["min"], got["max"]) == pytest.approx((min(sample), max(sample)))
+        assert (got["q1"], got["median"], got["q3"]) == pytest.approx((q1, median, q3))
+
+
+def test_selection_by_job_and_time(loaded: Connection, sim: Simulator) -> None:
+    jobs = [job["jobId"] for job in sim.jobs()[:2]]
+    chosen = Selection(job_ids=tuple(jobs))
+    expected = Counter(t["runStatus"] for t in sim_tasks(sim) if t["jobId"] in jobs)
+    assert charts.task_counts(loaded, chosen) == dict(expected)
+    assert charts.job_count(loaded, chosen) == 2
+    assert {r["job_id"] for r in charts.best_tasks(loaded, chosen, 100)} <= set(jobs)
+    cut = sorted(when(t, "create") for t in sim_tasks(sim))[40]  # type: ignore[type-var]
+    since = Selection(since=cut)
+    later = Counter(t["runStatus"] for t in sim_tasks(sim) if when(t, "create") >= cut)  # type: ignore[operator]
+    assert charts.task_counts(loaded, since) == dict(later)
+    assert sum(r["tasks"] for r in charts.tasks_per_period(loaded, since)["rows"]) == 38
+
+
+# --- rows the simulator never serves ---
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def insert_task(connection: Connection, task_id: str, job_id: str = "job-1", **values: Any) -> None:
+    """A task row (and its job, if new) as the loader would leave it, with these columns."""
+    stamps = {"first_seen_at": NOW, "last_changed_at": NOW, "content_hash": "x", "raw": {}}
+    job = {"job_id": job_id, "name": values.get("job_name"), **stamps}
+    if not connection.execute(sa.select(finetune_jobs.c.job_id).filter_by(job_id=job_id)).first():
+        connection.execute(finetune_jobs.insert().values(job))
+    connection.execute(
+        finetune_tasks.insert().values(task_id=task_id, job_id=job_id, **stamps, **values)
+    )
+
+
+def test_weeks_start_on_monday_on_both_backends(engine: Engine) -> None:
+    sunday, monday = (
+        datetime(2026, 1, 4, 23, 30, tzinfo=UTC),
+        datetime(2026, 1, 5, 0, 30, tzinfo=UTC),
+    )
+    with engine.begin() as connection:
+        for number, created in enumerate(
+            [sunday, monday, monday + timedelta(days=6), monday + timedelta(days=90)]
+        ):
+            insert_task(connection, f"t{number}", create_time=created, run_status="Done")
+        insert_task(connection, "undated", run_status="Failed")
+        result = charts.tasks_per_period(connection, Selection())
+    assert result["unit"] == "week"
+    assert result["rows"] == [
+        {"period": "2025-12-29", "status": "Done", "tasks": 1},
+        {"period": "2026-01-05", "status": "Done", "tasks": 2},
+        {"period": "2026-03-30", "status": "Done", "tasks": 1},
+    ]
+    assert result["undated"] == 1
+
+
+@pytest.mark.parametrize(
+    ("span", "unit"),
+    [(timedelta(hours=70), "hour"), (timedelta(days=10), "day"), (timedelta(days=61), "week")],
+)
+def test_period_unit(span: timedelta, unit: str) -> None:
+    assert charts.period_unit(NOW, NOW + span) == unit
+    assert charts.period_unit(None, None) == "week"
+
+
+def test_nulls_read_as_unknown_and_are_left_out_of_figures(engine: Engine) -> None:
+    with engine.begin() as connection:
+        insert_task(connection, "bare")  # every optional column NULL
+        insert_task(
+            connection,
+            "done",
+            run_status="Done",
+            create_time=NOW,
+            finish_time=NOW + timedelta(hours=2),
+        )
+        connection.execute(
+            finetune_task_metrics.insert().values(
+                task_id="done", metric_name="BLEU-4", value_percent=None, value_raw="N/A"
+            )
+        )
+        connection.execute(
+            finetune_task_checkpoints.insert(),
+            [{"task_id": "done", "step": 1, "training_loss": None, "perplexity": None}],
+        )
+        selection = Selection()
+        assert charts.task_counts(connection, selection) == {charts.UNKNOWN: 1, "Done": 1}
+        assert charts.metric_means(connection, selection) == []
+        assert charts.best_tasks(connection, selection) == []
+        assert charts.failures_by_code(connection, selection) == []
+        assert charts.durations_by_scale(connection, selection) == [
+            {
+                "scale": charts.UNKNOWN,
+                "tasks": 1,
+                "min": 2.0,
+                "q1": 2.0,
+                "median": 2.0,
+                "q3": 2.0,
+                "max": 2.0,
+            }
+        ]
+        curve = charts.loss_curves(connection, selection)
+        assert curve == [{"task": "job-1 · done", "step": 1, "loss": None, "perplexity": None}]
+
+
+def test_an_empty_database_gives_empty_rows(engine: Engine) -> None:
+    with engine.connect() as connection:
+        selection = Selection()
+        assert charts.latest_runs(connection) == []
+        assert charts.last_success(connection) is None
+        assert charts.task_counts(connection, selection) == {}
+        assert charts.loss_curves(connection, selection) == []
+        assert charts.metric_means(connection, selection) == []
+        assert charts.tasks_per_period(connection, selection) == {
+            "unit": "week",
+            "rows": [],
+            "undated": 0,
+        }
+        assert charts.failures_by_code(connection, selection) == []
+        assert charts.durations_by_scale(connection, selection) == []
+
+
+def test_long_curves_are_thinned_to_the_limit(engine: Engine) -> None:
+    with engine.begin() as connection:
+        insert_task(connection, "long", run_status="Done", finish_time=NOW)
+        connection.execute(
+            finetune_task_checkpoints.insert(),
+            [
+                {
+                    "task_id": "long",
+                    "step": s,
+                    "training_loss": 1 / s,
+                    "perplexity": math.exp(1 / s),
+                }
+                for s in range(1, 1001)
+            ],
+        )
+        steps = [row["step"] for row in charts.loss_curves(connection, Selection(), max_points=100)]
+    assert steps == [*range(1, 1001, 10), 1000]
