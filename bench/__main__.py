@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from bench import database, report, targets
+from bench import database, report, steady, targets
 from bench.measure import (
     QIANFAN_ETL,
     ROOT,
@@ -43,10 +43,12 @@ class Settings:
     database: str
     admin_dsn: str
     timeout: float
+    steady_state: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """The settings that identify a run, for the JSON document."""
         return {
+            "steady_state": self.steady_state,
             "size": self.size,
             "jobs": SIZES[self.size],
             "tasks_per_job": TASKS_PER_JOB,
@@ -116,9 +118,12 @@ def phase_of(measured: Measured, **figures: Any) -> Phase:
     return Phase(measured.wall_s, measured.peak_rss_mb, measured.cpu_s, **figures)
 
 
-def sync_phase(settings: Settings, sim: SimulatorProcess, env: dict[str, str], cwd: Path) -> Phase:
-    """One measured `qianfan-etl sync`, with its summary line."""
+def sync_phase(
+    settings: Settings, sim: SimulatorProcess, env: dict[str, str], cwd: Path, *args: str
+) -> Phase:
+    """One measured `qianfan-etl sync ARGS`, with its summary line."""
     argv = [QIANFAN_ETL, "sync", "--log-format=json", f"--concurrency={settings.concurrency}"]
+    argv += args
     measured, sim_cpu = run_with_simulator(argv, settings, sim, env, cwd)
     summary = summary_line(measured.stdout)
     return phase_of(
@@ -215,6 +220,34 @@ def run(settings: Settings) -> Results:
     return Results(settings.as_json(), machine(settings), counts, phases)
 
 
+def run_steady(settings: Settings) -> Results:
+    """The steady-state case: a first load, then a full and an active-only run, measured."""
+    jobs = SIZES[settings.size]
+    with (
+        tempfile.TemporaryDirectory(prefix="qfetl-bench-") as tmp,
+        SimulatorProcess(
+            jobs, TASKS_PER_JOB, CHECKPOINTS, settings.latency_ms, steady.RUNNING_JOBS
+        ) as sim,
+        target_database(settings, Path(tmp)) as target,
+    ):
+        cwd, env = Path(tmp), child_env(sim, target.url)
+        run_quietly([QIANFAN_ETL, "db", "upgrade"], env, cwd)
+        phases: dict[str, Phase | None] = {}
+        for key, args in (
+            ("first_load", ()),
+            ("steady_full", ()),
+            ("steady_active", ("--active-only",)),
+        ):
+            progress(steady.PHASES[key])
+            before = target.writes()
+            phase = phases[key] = sync_phase(settings, sim, env, cwd, *args)
+            after = target.writes()
+            if before is not None and after is not None:
+                phase.rows_written = after - before
+        counts = target.counts()
+    return Results(settings.as_json(), machine(settings), counts, phases)
+
+
 def machine(settings: Settings) -> dict[str, Any]:
     """Where and on what code the numbers were measured."""
     return {
@@ -253,6 +286,11 @@ def progress(message: str) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to save.")
 @click.option("--postgres", default=database.ADMIN_DSN, show_default=True, help="Admin DSN.")
 @click.option("--timeout", type=click.FloatRange(1), default=900.0, show_default=True)
+@click.option(
+    "--steady-state",
+    is_flag=True,
+    help="5 %% of jobs running: a full and an --active-only run after a first load.",
+)
 def main(
     size: str,
     latency_ms: float,
@@ -261,6 +299,7 @@ def main(
     json_path: Path | None,
     postgres: str,
     timeout: float,
+    steady_state: bool,
 ) -> None:
     """Time full and no-op `qianfan-etl sync` against the simulator and the fetch/COPY floors.
 
@@ -270,15 +309,20 @@ def main(
     \b
     Example:
         make bench ARGS='--size M --latency-ms 20'
+        make bench ARGS='--size M --latency-ms 50 --steady-state'
     """
-    settings = Settings(size, latency_ms, concurrency, kind, postgres, timeout)
+    settings = Settings(size, latency_ms, concurrency, kind, postgres, timeout, steady_state)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
-        results = run(settings)
+        results = run_steady(settings) if steady_state else run(settings)
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
-    baseline = report.size_s_baseline(results.settings)
-    results.targets = targets.evaluate(results, baseline)
+    if steady_state:
+        expected = steady.formula(SIZES[size], TASKS_PER_JOB, CHECKPOINTS)
+        results.targets = steady.evaluate(results, expected)
+    else:
+        baseline = report.size_s_baseline(results.settings)
+        results.targets = targets.evaluate(results, baseline)
     path = json_path or report.default_json_path(results.settings, stamp)
     report.write_json(results, path)
     click.echo("\n".join([report.header_text(results), "", report.table_text(results), ""]))

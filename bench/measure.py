@@ -82,6 +82,7 @@ class SimulatorProcess:
     tasks_per_job: int
     checkpoints: int
     latency_ms: float
+    running_jobs: float | None = None
     url: str = ""
     env: dict[str, str] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
@@ -112,6 +113,7 @@ class SimulatorProcess:
             f"--tasks-per-job={self.tasks_per_job}",
             f"--checkpoints={self.checkpoints}",
             f"--latency-ms={self.latency_ms}",
+            *([] if self.running_jobs is None else [f"--running-jobs={self.running_jobs}"]),
         ]
 
     def cpu_seconds(self) -> float:

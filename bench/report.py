@@ -11,6 +11,9 @@ PHASE_NAMES = {
     "noop_sync": "no-op sync",
     "fetch_floor": "fetch floor",
     "copy_floor": "COPY floor",
+    "first_load": "first load (full)",
+    "steady_full": "steady full sync",
+    "steady_active": "steady --active-only",
 }
 COLUMNS = ("phase", "wall s", "API calls", "tasks/s", "rows/s", "peak RSS MB", "rows written")
 RSS_LIMIT_MB = 250.0
@@ -132,6 +135,8 @@ def document(results: Results) -> dict[str, Any]:
 def default_json_path(settings: dict[str, Any], stamp: str) -> Path:
     """bench/results/<size>-<latency>ms-<db>-<UTC timestamp>.json"""
     name = f"{settings['size']}-{settings['latency_ms']:g}ms-{settings['database']}-{stamp}.json"
+    if settings.get("steady_state"):
+        name = f"steady-{name}"  # not a size-S baseline for the RSS target
     return RESULTS_DIR / name
 
 

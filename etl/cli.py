@@ -103,9 +103,20 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def engine_for(database_url: str | None) -> Engine:
-    """An engine for the URL given (or DATABASE_URL, or the embedded default)."""
-    return db.create(config.database_url(database_url))
+def db_schema_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The --db-schema option: every table and view, and Alembic's version table, there."""
+    return click.option(
+        "--db-schema",
+        envvar=config.DB_SCHEMA_VAR,
+        metavar="NAME",
+        help="Postgres schema of the tables and views (created by `db upgrade`) "
+        "[default: the connection's search path].",
+    )(func)
+
+
+def engine_for(database_url: str | None, db_schema: str | None = None) -> Engine:
+    """An engine for the URL given (or DATABASE_URL, or the embedded default) and schema."""
+    return db.create(config.database_url(database_url), schema=config.db_schema(db_schema))
 
 
 @cli.command("sync")
@@ -166,6 +177,7 @@ def engine_for(database_url: str | None) -> Engine:
 )
 @budget_options
 @database_option()
+@db_schema_option
 @logging_options
 def sync_command(
     job_ids: tuple[str, ...],
@@ -178,6 +190,7 @@ def sync_command(
     full_every: tuple[float, str],
     metrics_file: Path | None,
     database_url: str | None,
+    db_schema: str | None,
     log_format: str,
     verbose: int,
     quiet: bool,
@@ -201,6 +214,7 @@ def sync_command(
             config.database_url(database_url),
             budgets["db_lock_timeout"],
             budgets["db_statement_timeout"],
+            config.db_schema(db_schema),
         )
         options = SyncOptions(
             frozenset(job_ids),
@@ -277,18 +291,20 @@ def db_group() -> None:
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 @database_option()
-def db_upgrade(revision: str, database_url: str | None) -> None:
+@db_schema_option
+def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -> None:
     """Create or migrate the tables and views to the code's revision."""
-    engine = engine_for(database_url)
+    engine = engine_for(database_url, db_schema)
     db.upgrade(engine, revision)
     click.echo(f"database {config.show_url(engine.url)} at revision {db.current_revision(engine)}")
 
 
 @db_group.command("current")
 @database_option()
-def db_current(database_url: str | None) -> None:
+@db_schema_option
+def db_current(database_url: str | None, db_schema: str | None) -> None:
     """Show the database's schema revision and the code's head."""
-    engine = engine_for(database_url)
+    engine = engine_for(database_url, db_schema)
     current = db.current_revision(engine)
     head = db.head_revision()
     state = "up to date" if current == head else "not at head"
@@ -308,8 +324,13 @@ def db_current(database_url: str | None) -> None:
     help="Check only: exit 0 if the latest run succeeded within DURATION (90m, 2h, 1d), else 69.",
 )
 @database_option()
+@db_schema_option
 def status_command(
-    as_json: bool, runs: int, max_age: tuple[float, str] | None, database_url: str | None
+    as_json: bool,
+    runs: int,
+    max_age: tuple[float, str] | None,
+    database_url: str | None,
+    db_schema: str | None,
 ) -> None:
     """Show recent runs and table counts, or check that the data is fresh (--max-age).
 
@@ -317,7 +338,7 @@ def status_command(
     Example (a cron wrapper, health check or Kubernetes probe):
         qianfan-etl status --max-age 2h || alert "qianfan-etl data is stale"
     """
-    engine = engine_for(database_url)
+    engine = engine_for(database_url, db_schema)
     db.require_head(engine)
     with db.translated_errors(engine.url):
         if max_age is not None:
@@ -359,12 +380,14 @@ def _duration(value: str | None) -> tuple[float, str] | None:
     help="Tasks drawn in the loss curves.",
 )
 @database_option()
+@db_schema_option
 def report_command(
     output: Path,
     job_ids: tuple[str, ...],
     since: datetime | None,
     tasks: int,
     database_url: str | None,
+    db_schema: str | None,
 ) -> None:
     """Write one self-contained HTML page of charts: loss curves, metrics, outcomes, durations.
 
@@ -373,7 +396,7 @@ def report_command(
         qianfan-etl report --output /var/www/qianfan/index.html
     """
     page.require_extra()
-    engine = engine_for(database_url)
+    engine = engine_for(database_url, db_schema)
     db.require_head(engine)
     selection = Selection(job_ids, since.replace(tzinfo=UTC) if since else None, tasks)
     with db.translated_errors(engine.url):

@@ -17,6 +17,7 @@ ACCESS_KEY_VAR = "QIANFAN_ACCESS_KEY"
 SECRET_KEY_VAR = "QIANFAN_SECRET_KEY"
 BASE_URL_VAR = "QIANFAN_CONSOLE_API_BASE_URL"
 DATABASE_URL_VAR = "DATABASE_URL"
+DB_SCHEMA_VAR = "QIANFAN_ETL_DB_SCHEMA"
 
 DEFAULT_BASE_URL = "https://qianfan.baidubce.com"
 DEFAULT_DATABASE_URL = "sqlite:///qianfan_etl.db"
@@ -82,6 +83,19 @@ def database_url(value: str | None) -> URL:
             "qianfan-etl supports postgresql:// and sqlite:/// URLs"
         )
     return url
+
+
+def db_schema(value: str | None) -> str | None:
+    """Validate a --db-schema name: a plain lower-case Postgres identifier, or None."""
+    if value is None or not value.strip():
+        return None
+    name = value.strip()
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ConfigError(
+            f"--db-schema / {DB_SCHEMA_VAR} {name!r} is not a plain schema name: use lower-case "
+            "letters, digits and _ (at most 63, not starting with a digit)"
+        )
+    return name
 
 
 def show_url(url: URL) -> str:

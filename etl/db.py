@@ -37,6 +37,7 @@ SCHEMA_HEAD = "0005"
 DEFAULT_LOCK_TIMEOUT = 30.0
 DEFAULT_STATEMENT_TIMEOUT = 300.0
 IDLE_IN_TRANSACTION_TIMEOUT = 600.0
+SCHEMA_OPTION = "qianfan_etl_schema"
 INSUFFICIENT_PRIVILEGE = "42501"
 INVALID_PASSWORD = "28P01"
 INVALID_AUTHORIZATION = "28000"
@@ -46,23 +47,47 @@ def create(
     url: URL,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    schema: str | None = None,
 ) -> Engine:
-    """An engine with the session settings this job wants on each backend (timeouts in s)."""
+    """An engine with the session settings this job wants on each backend (timeouts in s),
+    its tables in `schema` (Postgres; None: the connection's search path)."""
     if url.get_backend_name() == "sqlite":
+        if schema is not None:
+            raise ConfigError(
+                f"--db-schema {schema}: a SQLite database has no schemas; "
+                "use one database file per installation instead"
+            )
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+<<<<<<< HEAD
     engine = create_engine(
         url,
+=======
+    # libpq options given in the URL (e.g. -c search_path=...) are kept, after ours.
+    given = url.query.get("options")
+    options = [postgres_options(lock_timeout, statement_timeout)]
+    options += [given] if isinstance(given, str) else list(given or ())
+    options += [f"-c search_path={schema}"] if schema else []
+    return create_engine(
+        url.difference_update_query(["options"]),
+>>>>>>> main
         pool_pre_ping=True,
         connect_args={
             "application_name": "qianfan-etl",
             "connect_timeout": 10,
-            "options": postgres_options(lock_timeout, statement_timeout),
+            "options": " ".join(options),
         },
+        execution_options={SCHEMA_OPTION: schema},
     )
     event.listen(engine, "connect", _no_idle_session_timeout)
     return engine
+
+
+def schema_of(engine: Engine) -> str | None:
+    """The schema the engine was made for (None: the connection's search path)."""
+    schema: str | None = engine.get_execution_options().get(SCHEMA_OPTION)
+    return schema
 
 
 def postgres_options(lock_timeout: float, statement_timeout: float) -> str:
@@ -130,6 +155,7 @@ def alembic_config(engine: Engine) -> "Config":
     config = Config(str(ALEMBIC_INI))
     config.attributes["url"] = engine.url.render_as_string(hide_password=False)
     config.attributes["quiet"] = True
+    config.attributes["schema"] = schema_of(engine)
     return config
 
 

@@ -1,6 +1,7 @@
 """Writing to the database: upserts, child replacement, status history, soft deletes, run
 records and the one-run-at-a-time lock."""
 
+import hashlib
 import logging
 import operator
 import time
@@ -73,20 +74,21 @@ def run_lock(engine: Engine, wait: float) -> Iterator[RunLock]:
 
 
 class _AdvisoryLock(RunLock):
-    """An advisory lock held by the session with backend process id `pid`."""
+    """The advisory lock `key` held by the session with backend process id `pid`."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, key: int) -> None:
         self.pid = pid
+        self.key = key
 
     def check(self, connection: Connection) -> None:
-        """Look the lock up in pg_locks, in the caller's transaction (a bigint key is split
-        into classid, objid)."""
+        """Look the lock up in pg_locks, in the caller's transaction (a bigint key shows as
+        its high and low 32 bits, unsigned, in classid and objid)."""
         held = connection.execute(
             sa.text(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
                 "AND pid = :pid AND classid = :high AND objid = :low AND objsubid = 1"
             ),
-            {"pid": self.pid, "high": ADVISORY_LOCK_KEY >> 32, "low": ADVISORY_LOCK_KEY % 2**32},
+            {"pid": self.pid, "high": (self.key >> 32) % 2**32, "low": self.key % 2**32},
         ).scalar_one()
         if not held:
             raise LockLostError(
@@ -101,7 +103,8 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[RunLock]:
     # A session-level lock on its own connection: it dies with the session, even on SIGKILL.
     with engine.connect() as connection:
         deadline = time.monotonic() + wait
-        try_lock = sa.text("SELECT pg_try_advisory_lock(:key)").bindparams(key=ADVISORY_LOCK_KEY)
+        key = _lock_key(connection)
+        try_lock = sa.text("SELECT pg_try_advisory_lock(:key)").bindparams(key=key)
         while not connection.execute(try_lock).scalar_one():
             connection.rollback()
             if time.monotonic() >= deadline:
@@ -114,19 +117,29 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[RunLock]:
         pid = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         connection.commit()
         try:
-            yield _AdvisoryLock(pid)
+            yield _AdvisoryLock(pid, key)
         finally:
-            _unlock(connection)
+            _unlock(connection, key)
 
 
-def _unlock(connection: Connection) -> None:
+def _unlock(connection: Connection, key: int) -> None:
     """Release the lock; a session that is gone already released it."""
-    unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=ADVISORY_LOCK_KEY)
+    unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=key)
     try:
         connection.execute(unlock)
         connection.commit()
     except sa.exc.DBAPIError as exc:
         log.warning("the run lock's session had ended (%s)", type(exc.orig).__name__)
+
+
+def _lock_key(connection: Connection) -> int:
+    """One lock per schema, so installations in two schemas of a database run independently;
+    `public` keeps the key of the versions before schemas, which took no other."""
+    schema = connection.execute(sa.text("SELECT current_schema()")).scalar()
+    if schema in (None, "public"):
+        return ADVISORY_LOCK_KEY
+    digest = hashlib.sha256(f"qianfan-etl:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @contextmanager
@@ -570,16 +583,21 @@ def live_job_ids(connection: Connection) -> set[str]:
 
 def jobs_to_relist(connection: Connection) -> set[str]:
     """Jobs whose tasks an --active-only run lists again although stored: those with a live
-    task not in a terminal state, and those a run since the last complete one failed to list."""
-    tasks = finetune_tasks
+    task not in a terminal state or with no live task at all (a new job's first task comes
+    soon), and those a run since the last complete one failed to list."""
+    tasks, jobs = finetune_tasks, finetune_jobs
     unfinished = sa.select(tasks.c.job_id).where(
         tasks.c.deleted_at.is_(None),
         sa.or_(tasks.c.run_status.is_(None), tasks.c.run_status.not_in(TERMINAL_STATUSES)),
     )
+    live_task = sa.select(tasks.c.task_id).where(
+        tasks.c.job_id == jobs.c.job_id, tasks.c.deleted_at.is_(None)
+    )
+    empty = sa.select(jobs.c.job_id).where(jobs.c.deleted_at.is_(None), ~live_task.exists())
     failed = sa.select(etl_failed_jobs.c.job_id).where(
         etl_failed_jobs.c.run_id > _last_covering_run()
     )
-    return set(connection.execute(sa.union(unfinished, failed)).scalars())
+    return set(connection.execute(sa.union(unfinished, empty, failed)).scalars())
 
 
 def _last_covering_run() -> sa.ScalarSelect[Any]:

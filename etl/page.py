@@ -191,14 +191,18 @@ def _ago(delta: Any) -> str:
 
 def loss_section(connection: Connection, selection: Selection) -> Section:
     """Training loss and perplexity by step, one line per task."""
+    which = (
+        "latest tasks with checkpoints, in any status, of the jobs named"
+        if selection.job_ids
+        else "most recently finished tasks"
+    )
     return Section(
         "loss",
         "Loss curves",
-        f"Training loss and perplexity by step of the {selection.tasks} most recently finished "
-        "tasks (of the named jobs: their latest tasks with checkpoints, in any status). Long "
-        f"curves are thinned to about {charts.MAX_POINTS} points, the last step always kept.",
-        empty="No task has checkpoints yet: curves appear once a sync has loaded a task with a "
-        "checkpointList (finished tasks unless --job-id names jobs).",
+        f"Training loss and perplexity by step of the {selection.tasks} {which}. Long curves are "
+        f"thinned to about {charts.MAX_POINTS} points, the last step always kept.",
+        empty=f"None of the {which} has checkpoints: curves appear once a sync has loaded a task "
+        "with a checkpointList.",
         rows=charts.loss_curves(connection, selection),
         build=loss_chart,
     )

@@ -3,10 +3,13 @@
 import os
 from logging.config import fileConfig
 
+import sqlalchemy as sa
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
 
 from etl import config as etl_config
+from etl import db
 from etl.schema import metadata
 
 alembic_config = context.config
@@ -35,20 +38,25 @@ def run_migrations_online() -> None:
     """Run migrations on a live connection."""
     connection = alembic_config.attributes.get("connection")
     if connection is not None:
-        _run(connection)
+        _run(connection, alembic_config.attributes.get("schema"))
         return
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    # Plain `alembic upgrade head`: no timeouts, the schema from QIANFAN_ETL_DB_SCHEMA.
+    schema = etl_config.db_schema(os.environ.get(etl_config.DB_SCHEMA_VAR))
+    engine = db.create(make_url(_url()), 0, 0, schema)
     with engine.connect() as connection:
-        _run(connection)
+        _run(connection, schema)
     engine.dispose()
 
 
-def _run(connection: object) -> None:
+def _run(connection: Connection, schema: str | None) -> None:
+    if schema is not None:
+        connection.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     context.configure(
-        connection=connection,  # type: ignore[arg-type]
+        connection=connection,
         target_metadata=metadata,
         compare_type=True,
         render_as_batch=True,  # SQLite can only ALTER through table copies
+        version_table_schema=schema,
     )
     with context.begin_transaction():
         context.run_migrations()

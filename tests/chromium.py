@@ -144,7 +144,11 @@ def browser(binary: str, width: int = 1240, height: int = 900) -> Iterator[Page]
                 socket.close()
         finally:
             process.terminate()
-            process.wait(timeout=10)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _devtools_url(profile: Path, timeout: float = 30) -> str:

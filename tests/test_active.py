@@ -151,6 +151,21 @@ def test_active_only_run_captures_unfinished_and_new_jobs_and_deletes_nothing(et
     )
 
 
+def test_a_job_without_tasks_is_listed_again_for_its_first_task(etl: Etl) -> None:
+    sim = etl.sim
+    sim.put_job({"jobId": "job-empty", "name": "just created", "trainMode": "SFT"})
+    etl.sync()
+    assert etl.job("job-empty") is not None
+    sim.put_task(
+        "job-empty", {"taskId": "task-first", "jobId": "job-empty", "runStatus": "Waiting"}
+    )
+
+    summary = etl.sync("--active-only")
+
+    assert (summary["mode"], summary["jobs_skipped"]) == ("active", 6)
+    assert etl.task("task-first").run_status == "Waiting"
+
+
 def test_full_every_elapsed_makes_the_run_full_and_it_catches_up(etl: Etl) -> None:
     sim = etl.sim
     ids = [job["jobId"] for job in sim.jobs()]
