@@ -60,18 +60,13 @@ def create(
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-<<<<<<< HEAD
-    engine = create_engine(
-        url,
-=======
     # libpq options given in the URL (e.g. -c search_path=...) are kept, after ours.
     given = url.query.get("options")
     options = [postgres_options(lock_timeout, statement_timeout)]
     options += [given] if isinstance(given, str) else list(given or ())
     options += [f"-c search_path={schema}"] if schema else []
-    return create_engine(
+    engine = create_engine(
         url.difference_update_query(["options"]),
->>>>>>> main
         pool_pre_ping=True,
         connect_args={
             "application_name": "qianfan-etl",
