@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from sqlalchemy import Engine
@@ -85,7 +85,7 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
     budgets = [
         ("--api-attempts", int, 6, "HTTP attempts per API call before exit 75."),
         ("--api-retry-wait", float, 0.5, "Base of the jittered exponential retry wait, seconds."),
-        ("--api-deadline", float, 120.0, "Wall-clock limit on one HTTP attempt, seconds."),
+        ("--api-deadline", float, 120.0, "Wall-clock limit on one HTTP attempt, s (0: none)."),
         ("--api-retry-after-cap", float, 120.0, "Longest Retry-After honoured; more exits 75."),
         ("--db-lock-timeout", float, 30.0, "Postgres lock_timeout, seconds (0: none)."),
         ("--db-statement-timeout", float, 300.0, "Postgres statement_timeout, seconds (0: none)."),
@@ -515,4 +515,19 @@ def main() -> None:
     config.load_env_file()
     if not logging.getLogger().handlers:
         setup_logging(os.environ.get("QIANFAN_ETL_LOG_FORMAT", "text"), 0, False)
-    cli(prog_name="qianfan-etl")
+    try:
+        cli(prog_name="qianfan-etl")
+    except SystemExit as exc:
+        if stopping.requested():
+            _exit_now(exc.code)
+        raise
+
+
+def _exit_now(code: object) -> NoReturn:
+    """End a run a signal stopped without joining its fetch workers: its batch is rolled back,
+    its lock freed and its run recorded, and a worker still blocked in a slow read holds
+    nothing (the interpreter would wait for it, up to the read timeout)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)

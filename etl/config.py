@@ -75,6 +75,11 @@ def database_url(value: str | None) -> URL:
             f"{DATABASE_URL_VAR} is not a SQLAlchemy URL ({exc}); "
             "use e.g. postgresql://user@host/db or sqlite:///qianfan_etl.db"
         ) from None
+    except ValueError:  # SQLAlchemy reads the port with int(); its message quotes the URL
+        raise ConfigError(
+            f"{DATABASE_URL_VAR} has a port that is not a number; "
+            "use e.g. postgresql://user@host:5432/db"
+        ) from None
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() not in ("postgresql", "sqlite"):

@@ -1,6 +1,7 @@
 """Connecting to the database, classifying its errors, and Alembic: upgrade, current, head check."""
 
 import importlib.resources
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +42,8 @@ SCHEMA_OPTION = "qianfan_etl_schema"
 INSUFFICIENT_PRIVILEGE = "42501"
 INVALID_PASSWORD = "28P01"
 INVALID_AUTHORIZATION = "28000"
+READ_ONLY_TRANSACTION = "25006"
+_MISSING_DATABASE = re.compile(r'database ".*" does not exist')
 
 
 def create(
@@ -57,6 +60,7 @@ def create(
                 f"--db-schema {schema}: a SQLite database has no schemas; "
                 "use one database file per installation instead"
             )
+        _require_directory(url)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -77,6 +81,18 @@ def create(
     )
     event.listen(engine, "connect", _no_idle_session_timeout)
     return engine
+
+
+def _require_directory(url: URL) -> None:
+    """A SQLite file needs its directory: SQLite creates the file, never the directory."""
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        directory = Path(database).expanduser().resolve().parent
+        if not directory.is_dir():
+            raise ConfigError(
+                f"database {show_url(url)}: the directory {directory} does not exist; "
+                "create it, or fix DATABASE_URL"
+            )
 
 
 def schema_of(engine: Engine) -> str | None:
@@ -125,6 +141,16 @@ def _classify(error: BaseException, unavailable: bool, url: URL) -> EtlError:
         return AuthError(
             f"database {where} refused access: {detail}. Grant the ETL role ownership of "
             "the qianfan-etl tables (see README, 'Permissions')."
+        )
+    if sqlstate == READ_ONLY_TRANSACTION:
+        return ConfigError(
+            f"database {where} is read-only ({detail}): a standby, or "
+            "default_transaction_read_only is on. Point DATABASE_URL at a writable database."
+        )
+    # A connection refused for a missing database carries no SQLSTATE: the server's text says.
+    if _MISSING_DATABASE.search(detail):
+        return ConfigError(
+            f"database {where} does not exist: create it (createdb), or fix DATABASE_URL"
         )
     if unavailable:
         return TransientError(f"database {where} unavailable: {detail}. Try again later.")

@@ -1,19 +1,23 @@
 """Records the database would refuse, the switch from the legacy content hash: end to end
 through the CLI, the simulator over HTTP, Postgres and SQLite."""
 
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from etl import schema
-from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
+from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
 from etl.transform import HASH_PREFIX, MAX_DEPTH, legacy_hash
 from tests import test_faults
+from tests.conftest import cli_env, run_cli
 from tests.test_faults import (
     Etl,
     _dsn,
@@ -209,3 +213,114 @@ def test_a_run_that_lost_its_lock_stops_with_75_before_committing(
     assert len(assert_whole_jobs(pg_etl.engine, expected)) == 1  # batch 2 was not committed
     assert run_status(pg_etl.engine, 1)[0] == "failed"
     pg_etl.assert_converges(expected)
+
+
+# -- prompt shutdown -----------------------------------------------------------------------
+
+JOBS, TASKS = "DescribeFineTuningJobs", "DescribeFineTuningTasks"
+# Each case makes a worker wait 20 s or more: a rate-limit sleep, a Retry-After wait, a body
+# that trickles in (with no per-attempt deadline, so nothing else would cut it).
+WAITS: dict[str, tuple[list[str], dict[str, str], Fault | None]] = {
+    "rate_limit": (["--qps", "0.05"], {}, None),
+    "retry_after": (
+        [],
+        {"QIANFAN_ETL_API_RETRY_AFTER_CAP": "120"},
+        Fault("status", TASKS, status=429, headers={"Retry-After": "60"}),
+    ),
+    "slow_response": (
+        [],
+        {"QIANFAN_ETL_API_DEADLINE": "0"},
+        Fault("slow_body", TASKS, interval=1.0),
+    ),
+}
+
+
+@pytest.mark.parametrize("wait", list(WAITS))
+def test_sigterm_ends_the_run_at_once_whatever_the_workers_wait_on(
+    wait: str, pg_etl: Etl, golden: Any
+) -> None:
+    expected = golden(pg_etl)
+    args, env, fault = WAITS[wait]
+    if fault is not None:
+        pg_etl.sim.inject(fault)
+    process = pg_etl.start(*args, **env)
+    deadline = time.monotonic() + 20
+    while not _waiting(pg_etl.sim, wait):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never reached its wait"
+        time.sleep(0.01)
+    time.sleep(0.2)  # well inside the wait
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)  # a bound, far below the 20+ s the wait asked for
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running 10 s after SIGTERM: {process.communicate()}")
+    _, stderr = process.communicate()
+    assert process.returncode == 143, stderr
+    assert run_status(pg_etl.engine, 1)[0] == "failed"
+    pg_etl.assert_converges(expected)
+
+
+def _waiting(sim: Simulator, wait: str) -> bool:
+    """Whether the run has reached the wait the case is about."""
+    if wait == "rate_limit":
+        return sim.api_calls >= 1  # the first call goes at once, the next in 20 s
+    if wait == "retry_after":
+        return any(r.action == TASKS and r.status == 429 for r in sim.requests)
+    return any(r.action == TASKS for r in sim.requests)  # its body trickles from now on
+
+
+# -- exit codes ----------------------------------------------------------------------------
+
+
+def test_a_read_only_database_is_a_configuration_error(
+    sim: Simulator, server: SimulatorServer, pg_url: URL, tmp_path: Path
+) -> None:
+    admin(f'ALTER DATABASE "{pg_url.database}" SET default_transaction_read_only = on')
+    result = sync(sim, server, pg_url, tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert "is read-only" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["missing_database", "missing_directory"])
+def test_a_database_that_does_not_exist_is_a_configuration_error(
+    where: str, sim: Simulator, server: SimulatorServer, pg_url: URL, tmp_path: Path
+) -> None:
+    if where == "missing_database":
+        url = pg_url.set(database=f"{pg_url.database}_missing")
+    else:
+        url = make_url(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'etl.db'}")
+    result = sync(sim, server, url, tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert sim.api_calls == 0
+
+
+def test_a_port_that_is_not_a_number_is_a_clear_configuration_error(
+    sim: Simulator, server: SimulatorServer, pg_url: URL, tmp_path: Path
+) -> None:
+    env = cli_env(sim, server, pg_url, DATABASE_URL="postgresql://etl:hunter2@db:abc/x")
+    result = run_cli(["sync"], env, cwd=tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert "port that is not a number" in result.stderr
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+
+
+def test_a_redirect_is_reported_with_its_location(
+    sim: Simulator, server: SimulatorServer, db_url: URL, tmp_path: Path
+) -> None:
+    location = "https://sso.example.com/login?token=s3cret"
+    sim.inject(Fault("status", JOBS, status=302, headers={"Location": location}))
+    result = sync(sim, server, db_url, tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert "HTTP 302 redirect to https://sso.example.com/login" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_api_deadline_0_means_no_deadline(
+    sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
+) -> None:
+    result = sync(sim, server, db_url, tmp_path, "--api-deadline", "0")
+    assert result.returncode == 0, result.stderr
+    assert scalar(engine, "SELECT count(*) FROM finetune_tasks") == 6 * 13
