@@ -8,13 +8,13 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any, NoReturn
 
 import click
 from sqlalchemy import Engine
 
-from etl import config, db, faults, monitor, page, report, stopping
+from etl import config, db, faults, monitor, page, redact, report, stopping
 from etl.charts import Selection
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, RetryPolicy
@@ -479,8 +479,9 @@ def demo_command(
         click.echo(report.status_text(report.status(engine, 3)))
         click.echo(report.sample_text(engine))
     prog = sys.argv[0] if Path(sys.argv[0]).name == "qianfan-etl" else "qianfan-etl"
-    click.echo(f"Explore it: {prog} status --database-url {database_url}")
-    click.echo(_demo_report(engine, f"{prog} report --database-url {database_url}"))
+    shown = database_url if engine.url.password is None else config.show_url(engine.url)
+    click.echo(f"Explore it: {prog} status --database-url {shown}")
+    click.echo(_demo_report(engine, f"{prog} report --database-url {shown}"))
 
 
 def _demo_report(engine: Engine, command: str) -> str:
@@ -500,6 +501,7 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
         logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(redact.RedactingFilter())
     handler.setFormatter(
         report.JsonFormatter()
         if log_format == "json"
@@ -508,11 +510,18 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """A traceback goes through the log handler, so it is scrubbed like every other line."""
+    log.critical("unexpected error (a bug: please report it)", exc_info=(kind, exc, tb))
 
 
 def main() -> None:
     """Console-script entry point: `.env` first, then click."""
     config.load_env_file()
+    sys.excepthook = _log_uncaught
     if not logging.getLogger().handlers:
         setup_logging(os.environ.get("QIANFAN_ETL_LOG_FORMAT", "text"), 0, False)
     try:

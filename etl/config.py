@@ -5,12 +5,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from dotenv import load_dotenv
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from etl import redact
 from etl.errors import ConfigError
 
 ACCESS_KEY_VAR = "QIANFAN_ACCESS_KEY"
@@ -21,6 +22,14 @@ DB_SCHEMA_VAR = "QIANFAN_ETL_DB_SCHEMA"
 
 DEFAULT_BASE_URL = "https://qianfan.baidubce.com"
 DEFAULT_DATABASE_URL = "sqlite:///qianfan_etl.db"
+PROXY_VARS = ("https_proxy", "http_proxy", "all_proxy")
+# Query parameters of a database URL that carry secrets (psycopg takes libpq's keywords).
+SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+ENCODING_HINT = (
+    "percent-encode special characters in the password (@ %40, / %2F, ? %3F, # %23, "
+    "% %25, : %3A, space %20), or leave the password out of the URL and set PGPASSWORD or "
+    "use ~/.pgpass"
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,9 @@ def api_settings(env: Mapping[str, str] = os.environ) -> ApiSettings:
         for name, value in ((ACCESS_KEY_VAR, access_key), (SECRET_KEY_VAR, secret_key))
         if not value
     ]
+    redact.register(secret_key)
+    for name, value in proxy_settings(env).items():
+        redact.register(*_url_secrets(name, value))
     if missing:
         raise ConfigError(
             f"{' and '.join(missing)} not set: export the IAM Access Key / Secret Key of an "
@@ -59,27 +71,78 @@ def base_url(value: str | None) -> str:
     """Validate the console API base URL (scheme and host, no trailing slash)."""
     url = (value or DEFAULT_BASE_URL).strip().rstrip("/")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
         raise ConfigError(
-            f"{BASE_URL_VAR}={url!r} is not an http(s) URL; leave it unset for {DEFAULT_BASE_URL}"
+            f"{BASE_URL_VAR}={redact.scrub(url)!r} is not an http(s)://host[:port] URL; "
+            f"leave it unset for {DEFAULT_BASE_URL}"
         )
     return url
 
 
+def proxy_settings(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The proxy variables set (either case), as requests and libcurl read them."""
+    found = {}
+    for name in PROXY_VARS:
+        for variant in (name, name.upper()):
+            if env.get(variant, "").strip():
+                found[variant] = env[variant].strip()
+    return found
+
+
+def _url_secrets(name: str, value: str) -> list[str]:
+    """A proxy URL's password, as typed and decoded; refuse one that parses two ways."""
+    userinfo = value.partition("://")[2].rpartition("@")[0]
+    if any(c in userinfo for c in "@/?#"):
+        raise ConfigError(
+            f"{name} ({_without_userinfo(value)}) cannot be parsed: its user:password part "
+            "holds an unencoded '@', '/', '?' or '#'; percent-encode special characters in it"
+        )
+    typed, password = _typed_password(value)
+    try:
+        unquote(userinfo).encode("latin-1")  # what requests' Proxy-Authorization takes
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"{name} ({_without_userinfo(value)}): proxy authentication carries only Latin-1 "
+            "user names and passwords; give the proxy user a password without other characters"
+        ) from None
+    return [typed, password]
+
+
+def _typed_password(value: str) -> tuple[str, str]:
+    """The password between `user:` and the last `@`, as typed and percent-decoded."""
+    typed = value.partition("://")[2].rpartition("@")[0].partition(":")[2]
+    return typed, unquote(typed)
+
+
+def _without_userinfo(value: str) -> str:
+    """`scheme://…@host…` with nothing of what stood between `://` and the last `@`."""
+    scheme, sep, rest = value.partition("://")
+    head, at, tail = rest.rpartition("@")
+    if not sep or not scheme.replace("+", "").isalnum():
+        return "a value that is not a URL"
+    if not at or "?" in head:
+        return f"a {scheme}:// URL"
+    return f"{scheme}://…@{tail.split('?')[0]}"
+
+
 def database_url(value: str | None) -> URL:
     """Parse DATABASE_URL; a plain postgresql:// URL is driven by psycopg 3."""
+    text = (value or DEFAULT_DATABASE_URL).strip()
+    redact.register(os.environ.get("PGPASSWORD"))
     try:
-        url = make_url((value or DEFAULT_DATABASE_URL).strip())
-    except ArgumentError as exc:
+        url = make_url(text)
+    except ValueError:  # SQLAlchemy reads the port with int()
         raise ConfigError(
-            f"{DATABASE_URL_VAR} is not a SQLAlchemy URL ({exc}); "
-            "use e.g. postgresql://user@host/db or sqlite:///qianfan_etl.db"
-        ) from None
-    except ValueError:  # SQLAlchemy reads the port with int(); its message quotes the URL
-        raise ConfigError(
-            f"{DATABASE_URL_VAR} has a port that is not a number; "
+            f"{DATABASE_URL_VAR} ({_without_userinfo(text)}) has a port that is not a number; "
             "use e.g. postgresql://user@host:5432/db"
         ) from None
+    except ArgumentError:
+        raise ConfigError(
+            f"{DATABASE_URL_VAR} ({_without_userinfo(text)}) is not a SQLAlchemy URL; "
+            f"use e.g. postgresql://user@host/db or sqlite:///qianfan_etl.db, and {ENCODING_HINT}"
+        ) from None
+    if url.get_backend_name() != "sqlite":
+        _check_userinfo(text, url)
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() not in ("postgresql", "sqlite"):
@@ -88,6 +151,19 @@ def database_url(value: str | None) -> URL:
             "qianfan-etl supports postgresql:// and sqlite:/// URLs"
         )
     return url
+
+
+def _check_userinfo(text: str, url: URL) -> None:
+    """Refuse a URL whose password SQLAlchemy would split at an unencoded `@`; register it."""
+    redact.register(*_typed_password(text))
+    parsed = [url.host or "", url.database or "", *map(str, url.query.values())]
+    at = text.count("@")
+    if at > 1 or (at == 1 and (url.username is None or any("@" in p for p in parsed))):
+        raise ConfigError(
+            f"{DATABASE_URL_VAR} ({_without_userinfo(text)}) cannot be parsed unambiguously: "
+            f"its user:password part holds an unencoded '@' or '/'; {ENCODING_HINT}"
+        )
+    redact.register(url.password, *(str(url.query[k]) for k in SECRET_QUERY_KEYS if k in url.query))
 
 
 def db_schema(value: str | None) -> str | None:
@@ -104,8 +180,9 @@ def db_schema(value: str | None) -> str | None:
 
 
 def show_url(url: URL) -> str:
-    """The URL as it may be printed: with the password masked."""
-    return url.render_as_string(hide_password=True)
+    """The URL as it may be printed: password and secret query parameters masked."""
+    hidden = {k: redact.MASK for k in SECRET_QUERY_KEYS if k in url.query}
+    return url.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

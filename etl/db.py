@@ -13,6 +13,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from etl import redact
 from etl.config import show_url
 from etl.errors import AuthError, ConfigError, EtlError, TransientError
 
@@ -136,7 +137,7 @@ def classify(exc: DBAPIError, url: URL) -> EtlError:
 def _classify(error: BaseException, unavailable: bool, url: URL) -> EtlError:
     sqlstate = getattr(error, "sqlstate", None)
     where = show_url(url)
-    detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    detail = redact.scrub((str(error).strip().splitlines() or [type(error).__name__])[0])
     if sqlstate in (INSUFFICIENT_PRIVILEGE, INVALID_PASSWORD, INVALID_AUTHORIZATION):
         return AuthError(
             f"database {where} refused access: {detail}. Grant the ETL role ownership of "

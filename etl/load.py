@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
+from etl import redact
 from etl.errors import LockBusyError, LockLostError
 from etl.schema import (
     etl_failed_jobs,
@@ -212,7 +213,7 @@ def finish_run(
         .values(
             finished_at=now(),
             status="failed" if error else "succeeded",
-            error=error,
+            error=redact.bounded(error) if error else None,
             **vars(counts),
         )
     )
@@ -627,7 +628,7 @@ def _reject_rows(rejects: list[Reject], run_id: int, stamp: datetime) -> list[di
             "run_id": run_id,
             "entity": reject.entity,
             "source_id": reject.source_id,
-            "reason": reject.reason,
+            "reason": redact.bounded(reject.reason),
             "raw": reject.raw,
             "rejected_at": stamp,
         }

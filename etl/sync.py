@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl import db, load, stopping
+from etl import db, load, redact, stopping
 from etl.errors import ContractError
 from etl.extract import ActiveSelection, JobListing, fetch_account
 from etl.faults import fault_point
@@ -348,4 +348,4 @@ def _record_failure(
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit | KeyboardInterrupt):
         return f"interrupted ({type(exc).__name__} {getattr(exc, 'code', '')})".strip()
-    return str(exc) or type(exc).__name__
+    return redact.describe(exc)

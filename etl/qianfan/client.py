@@ -19,7 +19,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from etl import __version__, stopping
+from etl import __version__, redact, stopping
 from etl.errors import AuthError, ConfigError, ContractError, TransientError
 from etl.qianfan import signing
 
@@ -138,12 +138,15 @@ class QianfanClient:
             raise ConfigError(f"max_attempts must be at least 1, got {retry.max_attempts}")
         parts = urlsplit(base_url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
-            raise ConfigError(f"bad Qianfan base URL {base_url!r}: expected http(s)://host[:port]")
+            raise ConfigError(
+                f"bad Qianfan base URL {redact.scrub(base_url)!r}: expected http(s)://host[:port]"
+            )
         self._url = f"{parts.scheme}://{parts.netloc}{parts.path}{API_PATH}"
         self._path = f"{parts.path}{API_PATH}"
         self._host = parts.netloc
         self._access_key = access_key
         self._secret_key = secret_key
+        redact.register(secret_key)
         self._timeout = (connect_timeout, read_timeout)
         self._deadline = deadline if deadline > 0 else NO_DEADLINE
         self._retry = retry
@@ -270,7 +273,10 @@ class QianfanClient:
         except _Retriable as exc:
             raise _Retriable(f"{action}: {exc} ({self._deadline:g} s)") from None
         except requests.exceptions.SSLError as exc:
-            raise AuthError(f"{action}: TLS verification failed for {self._host}: {exc}") from None
+            reason = redact.scrub(str(exc))
+            raise AuthError(
+                f"{action}: TLS verification failed for {self._host}: {reason}"
+            ) from None
         except (requests.RequestException, OSError) as exc:
             if time.monotonic() > deadline:
                 raise _Retriable(f"{action}: {DEADLINE_PASSED} ({self._deadline:g} s)") from None
@@ -443,8 +449,9 @@ def _cut_deep(text: str, depth: int = CUT_DEPTH) -> str:
 
 def _snippet(text: str, secret: str) -> str:
     """A short, secret-free excerpt for messages."""
-    cleaned = " ".join(text.replace(secret, "***").split()) if secret else " ".join(text.split())
-    return cleaned[:SNIPPET_CHARS]
+    cleaned = " ".join(text.replace(secret, redact.MASK).split()) if secret else text
+    # Scrubbed before it is cut, so that no secret is cut in half and kept.
+    return " ".join(redact.scrub(cleaned).split())[:SNIPPET_CHARS]
 
 
 def _interpret(
