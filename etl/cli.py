@@ -294,6 +294,7 @@ def db_group() -> None:
 @db_schema_option
 def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -> None:
     """Create or migrate the tables and views to the code's revision."""
+    faults.arm(os.environ.get(FAULT_VAR))
     engine = engine_for(database_url, db_schema)
     db.upgrade(engine, revision)
     click.echo(f"database {config.show_url(engine.url)} at revision {db.current_revision(engine)}")

@@ -1,5 +1,6 @@
 """Connecting to the database, classifying its errors, and Alembic: upgrade, current, head check."""
 
+import hashlib
 import importlib.resources
 import re
 from collections.abc import Iterator
@@ -183,22 +184,60 @@ def alembic_config(engine: Engine) -> "Config":
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database to `revision`."""
-    from alembic import command
-
-    config = alembic_config(engine)
-    with translated_errors(engine.url), engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    _migrate(engine, "upgrade", revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate the database down to `revision` (tests and rollbacks)."""
+    _migrate(engine, "downgrade", revision)
+
+
+def _migrate(engine: Engine, direction: str, revision: str) -> None:
+    """Run Alembic in one transaction that first takes the migration lock: an interrupted
+    migration leaves the previous revision, and a concurrent one waits, then finds the
+    revision the first one left (for an upgrade to head: nothing to do)."""
     from alembic import command
 
     config = alembic_config(engine)
-    with translated_errors(engine.url), engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, revision)
+    migrating = _transactional(engine)
+    try:
+        with translated_errors(engine.url), migrating.begin() as connection:
+            _lock_migrations(connection, schema_of(engine))
+            config.attributes["connection"] = connection
+            getattr(command, direction)(config, revision)
+    finally:
+        if migrating is not engine:
+            migrating.dispose()
+
+
+def _transactional(engine: Engine) -> Engine:
+    """An engine whose transactions hold DDL too: the engine itself on Postgres; on SQLite one
+    that sends a real BEGIN IMMEDIATE (pysqlite's own handling runs CREATE and ALTER outside
+    any transaction, and IMMEDIATE takes the write lock that serialises migrations)."""
+    if engine.dialect.name != "sqlite":
+        return engine
+    migrating = create_engine(engine.url, connect_args={"timeout": 30})
+    event.listen(migrating, "connect", _sqlite_driver_without_transactions)
+    event.listen(migrating, "begin", _begin_immediate)
+    return migrating
+
+
+def _sqlite_driver_without_transactions(dbapi_connection: Any, record: object) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy's BEGIN, not pysqlite's, rules
+    _sqlite_pragmas(dbapi_connection, record)
+
+
+def _begin_immediate(connection: sa.Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _lock_migrations(connection: sa.Connection, schema: str | None) -> None:
+    """Serialise migrations of one schema on Postgres (on SQLite, BEGIN IMMEDIATE did)."""
+    if connection.dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(f"qianfan-etl migrations:{schema or ''}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -1,9 +1,13 @@
 """Records the database would refuse, the switch from the legacy content hash: end to end
 through the CLI, the simulator over HTTP, Postgres and SQLite."""
 
+import os
+import secrets
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +17,11 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
-from etl import schema
+from etl import db, schema
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
 from etl.transform import HASH_PREFIX, MAX_DEPTH, legacy_hash
 from tests import test_faults
-from tests.conftest import cli_env, run_cli
+from tests.conftest import admin_url, cli_env, run_cli
 from tests.test_faults import (
     Etl,
     _dsn,
@@ -27,6 +31,7 @@ from tests.test_faults import (
     run_status,
     snapshot,
     start_paused,
+    wait_for,
 )
 from tests.test_sync import row_counts, scalar, sync, writes_on_postgres
 
@@ -324,3 +329,89 @@ def test_api_deadline_0_means_no_deadline(
     result = sync(sim, server, db_url, tmp_path, "--api-deadline", "0")
     assert result.returncode == 0, result.stderr
     assert scalar(engine, "SELECT count(*) FROM finetune_tasks") == 6 * 13
+
+
+# -- migrations ----------------------------------------------------------------------------
+
+
+def _db_env(url: URL, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QIANFAN_", "DATABASE_URL"))}
+    return {**env, "DATABASE_URL": url.render_as_string(hide_password=False), **extra}
+
+
+def _sqlite_schema(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        query = "SELECT type, name, sql FROM sqlite_master ORDER BY type, name"
+        return [tuple(row) for row in connection.exec_driver_sql(query)]
+
+
+@pytest.mark.parametrize("start", [None, "0002"])
+def test_an_interrupted_sqlite_upgrade_leaves_the_previous_revision(
+    start: str | None, tmp_path: Path
+) -> None:
+    url = make_url(f"sqlite:///{tmp_path / 'etl.db'}")
+    engine = db.create(url)
+    if start is not None:
+        db.upgrade(engine, start)
+    before = _sqlite_schema(engine)
+    # SIGINT once the first revision of the run is applied, before the next one
+    plan = {"QIANFAN_ETL_FAULT": "after_revision:1:sigint"}
+    interrupted = run_cli(["db", "upgrade"], _db_env(url, **plan), cwd=tmp_path)
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert db.current_revision(engine) == start
+    assert _sqlite_schema(engine) == before
+    again = run_cli(["db", "upgrade"], _db_env(url), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert db.current_revision(engine) == db.head_revision()
+    engine.dispose()
+
+
+@pytest.fixture
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """A database that was never migrated, on the backend the test names."""
+    if request.param == "sqlite":
+        yield make_url(f"sqlite:///{tmp_path / 'etl.db'}")
+        return
+    name = f"qfetl_empty_{secrets.token_hex(6)}"
+    admin(f'CREATE DATABASE "{name}"')
+    yield admin_url().set(database=name)
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("empty_url", ["postgresql", "sqlite"], indirect=True)
+def test_two_upgrades_at_once_both_succeed(empty_url: URL, tmp_path: Path) -> None:
+    """The second waits for the first, then finds nothing to do."""
+    pause = tmp_path / "pause"
+    plan = {"QIANFAN_ETL_FAULT": f"after_revision:2:pause:{pause}"}
+    command = [sys.executable, "-m", "etl", "db", "upgrade"]
+    captured: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    first = subprocess.Popen(command, env=_db_env(empty_url, **plan), cwd=tmp_path, **captured)
+    wait_for(Path(f"{pause}.reached"), first)  # mid-migration, holding the migration lock
+    second = subprocess.Popen(command, env=_db_env(empty_url), cwd=tmp_path, **captured)
+    if empty_url.get_backend_name() == "postgresql":
+        _wait_for_a_lock_wait(empty_url, second)
+    else:
+        time.sleep(0.5)  # time to reach SQLite's write lock; no assertion rests on it
+    assert second.poll() is None, second.communicate()
+    Path(f"{pause}.release").touch()
+    assert first.wait(timeout=60) == 0, first.communicate()
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    engine = db.create(empty_url)
+    assert db.current_revision(engine) == db.head_revision()
+    assert f"at revision {db.head_revision()}" in out
+    engine.dispose()
+
+
+def _wait_for_a_lock_wait(url: URL, process: subprocess.Popen[str]) -> None:
+    """Until a session of the database waits for an advisory lock (bounded)."""
+    query = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = %s"
+    )
+    deadline = time.monotonic() + 20
+    with psycopg.connect(_dsn(url), autocommit=True) as connection:
+        while not (connection.execute(query, [url.database]).fetchone() or (0,))[0]:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the second upgrade never waited for the lock"
+            time.sleep(0.01)
