@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import Connection, Engine
 
-from etl import charts
+from etl import charts, db
 from etl.charts import Selection
 from etl.errors import ConfigError
 
@@ -87,7 +87,9 @@ def write_report(engine: Engine, output: Path, selection: Selection) -> int:
 
 def _source(engine: Engine) -> str:
     """The backend and database name, without host or user: the page may travel by mail."""
-    return f"{engine.url.get_backend_name()} {engine.url.database or ''}".strip()
+    source = f"{engine.url.get_backend_name()} {engine.url.database or ''}".strip()
+    schema = db.schema_of(engine)
+    return f"{source}, schema {schema}" if schema else source
 
 
 def _write_atomically(output: Path, data: bytes) -> None:

@@ -68,6 +68,7 @@ def test_two_schemas_are_two_installations(pg_url: URL, pg_engine: Engine, tmp_p
         }
 
     assert drawn(large) and not drawn(small)
+    assert ", schema beta</dd>" in html
     current = etl_cli(["db", "current", "--db-schema", "gamma"], large, url, tmp_path)
     assert current.returncode == 78 and "current: none" in current.stdout
 
