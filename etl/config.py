@@ -134,7 +134,7 @@ def database_url(value: str | None) -> URL:
     except ValueError:  # SQLAlchemy reads the port with int()
         raise ConfigError(
             f"{DATABASE_URL_VAR} ({_without_userinfo(text)}) has a port that is not a number; "
-            "use e.g. postgresql://user@host:5432/db"
+            f"use e.g. postgresql://user@host:5432/db, and {ENCODING_HINT}"
         ) from None
     except ArgumentError:
         raise ConfigError(

@@ -291,7 +291,8 @@ class _Writer:
         return future.result()
 
     def abandon(self) -> None:
-        """After a failure: let the batch in progress end (it rolls back), stop the thread."""
+        """After a failure: let the batch in progress end (a stopping run rolls it back), stop
+        the thread."""
         future, self._pending = self._pending, None
         # An error of the writer's own was rolled back in the writer; the first one raised wins.
         with suppress(Exception):
