@@ -12,7 +12,9 @@ from types import FrameType, TracebackType
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 
 from etl import config, db, faults, monitor, page, redact, report, stopping
 from etl.charts import Selection
@@ -27,7 +29,14 @@ FAULT_VAR = "QIANFAN_ETL_FAULT"
 
 
 class EtlGroup(click.Group):
-    """A group that turns expected failures into one clear line and their exit code."""
+    """A group that turns expected failures into one clear line and their exit code, and
+    whose commands' help names each option's environment variable."""
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _show_envvars(command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -40,15 +49,23 @@ class EtlGroup(click.Group):
             ctx.exit(EXIT_SIGINT)
 
 
+def _show_envvars(command: click.Command) -> None:
+    """Make `--help` show `env var: NAME` for every option read from one."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            param.show_envvar = True
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _show_envvars(sub)
+
+
 @click.group(cls=EtlGroup)
 @click.version_option(package_name="qianfan-etl")
 def cli() -> None:
     """Copy Baidu Qianfan fine-tuning jobs, tasks, metrics and checkpoints into SQL."""
 
 
-DATABASE_HELP = (
-    f"SQLAlchemy URL [env {config.DATABASE_URL_VAR}; default {config.DEFAULT_DATABASE_URL}]"
-)
+DATABASE_HELP = f"SQLAlchemy URL of the database (default {config.DEFAULT_DATABASE_URL})."
 
 
 def database_option(default: str | None = None) -> Callable[..., Any]:
@@ -114,9 +131,25 @@ def db_schema_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def engine_for(database_url: str | None, db_schema: str | None = None) -> Engine:
-    """An engine for the URL given (or DATABASE_URL, or the embedded default) and schema."""
-    return db.create(config.database_url(database_url), schema=config.db_schema(db_schema))
+def engine_for(
+    database_url: str | None, db_schema: str | None = None, existing: bool = False
+) -> Engine:
+    """An engine for the URL given (or DATABASE_URL, or the embedded default) and schema;
+    with `existing`, a SQLite file that is not there yet is an error, not created empty."""
+    url = parse_database_url(database_url)
+    if existing:
+        db.require_file(url)
+    return db.create(url, schema=config.db_schema(db_schema))
+
+
+def parse_database_url(database_url: str | None) -> URL:
+    """The URL, whose errors name --database-url or DATABASE_URL, whichever gave it."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx is not None and ctx.get_parameter_source("database_url") in (
+        ParameterSource.COMMANDLINE,
+        ParameterSource.DEFAULT_MAP,
+    )
+    return config.database_url(database_url, "--database-url" if given else None)
 
 
 @cli.command("sync")
@@ -211,7 +244,7 @@ def sync_command(
     with monitor.RunMetrics(metrics_file, dry_run) as metrics:
         settings = config.api_settings()
         engine = metrics.engine = db.create(
-            config.database_url(database_url),
+            db.require_file(parse_database_url(database_url)),
             budgets["db_lock_timeout"],
             budgets["db_statement_timeout"],
             config.db_schema(db_schema),
@@ -297,7 +330,7 @@ def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -
     faults.arm(os.environ.get(FAULT_VAR))
     engine = engine_for(database_url, db_schema)
     db.upgrade(engine, revision)
-    click.echo(f"database {config.show_url(engine.url)} at revision {db.current_revision(engine)}")
+    click.echo(f"database {db.describe(engine)} at revision {db.current_revision(engine)}")
 
 
 @db_group.command("current")
@@ -305,11 +338,13 @@ def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -
 @db_schema_option
 def db_current(database_url: str | None, db_schema: str | None) -> None:
     """Show the database's schema revision and the code's head."""
-    engine = engine_for(database_url, db_schema)
-    current = db.current_revision(engine)
+    url = parse_database_url(database_url)
+    engine = db.create(url, schema=config.db_schema(db_schema))
+    current = None if db.missing_file(url) else db.current_revision(engine)
     head = db.head_revision()
     state = "up to date" if current == head else "not at head"
     click.echo(f"current: {current or 'none'}  head: {head}  ({state})")
+    db.require_file(url)  # a missing SQLite file: 78, and it stays missing
     db.require_head(engine)  # exits 78 with what to do when the schema is not at head
 
 
@@ -339,14 +374,15 @@ def status_command(
     Example (a cron wrapper, health check or Kubernetes probe):
         qianfan-etl status --max-age 2h || alert "qianfan-etl data is stale"
     """
-    engine = engine_for(database_url, db_schema)
+    engine = engine_for(database_url, db_schema, existing=True)
     db.require_head(engine)
     with db.translated_errors(engine.url):
         if max_age is not None:
             click.echo(monitor.check_freshness(engine, *max_age))
             return
         status = report.status(engine, runs)
-    click.echo(json.dumps(status, indent=2, default=str) if as_json else report.status_text(status))
+    text = json.dumps(status, indent=2, default=report.json_default) if as_json else None
+    click.echo(text or report.status_text(status))
 
 
 def _duration(value: str | None) -> tuple[float, str] | None:
@@ -421,7 +457,15 @@ def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-@cli.command("simulate")
+SIMULATE_HELP = f"""Serve a Qianfan-compatible API with synthetic data on 127.0.0.1.
+
+It accepts one key pair, {config.ACCESS_KEY_VAR}={SimulatorConfig.access_key} and
+{config.SECRET_KEY_VAR}={SimulatorConfig.secret_key}, and refuses any other as the real API
+would; the first lines it prints are the exports that point qianfan-etl at it.
+"""
+
+
+@cli.command("simulate", help=SIMULATE_HELP)
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -444,7 +488,6 @@ def simulate_command(
     seed: int,
     latency_ms: float,
 ) -> None:
-    """Serve a Qianfan-compatible API with synthetic data on 127.0.0.1."""
     sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
     sim_config.running_jobs = running_jobs
     server = Simulator(sim_config).serve(port=port)
@@ -501,6 +544,7 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
     level = (
         logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     )
+    # -v is about this program: libraries stay at WARNING (SQLAlchemy at INFO logs every query)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(redact.RedactingFilter())
     handler.setFormatter(
@@ -510,7 +554,8 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(max(level, logging.WARNING))
+    logging.getLogger("etl").setLevel(level)
     logging.captureWarnings(True)
 
 

@@ -125,8 +125,10 @@ def _without_userinfo(value: str) -> str:
     return f"{scheme}://…@{tail.split('?')[0]}"
 
 
-def database_url(value: str | None) -> URL:
-    """Parse DATABASE_URL; a plain postgresql:// URL is driven by psycopg 3."""
+def database_url(value: str | None, source: str | None = None) -> URL:
+    """Parse DATABASE_URL (or the option named in `source`, for messages); a plain
+    postgresql:// URL is driven by psycopg 3."""
+    source = source or DATABASE_URL_VAR
     text = (value or DEFAULT_DATABASE_URL).strip()
     redact.register(os.environ.get("PGPASSWORD"))
     try:
@@ -138,29 +140,29 @@ def database_url(value: str | None) -> URL:
         ) from None
     except ArgumentError:
         raise ConfigError(
-            f"{DATABASE_URL_VAR} ({_without_userinfo(text)}) is not a SQLAlchemy URL; "
+            f"{source} ({_without_userinfo(text)}) is not a SQLAlchemy URL; "
             f"use e.g. postgresql://user@host/db or sqlite:///qianfan_etl.db, and {ENCODING_HINT}"
         ) from None
     if url.get_backend_name() != "sqlite":
-        _check_userinfo(text, url)
+        _check_userinfo(text, url, source)
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     if url.get_backend_name() not in ("postgresql", "sqlite"):
         raise ConfigError(
-            f"{DATABASE_URL_VAR} names {url.get_backend_name()!r}; "
+            f"{source} names {url.get_backend_name()!r}; "
             "qianfan-etl supports postgresql:// and sqlite:/// URLs"
         )
     return url
 
 
-def _check_userinfo(text: str, url: URL) -> None:
+def _check_userinfo(text: str, url: URL, source: str) -> None:
     """Refuse a URL whose password SQLAlchemy would split at an unencoded `@`; register it."""
     redact.register(*_typed_password(text))
     parsed = [url.host or "", url.database or "", *map(str, url.query.values())]
     at = text.count("@")
     if at > 1 or (at == 1 and (url.username is None or any("@" in p for p in parsed))):
         raise ConfigError(
-            f"{DATABASE_URL_VAR} ({_without_userinfo(text)}) cannot be parsed unambiguously: "
+            f"{source} ({_without_userinfo(text)}) cannot be parsed unambiguously: "
             f"its user:password part holds an unencoded '@' or '/'; {ENCODING_HINT}"
         )
     redact.register(url.password, *(str(url.query[k]) for k in SECRET_QUERY_KEYS if k in url.query))

@@ -97,6 +97,25 @@ def _require_directory(url: URL) -> None:
             )
 
 
+def missing_file(url: URL) -> Path | None:
+    """The SQLite database file the URL names, if it is not there (opening would create it)."""
+    path = url.database or ""
+    if url.get_backend_name() != "sqlite" or path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return None if Path(path).exists() else Path(path).absolute()
+
+
+def require_file(url: URL) -> URL:
+    """Refuse a SQLite database file that is not there, rather than create it empty."""
+    missing = missing_file(url)
+    if missing is not None:
+        raise ConfigError(
+            f"no SQLite database at {missing}: run `qianfan-etl db upgrade` to create it "
+            "(or point --database-url / DATABASE_URL at the right file)"
+        )
+    return url
+
+
 def schema_of(engine: Engine) -> str | None:
     """The schema the engine was made for (None: the connection's search path)."""
     schema: str | None = engine.get_execution_options().get(SCHEMA_OPTION)
@@ -259,20 +278,26 @@ def require_head(engine: Engine) -> None:
     current = current_revision(engine)
     if current == SCHEMA_HEAD:
         return
-    where = show_url(engine.url)
+    where, upgrade = describe(engine), "`qianfan-etl db upgrade`"
+    if schema_of(engine):
+        upgrade = f"`qianfan-etl db upgrade --db-schema {schema_of(engine)}`"
     if current is None:
-        raise ConfigError(
-            f"database {where} has no qianfan-etl schema: run `qianfan-etl db upgrade`"
-        )
+        raise ConfigError(f"database {where} has no qianfan-etl schema: run {upgrade}")
     if current in _known_revisions():
         raise ConfigError(
             f"database {where} is at schema revision {current}, this qianfan-etl needs "
-            f"{SCHEMA_HEAD}: run `qianfan-etl db upgrade`"
+            f"{SCHEMA_HEAD}: run {upgrade}"
         )
     raise ConfigError(
         f"database {where} is at schema revision {current}, newer than this qianfan-etl "
         f"(head {SCHEMA_HEAD}): upgrade qianfan-etl"
     )
+
+
+def describe(engine: Engine) -> str:
+    """The engine's URL as it may be printed, with its --db-schema if it has one."""
+    schema = schema_of(engine)
+    return show_url(engine.url) + (f" (schema {schema})" if schema else "")
 
 
 def _known_revisions() -> set[str]:

@@ -1,4 +1,4 @@
-"""Errors that end a run, each carrying the exit code design.md gives it (sysexits)."""
+"""Errors that end a run, each carrying its exit code (sysexits; README, 'Exit codes')."""
 
 EXIT_OK = 0
 EXIT_DATA = 65

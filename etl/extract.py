@@ -87,13 +87,17 @@ def fetch_account(
 
 def _listed_jobs(client: QianfanClient) -> Iterator[Any]:
     """Every raw job, one at a time."""
+    listed = 0
     for page in fetch_job_pages(client):
+        listed += len(page)
         yield from page
+    log.info("listed %d jobs", listed)
 
 
 def _fetch_listing(client: QianfanClient, job: Any, job_id: str) -> JobListing:
     """Fetch one job's tasks, and the detail of its Running ones (runs in a worker thread)."""
     tasks = fetch_tasks(client, job_id)
+    log.debug("job %s: %d tasks", job_id, len(tasks))
     details, failed = fetch_details(client, running_task_ids(tasks))
     return JobListing(job, tasks, details, failed)
 

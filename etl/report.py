@@ -5,6 +5,7 @@ import logging
 import sys
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,7 +46,7 @@ def summary_line(result: SyncResult) -> str:
     verb = "would write" if result.dry_run else "wrote"
     mode = "" if result.mode == "full" else f" ({result.mode})"
     return (
-        f"{'dry run' if result.dry_run else 'sync'} run {result.run_id}{mode}: "
+        f"{'dry run' if result.dry_run else 'sync run'} {result.run_id}{mode}: "
         f"{c.jobs_seen} jobs{_skipped(c.jobs_skipped)}, "
         f"{c.tasks_seen} tasks ({c.tasks_changed} changed), "
         f"{verb} {c.rows_written} rows, {c.rejects} rejects, {c.api_calls} API calls, "
@@ -80,9 +81,10 @@ class Progress:
             sys.stderr.flush()
 
     def close(self) -> None:
-        """End the progress line."""
+        """Clear the progress line, so the summary takes its place."""
         if self.last:
-            sys.stderr.write("\n")
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
 
 
 def status(engine: Engine, runs: int) -> dict[str, Any]:
@@ -91,7 +93,8 @@ def status(engine: Engine, runs: int) -> dict[str, Any]:
         recent = connection.execute(
             sa.select(etl_runs).order_by(etl_runs.c.run_id.desc()).limit(runs)
         ).mappings()
-        return {"runs": [dict(row) for row in recent], "tables": _counts(connection)}
+        rows = [{key: aware(value) for key, value in row.items()} for row in recent]
+        return {"runs": rows, "tables": _counts(connection)}
 
 
 def _counts(connection: sa.Connection) -> dict[str, dict[str, int]]:
@@ -148,12 +151,30 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def rfc3339(timestamp: float) -> str:
+    """A Unix time as RFC 3339 in UTC with milliseconds: 2026-12-01T10:41:43.123Z."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def aware(value: Any) -> Any:
+    """A naive datetime (SQLite keeps no zone; every stored time is UTC) marked as UTC."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def json_default(value: Any) -> Any:
+    """json.dumps' fallback: datetimes as RFC 3339, anything else as its str()."""
+    return aware(value).isoformat() if isinstance(value, datetime) else str(value)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per log record."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": rfc3339(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

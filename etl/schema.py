@@ -1,4 +1,4 @@
-"""The tables of design.md as SQLAlchemy Core metadata: what Alembic autogenerates from."""
+"""The tables (README, 'Tables') as SQLAlchemy Core metadata: what Alembic autogenerates from."""
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB

@@ -100,6 +100,7 @@ def sync(
             with _transaction(connection, options.dry_run):
                 mode = _mode(connection, options)
                 run_id = load.start_run(connection, mode)
+            log.info("run %d (%s) started%s", run_id, mode, " (dry run)" if options.dry_run else "")
             counts = RunCounts()
             state = _State(complete=mode == "full", deletes=mode != "active")
             try:
@@ -115,6 +116,7 @@ def sync(
                 raise
             if outer is not None:
                 outer.rollback()
+    log.info("run %d finished: %s", run_id, _figures(counts))
     seconds = time.monotonic() - started
     return SyncResult(
         run_id, counts, seconds, options.dry_run, deleted, mode, state.progress_failed
@@ -202,6 +204,8 @@ def _copy_account(
     with _transaction(connection, options.dry_run, run.lock):
         deleted = load.delete_absent_jobs(connection, state.seen_jobs)
     counts.rows_written += deleted
+    if deleted:
+        log.info("soft-deleted %d rows no longer listed upstream", deleted)
     return deleted
 
 
@@ -254,6 +258,7 @@ def _check(
     """Add a committed batch's counts, then check the reject budget."""
     if written is None:
         return
+    log.info("batch written: %s", _figures(written, jobs=False))
     counts.add(written)
     state.type_ahead = written.tasks_changed * 2 > written.tasks_seen
     if counts.rejects > options.max_rejects:
@@ -344,6 +349,15 @@ def _record_failure(
             load.finish_run(connection, run_id, counts, error=_describe(exc))
     except SQLAlchemyError as secondary:
         log.warning("could not record run %s as failed: %s", run_id, type(secondary).__name__)
+
+
+def _figures(counts: RunCounts, jobs: bool = True) -> str:
+    """Counts for a log line (a batch's have no jobs: those are counted as they are listed)."""
+    seen = f"{counts.jobs_seen} jobs, " if jobs else ""
+    return (
+        f"{seen}{counts.tasks_seen} tasks ({counts.tasks_changed} changed), "
+        f"{counts.rows_written} rows, {counts.rejects} rejects"
+    )
 
 
 def _describe(exc: BaseException) -> str:

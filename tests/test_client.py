@@ -56,7 +56,7 @@ def free_port() -> int:
 
 
 def test_signing_vector_a() -> None:
-    """Vector A of qianfan-api.md: tasks action, 1800 s, content-type signed too."""
+    """Signing vector A: tasks action, 1800 s, content-type signed too."""
     query = {"Action": "DescribeFineTuningTasks"}
     names = ("content-type", "host", "x-bce-date")
     auth = signing.authorization(
@@ -66,7 +66,7 @@ def test_signing_vector_a() -> None:
 
 
 def test_signing_vector_b() -> None:
-    """Vector B of qianfan-api.md: jobs action, 300 s, host and x-bce-date."""
+    """Signing vector B: jobs action, 300 s, host and x-bce-date."""
     query = {"Action": "DescribeFineTuningJobs"}
     auth = signing.authorization(AK, SK, "POST", "/v2/finetuning", query, VECTOR_HEADERS, STAMP)
     assert auth == VECTOR_B

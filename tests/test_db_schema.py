@@ -1,6 +1,7 @@
 """--db-schema: two schemas of one Postgres database are two independent installations."""
 
 import subprocess
+import sys
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -36,6 +37,7 @@ def test_two_schemas_are_two_installations(pg_url: URL, pg_engine: Engine, tmp_p
     large = Simulator(SimulatorConfig(jobs=5, tasks_per_job=7, checkpoints=3, seed=2))
     upgraded = etl_cli(["db", "upgrade", "--db-schema", "alpha"], small, url, tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
+    assert "(schema alpha) at revision" in upgraded.stdout
     beta = {"QIANFAN_ETL_DB_SCHEMA": "beta"}
     assert etl_cli(["db", "upgrade"], large, url, tmp_path, **beta).returncode == 0
     for sim, schema in ((small, "alpha"), (large, "beta")):
@@ -71,6 +73,8 @@ def test_two_schemas_are_two_installations(pg_url: URL, pg_engine: Engine, tmp_p
     assert ", schema beta</dd>" in html
     current = etl_cli(["db", "current", "--db-schema", "gamma"], large, url, tmp_path)
     assert current.returncode == 78 and "current: none" in current.stdout
+    assert "(schema gamma) has no qianfan-etl schema" in current.stderr
+    assert "db upgrade --db-schema gamma" in current.stderr
 
 
 def test_each_schema_has_its_own_run_lock(pg_url: URL, tmp_path: Path) -> None:
@@ -113,3 +117,26 @@ def test_db_schema_on_sqlite_or_a_bad_name_exits_78(sqlite_url: URL, tmp_path: P
     assert result.returncode == 78 and "SQLite database has no schemas" in result.stderr
     bad = etl_cli(["db", "upgrade", "--db-schema", "Alpha; DROP"], sim, url, tmp_path)
     assert bad.returncode == 78 and "not a plain schema name" in bad.stderr
+
+
+def test_alembic_upgrade_from_the_checkout_reads_the_schema_variable(
+    pg_url: URL, pg_engine: Engine, tmp_path: Path
+) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": pg_url.render_as_string(hide_password=False),
+        "QIANFAN_ETL_DB_SCHEMA": "epsilon",
+    }
+    alembic = Path(sys.executable).parent / "alembic"
+    result = subprocess.run(
+        [str(alembic), "-c", str(root / "alembic.ini"), "upgrade", "head"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert scalar(pg_engine, "SELECT version_num FROM epsilon.alembic_version") == db.SCHEMA_HEAD
+    assert relations(pg_engine, "epsilon") == relations(pg_engine, "public")

@@ -275,3 +275,17 @@ def test_dry_run_leaves_the_metrics_file_alone(
         ["sync", "--dry-run", "--metrics-file", str(path)], sim, server, sqlite_url, tmp_path
     )
     assert result.returncode == 0 and not path.exists()
+
+
+@pytest.mark.parametrize(("fault", "code"), [("sigterm", 143), ("raise", 1)])
+def test_metrics_after_an_interrupted_or_crashed_run(
+    fault: str, code: int, sim: Simulator, server: SimulatorServer, pg_url: URL, tmp_path: Path
+) -> None:
+    path = tmp_path / "qianfan_etl.prom"
+    plan = {"QIANFAN_ETL_FAULT": f"after_fetch:2:{fault}"}
+    result = cli(["sync", "--metrics-file", str(path)], sim, server, pg_url, tmp_path, **plan)
+    assert result.returncode == code, result.stderr
+    values = read_metrics(path)
+    assert values["qianfan_etl_last_run_exit_code"] == code
+    assert values["qianfan_etl_last_run_status{failed}"] == 1
+    assert values["qianfan_etl_last_run_id"] == 1 and values["qianfan_etl_last_run_jobs"] >= 1

@@ -116,3 +116,9 @@ def test_a_proxy_password_beyond_latin_1_is_refused() -> None:
     with pytest.raises(ConfigError, match="Latin-1") as caught:
         config.api_settings(env)
     assert caught.value.exit_code == 78 and "Px9" not in str(caught.value)
+
+
+def test_a_malformed_log_call_is_logged_without_its_arguments() -> None:
+    record = logging.LogRecord("etl", logging.ERROR, __file__, 1, "%d items", ("Sk9-secret",), None)
+    assert redact.RedactingFilter().filter(record)
+    assert "Sk9" not in logging.Formatter("%(message)s").format(record)

@@ -53,15 +53,14 @@ ENCODERS: tuple[Callable[[str], str], ...] = (
 
 
 def fragments(secret: str) -> set[str]:
-    """Every 4 characters of the secret as typed, percent-encoded, or escaped as a URL, repr or
-    a JSON log line prints it, that hold a letter or digit of the secret itself (`%40%` or
-    `\\u00` alone would be found in any web page)."""
-    found = set()
-    for encode in ENCODERS:
-        pieces = [(encode(c), c.isalnum()) for c in secret]
+    """Every 4 characters of the secret as typed; of its percent-encoded and escaped forms (as a
+    URL, repr or a JSON log line prints it), those that hold a letter of the secret itself:
+    `%40%`, `\\u00` or the digits of `%2541` alone are in any web page or metrics file."""
+    found = {secret[i : i + 4] for i in range(len(secret) - 3)}
+    for encode in ENCODERS[1:]:
+        pieces = [(encode(c), c) for c in secret]
         text = "".join(piece for piece, _ in pieces)
-        literal = [own and piece == c for (piece, own), c in zip(pieces, secret, strict=True)]
-        marks = [lit for (piece, _), lit in zip(pieces, literal, strict=True) for _ in piece]
+        marks = [piece == c and c.isalpha() for piece, c in pieces for _ in piece]
         found |= {text[i : i + 4] for i in range(len(text) - 3) if any(marks[i : i + 4])}
     return found
 

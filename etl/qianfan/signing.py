@@ -1,4 +1,4 @@
-"""bce-auth-v1 request signing, as specified in qianfan-api.md section 2."""
+"""bce-auth-v1 request signing, Baidu Cloud's AK/SK scheme (the tests check it against the SDK)."""
 
 import hashlib
 import hmac

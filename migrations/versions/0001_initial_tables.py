@@ -1,4 +1,4 @@
-"""Initial tables and BI views of design.md.
+"""Initial tables and BI views.
 
 Revision ID: 0001
 Revises:
