@@ -107,6 +107,8 @@ def missing_file(url: URL) -> Path | None:
 
 def require_file(url: URL) -> URL:
     """Refuse a SQLite database file that is not there, rather than create it empty."""
+    if url.get_backend_name() == "sqlite":
+        _require_directory(url)  # the more useful message: db upgrade cannot create it either
     missing = missing_file(url)
     if missing is not None:
         raise ConfigError(
