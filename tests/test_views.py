@@ -185,7 +185,7 @@ def test_failed_tasks_this_week_with_their_errors(
 
 
 def test_duration_is_rounded_to_the_millisecond(engine: Engine) -> None:
-    """On SQLite, julianday arithmetic used to give 51284.12345600128 for this task."""
+    """Before 0005: 51284.12299901247 on SQLite (julianday), 51284.123456 on Postgres."""
     with engine.begin() as connection:
         connection.execute(
             sa.text(
