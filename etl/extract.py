@@ -12,6 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from etl import stopping
 from etl.errors import EXIT_TEMPFAIL, ContractError, EtlError, TransientError
 from etl.qianfan import QianfanClient, fetch_job_pages, fetch_tasks
 from etl.qianfan.pagination import job_paginator, task_paginator
@@ -120,7 +121,8 @@ def fetch_account(
         while pending:
             yield from _completed(pending, True, stats, breaker)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # A run that is stopping does not wait for a worker blocked in a slow read.
+        pool.shutdown(wait=not stopping.requested(), cancel_futures=True)
     _warn_missing(wanted, found)
 
 

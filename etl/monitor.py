@@ -45,6 +45,8 @@ def check_freshness(engine: Engine, max_age: float, max_age_text: str) -> str:
     age = show_duration(max(0.0, time.time() - _epoch(latest.finished_at or latest.started_at)))
     if latest.status != "succeeded":
         error = " ".join((latest.error or "no error recorded").split())[:ERROR_EXCERPT]
+        if latest.jobs_failed:
+            error = f"{latest.jobs_failed} jobs could not be listed (see etl_failed_jobs); {error}"
         raise StaleError(f"{latest.status}: run {latest.run_id} ended {age} ago: {error}")
     if time.time() - _epoch(latest.finished_at) > max_age:
         raise StaleError(

@@ -109,12 +109,17 @@ def test_max_age_fails_on_partial_and_abandoned_runs(
     with engine.begin() as connection:
         connection.execute(
             etl_runs.insert().values(
-                started_at=load.now(), finished_at=load.now(), status=status, error="job j-1 broke"
+                started_at=load.now(),
+                finished_at=load.now(),
+                status=status,
+                error="job j-1 broke",
+                jobs_failed=2,
             )
         )
     check = cli(["status", "--max-age", "1h"], sim, server, db_url, tmp_path)
     assert check.returncode == 69
     assert f"{status}: run 2 ended" in check.stderr and "job j-1 broke" in check.stderr
+    assert "2 jobs could not be listed (see etl_failed_jobs)" in check.stderr
 
 
 def test_max_age_judges_the_latest_finished_run_not_one_in_progress(
