@@ -149,15 +149,19 @@ def test_a_database_with_legacy_hashes_is_not_rewritten(
 # -- transactions and the run lock ---------------------------------------------------------
 
 
-def _sessions(url: URL) -> list[tuple[int, str]]:
-    """(pid, state) of every qianfan-etl session on the database."""
+def _rows(url: URL, query: str) -> list[tuple[Any, ...]]:
+    """A query's rows on the test server, its one parameter the database's name."""
     with psycopg.connect(_dsn(url), autocommit=True) as connection:
-        rows = connection.execute(
-            "SELECT pid, state FROM pg_stat_activity "
-            "WHERE datname = %s AND application_name = 'qianfan-etl'",
-            [url.database],
-        ).fetchall()
-    return [(pid, state) for pid, state in rows]
+        return connection.execute(query, [url.database]).fetchall()  # type: ignore[arg-type]
+
+
+def _sessions(url: URL) -> list[tuple[Any, ...]]:
+    """(pid, state) of every qianfan-etl session on the database."""
+    return _rows(
+        url,
+        "SELECT pid, state FROM pg_stat_activity "
+        "WHERE datname = %s AND application_name = 'qianfan-etl'",
+    )
 
 
 def test_no_transaction_stays_open_while_the_run_fetches(pg_etl: Etl, tmp_path: Path) -> None:
@@ -166,8 +170,8 @@ def test_no_transaction_stays_open_while_the_run_fetches(pg_etl: Etl, tmp_path: 
     pause = tmp_path / "pause"
     process = start_paused(pg_etl, "after_fetch:3", pause)
     deadline = time.monotonic() + 20
-    while any(state == "active" for _, state in _sessions(pg_etl.url)):
-        assert time.monotonic() < deadline, "the writer never finished its batch"
+    while scalar(pg_etl.engine, "SELECT count(*) FROM finetune_jobs") < 2:
+        assert time.monotonic() < deadline, "batch 2 was not committed while the run waited"
         time.sleep(0.01)
     states = [state for _, state in _sessions(pg_etl.url)]
     Path(f"{pause}.release").touch()
@@ -194,14 +198,13 @@ def test_database_idle_timeouts_do_not_end_a_slow_run(
 
 
 def _lock_holder(url: URL) -> int:
-    with psycopg.connect(_dsn(url), autocommit=True) as connection:
-        row = connection.execute(
-            "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = %s",
-            [url.database],
-        ).fetchone()
-    assert row is not None, "no session holds the run lock"
-    return int(row[0])
+    rows = _rows(
+        url,
+        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = %s",
+    )
+    assert rows, "no session holds the run lock"
+    return int(rows[0][0])
 
 
 def test_a_run_that_lost_its_lock_stops_with_75_before_committing(
@@ -406,12 +409,11 @@ def test_two_upgrades_at_once_both_succeed(empty_url: URL, tmp_path: Path) -> No
 def _wait_for_a_lock_wait(url: URL, process: subprocess.Popen[str]) -> None:
     """Until a session of the database waits for an advisory lock (bounded)."""
     query = (
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = %s"
     )
     deadline = time.monotonic() + 20
-    with psycopg.connect(_dsn(url), autocommit=True) as connection:
-        while not (connection.execute(query, [url.database]).fetchone() or (0,))[0]:
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the second upgrade never waited for the lock"
-            time.sleep(0.01)
+    while not _rows(url, query):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the second upgrade never waited for the lock"
+        time.sleep(0.01)
