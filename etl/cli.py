@@ -9,14 +9,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from click.core import ParameterSource
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import config, db, faults, monitor, page, redact, report
+from etl import config, db, faults, monitor, page, redact, report, stopping
 from etl.charts import Selection
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, RetryPolicy
@@ -102,7 +102,7 @@ def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
     budgets = [
         ("--api-attempts", int, 6, "HTTP attempts per API call before exit 75."),
         ("--api-retry-wait", float, 0.5, "Base of the jittered exponential retry wait, seconds."),
-        ("--api-deadline", float, 120.0, "Wall-clock limit on one HTTP attempt, seconds."),
+        ("--api-deadline", float, 120.0, "Wall-clock limit on one HTTP attempt, s (0: none)."),
         ("--api-retry-after-cap", float, 120.0, "Longest Retry-After honoured; more exits 75."),
         ("--db-lock-timeout", float, 30.0, "Postgres lock_timeout, seconds (0: none)."),
         ("--db-statement-timeout", float, 300.0, "Postgres statement_timeout, seconds (0: none)."),
@@ -312,6 +312,7 @@ class _terminate_as_exit:
 
 
 def _raise_exit(signum: int, _frame: FrameType | None) -> None:
+    stopping.request()  # every wait of the workers ends, and no batch commits after this
     raise SystemExit(128 + signum)
 
 
@@ -326,6 +327,7 @@ def db_group() -> None:
 @db_schema_option
 def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -> None:
     """Create or migrate the tables and views to the code's revision."""
+    faults.arm(os.environ.get(FAULT_VAR))
     engine = engine_for(database_url, db_schema)
     db.upgrade(engine, revision)
     click.echo(f"database {db.describe(engine)} at revision {db.current_revision(engine)}")
@@ -568,4 +570,19 @@ def main() -> None:
     sys.excepthook = _log_uncaught
     if not logging.getLogger().handlers:
         setup_logging(os.environ.get("QIANFAN_ETL_LOG_FORMAT", "text"), 0, False)
-    cli(prog_name="qianfan-etl")
+    try:
+        cli(prog_name="qianfan-etl")
+    except SystemExit as exc:
+        if stopping.requested():
+            _exit_now(exc.code)
+        raise
+
+
+def _exit_now(code: object) -> NoReturn:
+    """End a run a signal stopped without joining its fetch workers: its batch is rolled back,
+    its lock freed and its run recorded, and a worker still blocked in a slow read holds
+    nothing (the interpreter would wait for it, up to the read timeout)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)

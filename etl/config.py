@@ -133,7 +133,12 @@ def database_url(value: str | None, source: str | None = None) -> URL:
     redact.register(os.environ.get("PGPASSWORD"))
     try:
         url = make_url(text)
-    except (ArgumentError, ValueError):  # ValueError: a port SQLAlchemy cannot read
+    except ValueError:  # SQLAlchemy reads the port with int()
+        raise ConfigError(
+            f"{DATABASE_URL_VAR} ({_without_userinfo(text)}) has a port that is not a number; "
+            f"use e.g. postgresql://user@host:5432/db, and {ENCODING_HINT}"
+        ) from None
+    except ArgumentError:
         raise ConfigError(
             f"{source} ({_without_userinfo(text)}) is not a SQLAlchemy URL; "
             f"use e.g. postgresql://user@host/db or sqlite:///qianfan_etl.db, and {ENCODING_HINT}"

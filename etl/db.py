@@ -1,10 +1,12 @@
 """Connecting to the database, classifying its errors, and Alembic: upgrade, current, head check."""
 
+import hashlib
 import importlib.resources
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import sqlalchemy as sa
@@ -42,6 +44,14 @@ SCHEMA_OPTION = "qianfan_etl_schema"
 INSUFFICIENT_PRIVILEGE = "42501"
 INVALID_PASSWORD = "28P01"
 INVALID_AUTHORIZATION = "28000"
+READ_ONLY_TRANSACTION = "25006"
+_MISSING_DATABASE = re.compile(r'database ".*" does not exist')
+# Refused logins carry no SQLSTATE either: a wrong password, an unknown or NOLOGIN role,
+# no pg_hba.conf line. Trying again cannot help, so they are 77, not 75.
+_LOGIN_REFUSED = re.compile(
+    r'password authentication failed|role ".*" does not exist|is not permitted to log in|'
+    r"no pg_hba\.conf entry|password is required|fe_sendauth: no password supplied"
+)
 
 
 def create(
@@ -58,6 +68,7 @@ def create(
                 f"--db-schema {schema}: a SQLite database has no schemas; "
                 "use one database file per installation instead"
             )
+        _require_directory(url)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -66,7 +77,7 @@ def create(
     options = [postgres_options(lock_timeout, statement_timeout)]
     options += [given] if isinstance(given, str) else list(given or ())
     options += [f"-c search_path={schema}"] if schema else []
-    return create_engine(
+    engine = create_engine(
         url.difference_update_query(["options"]),
         pool_pre_ping=True,
         connect_args={
@@ -76,6 +87,20 @@ def create(
         },
         execution_options={SCHEMA_OPTION: schema},
     )
+    event.listen(engine, "connect", _no_idle_session_timeout)
+    return engine
+
+
+def _require_directory(url: URL) -> None:
+    """A SQLite file needs its directory: SQLite creates the file, never the directory."""
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        directory = Path(database).expanduser().resolve().parent
+        if not directory.is_dir():
+            raise ConfigError(
+                f"database {show_url(url)}: the directory {directory} does not exist; "
+                "create it, or fix DATABASE_URL"
+            )
 
 
 def missing_file(url: URL) -> Path | None:
@@ -88,6 +113,8 @@ def missing_file(url: URL) -> Path | None:
 
 def require_file(url: URL) -> URL:
     """Refuse a SQLite database file that is not there, rather than create it empty."""
+    if url.get_backend_name() == "sqlite":
+        _require_directory(url)  # the more useful message: db upgrade cannot create it either
     missing = missing_file(url)
     if missing is not None:
         raise ConfigError(
@@ -115,6 +142,14 @@ def postgres_options(lock_timeout: float, statement_timeout: float) -> str:
     )
 
 
+def _no_idle_session_timeout(dbapi_connection: psycopg.Connection[Any], _record: object) -> None:
+    """A run's sessions idle while it waits on the API, by design: a database-wide
+    idle_session_timeout (Postgres 14+; an unknown name before) must not end them."""
+    if dbapi_connection.info.server_version >= 140000:
+        dbapi_connection.execute("SET idle_session_timeout = 0")
+        dbapi_connection.commit()
+
+
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -131,10 +166,25 @@ def _classify(error: BaseException, unavailable: bool, url: URL) -> EtlError:
     sqlstate = getattr(error, "sqlstate", None)
     where = show_url(url)
     detail = redact.scrub((str(error).strip().splitlines() or [type(error).__name__])[0])
+    if _LOGIN_REFUSED.search(detail):
+        return AuthError(
+            f"database {where} refused the login: {detail}. Check the user and password "
+            "(in DATABASE_URL, PGPASSWORD or ~/.pgpass) and the server's pg_hba.conf."
+        )
     if sqlstate in (INSUFFICIENT_PRIVILEGE, INVALID_PASSWORD, INVALID_AUTHORIZATION):
         return AuthError(
             f"database {where} refused access: {detail}. Grant the ETL role ownership of "
             "the qianfan-etl tables (see README, 'Permissions')."
+        )
+    if sqlstate == READ_ONLY_TRANSACTION:
+        return ConfigError(
+            f"database {where} is read-only ({detail}): a standby, or "
+            "default_transaction_read_only is on. Point DATABASE_URL at a writable database."
+        )
+    # A connection refused for a missing database carries no SQLSTATE: the server's text says.
+    if _MISSING_DATABASE.search(detail):
+        return ConfigError(
+            f"database {where} does not exist: create it (createdb), or fix DATABASE_URL"
         )
     if unavailable:
         return TransientError(f"database {where} unavailable: {detail}. Try again later.")
@@ -166,22 +216,60 @@ def alembic_config(engine: Engine) -> "Config":
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database to `revision`."""
-    from alembic import command
-
-    config = alembic_config(engine)
-    with translated_errors(engine.url), engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    _migrate(engine, "upgrade", revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate the database down to `revision` (tests and rollbacks)."""
+    _migrate(engine, "downgrade", revision)
+
+
+def _migrate(engine: Engine, direction: str, revision: str) -> None:
+    """Run Alembic in one transaction that first takes the migration lock: an interrupted
+    migration leaves the previous revision, and a concurrent one waits, then finds the
+    revision the first one left (for an upgrade to head: nothing to do)."""
     from alembic import command
 
     config = alembic_config(engine)
-    with translated_errors(engine.url), engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, revision)
+    migrating = _transactional(engine)
+    try:
+        with translated_errors(engine.url), migrating.begin() as connection:
+            _lock_migrations(connection, schema_of(engine))
+            config.attributes["connection"] = connection
+            getattr(command, direction)(config, revision)
+    finally:
+        if migrating is not engine:
+            migrating.dispose()
+
+
+def _transactional(engine: Engine) -> Engine:
+    """An engine whose transactions hold DDL too: the engine itself on Postgres; on SQLite one
+    that sends a real BEGIN IMMEDIATE (pysqlite's own handling runs CREATE and ALTER outside
+    any transaction, and IMMEDIATE takes the write lock that serialises migrations)."""
+    if engine.dialect.name != "sqlite":
+        return engine
+    migrating = create_engine(engine.url, connect_args={"timeout": 30})
+    event.listen(migrating, "connect", _sqlite_driver_without_transactions)
+    event.listen(migrating, "begin", _begin_immediate)
+    return migrating
+
+
+def _sqlite_driver_without_transactions(dbapi_connection: Any, record: object) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy's BEGIN, not pysqlite's, rules
+    _sqlite_pragmas(dbapi_connection, record)
+
+
+def _begin_immediate(connection: sa.Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _lock_migrations(connection: sa.Connection, schema: str | None) -> None:
+    """Serialise migrations of one schema on Postgres (on SQLite, BEGIN IMMEDIATE did)."""
+    if connection.dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(f"qianfan-etl migrations:{schema or ''}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def current_revision(engine: Engine) -> str | None:

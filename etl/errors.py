@@ -36,6 +36,10 @@ class LockBusyError(TransientError):
     """Another run holds the lock on this database."""
 
 
+class LockLostError(TransientError):
+    """This run's lock session ended, so another run may hold the lock now."""
+
+
 class AuthError(EtlError):
     """The API or the database refused our credentials or permissions."""
 

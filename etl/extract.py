@@ -6,6 +6,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from etl import stopping
 from etl.errors import EtlError
 from etl.qianfan import QianfanClient, fetch_job_pages, fetch_tasks
 
@@ -79,7 +80,8 @@ def fetch_account(
         while pending:
             yield from _completed(pending, block=True)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # A run that is stopping does not wait for a worker blocked in a slow read.
+        pool.shutdown(wait=not stopping.requested(), cancel_futures=True)
     _warn_missing(wanted, found)
 
 

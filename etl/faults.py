@@ -8,13 +8,15 @@ signature, and an unarmed hook costs one comparison.
 
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from etl import stopping
 from etl.errors import ConfigError
 
-POINTS = frozenset({"after_fetch", "before_commit", "after_commit"})
+POINTS = frozenset({"after_fetch", "before_commit", "after_commit", "after_revision"})
 ACTIONS = frozenset({"sigkill", "sigterm", "sigint", "raise", "pause"})
 PAUSE_POLL_SECONDS = 0.01
 PAUSE_LIMIT_SECONDS = 30.0
@@ -78,8 +80,12 @@ def _act(plan: FaultPlan) -> None:
         return
     signum = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}
     os.kill(os.getpid(), signum[plan.action])
-    # A handled signal runs its Python handler at the next bytecode; give it that chance here.
-    time.sleep(PAUSE_POLL_SECONDS)
+    if threading.current_thread() is threading.main_thread():
+        # A handled signal runs its Python handler at the next bytecode; give it that chance.
+        time.sleep(PAUSE_POLL_SECONDS)
+    else:
+        # The handler runs on the main thread: let it mark the run stopping before going on.
+        stopping.wait_for_request(PAUSE_LIMIT_SECONDS)
 
 
 def _pause(path: str) -> None:

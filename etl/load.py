@@ -2,6 +2,7 @@
 records and the one-run-at-a-time lock."""
 
 import hashlib
+import logging
 import operator
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from etl import redact
-from etl.errors import LockBusyError
+from etl.errors import LockBusyError, LockLostError
 from etl.schema import (
     etl_failed_jobs,
     etl_rejects,
@@ -31,6 +32,8 @@ from etl.schema import (
     finetune_tasks,
 )
 from etl.transform import Reject, TaskRows, same_content
+
+log = logging.getLogger(__name__)
 
 # pg_advisory_lock key: an arbitrary constant that only qianfan-etl uses.
 ADVISORY_LOCK_KEY = 0x5A3F0E3C6B1D2E4F
@@ -52,19 +55,52 @@ def now() -> datetime:
 # -- the lock ------------------------------------------------------------------------------
 
 
+class RunLock:
+    """The run lock as held: `check` before a commit proves it is still held."""
+
+    def check(self, connection: Connection) -> None:
+        """Raise LockLostError if this run no longer holds the lock (a file lock cannot be
+        lost while the process lives)."""
+
+
 @contextmanager
-def run_lock(engine: Engine, wait: float) -> Iterator[None]:
+def run_lock(engine: Engine, wait: float) -> Iterator[RunLock]:
     """Hold the database's run lock for the block, waiting at most `wait` seconds for it."""
     if engine.dialect.name == "postgresql":
-        with _advisory_lock(engine, wait):
-            yield
+        with _advisory_lock(engine, wait) as lock:
+            yield lock
     else:
         with _file_lock(engine, wait):
-            yield
+            yield RunLock()
+
+
+class _AdvisoryLock(RunLock):
+    """The advisory lock `key` held by the session with backend process id `pid`."""
+
+    def __init__(self, pid: int, key: int) -> None:
+        self.pid = pid
+        self.key = key
+
+    def check(self, connection: Connection) -> None:
+        """Look the lock up in pg_locks, in the caller's transaction (a bigint key shows as
+        its high and low 32 bits, unsigned, in classid and objid)."""
+        held = connection.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = :pid AND classid = :high AND objid = :low AND objsubid = 1"
+            ),
+            {"pid": self.pid, "high": (self.key >> 32) % 2**32, "low": self.key % 2**32},
+        ).scalar_one()
+        if not held:
+            raise LockLostError(
+                "this run lost its lock on the database: the session holding it ended "
+                f"(backend {self.pid}: pg_terminate_backend, a restart, or a timeout). The "
+                "batch in progress was rolled back and the run stopped; the next run converges."
+            )
 
 
 @contextmanager
-def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
+def _advisory_lock(engine: Engine, wait: float) -> Iterator[RunLock]:
     # A session-level lock on its own connection: it dies with the session, even on SIGKILL.
     with engine.connect() as connection:
         deadline = time.monotonic() + wait
@@ -75,13 +111,26 @@ def _advisory_lock(engine: Engine, wait: float) -> Iterator[None]:
             if time.monotonic() >= deadline:
                 raise LockBusyError(_busy_message(wait))
             time.sleep(LOCK_POLL_SECONDS)
+        # The lock's session idles for the whole run: no idle timeout may end it.
+        connection.execute(sa.text("SET idle_in_transaction_session_timeout = 0"))
+        if (connection.dialect.server_version_info or (0,)) >= (14,):
+            connection.execute(sa.text("SET idle_session_timeout = 0"))
+        pid = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
         connection.commit()
         try:
-            yield
+            yield _AdvisoryLock(pid, key)
         finally:
-            unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=key)
-            connection.execute(unlock)
-            connection.commit()
+            _unlock(connection, key)
+
+
+def _unlock(connection: Connection, key: int) -> None:
+    """Release the lock; a session that is gone already released it."""
+    unlock = sa.text("SELECT pg_advisory_unlock(:key)").bindparams(key=key)
+    try:
+        connection.execute(unlock)
+        connection.commit()
+    except sa.exc.DBAPIError as exc:
+        log.warning("the run lock's session had ended (%s)", type(exc.orig).__name__)
 
 
 def _lock_key(connection: Connection) -> int:

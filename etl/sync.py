@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RootTransaction
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl import db, load, redact
+from etl import db, load, redact, stopping
 from etl.errors import ContractError
 from etl.extract import ActiveSelection, JobListing, fetch_account
 from etl.faults import fault_point
@@ -95,7 +95,7 @@ def sync(
     started = time.monotonic()
     with db.translated_errors(engine.url):
         db.require_head(engine)
-        with load.run_lock(engine, options.lock_wait), engine.connect() as connection:
+        with load.run_lock(engine, options.lock_wait) as lock, engine.connect() as connection:
             outer = connection.begin() if options.dry_run else None
             with _transaction(connection, options.dry_run):
                 mode = _mode(connection, options)
@@ -105,15 +105,15 @@ def sync(
             state = _State(complete=mode == "full", deletes=mode != "active")
             try:
                 deleted = _copy_account(
-                    connection, client, options, run_id, counts, progress, state
+                    connection, client, options, _Run(run_id, lock), counts, progress, state
                 )
+                counts.api_calls = client.api_calls
+                with _transaction(connection, options.dry_run, lock):
+                    load.finish_run(connection, run_id, counts)
             except BaseException as exc:
                 counts.api_calls = client.api_calls
                 _record_failure(connection, run_id, counts, exc, options.dry_run)
                 raise
-            counts.api_calls = client.api_calls
-            with _transaction(connection, options.dry_run):
-                load.finish_run(connection, run_id, counts)
             if outer is not None:
                 outer.rollback()
     log.info("run %d finished: %s", run_id, _figures(counts))
@@ -139,21 +139,34 @@ def _mode(connection: Connection, options: SyncOptions) -> str:
     return "active"
 
 
+@dataclass(frozen=True)
+class _Run:
+    """The run's id and the lock it must still hold at each commit."""
+
+    run_id: int
+    lock: load.RunLock
+
+
 @contextmanager
-def _transaction(connection: Connection, dry_run: bool) -> Iterator[None]:
-    """A transaction of its own; in a dry run, part of the outer one that is rolled back."""
+def _transaction(
+    connection: Connection, dry_run: bool, lock: load.RunLock | None = None
+) -> Iterator[None]:
+    """A transaction of its own, committed only while `lock` is still held; in a dry run,
+    part of the outer one that is rolled back."""
     if dry_run:
         yield
         return
     with connection.begin():
         yield
+        if lock is not None:
+            lock.check(connection)
 
 
 def _copy_account(
     connection: Connection,
     client: QianfanClient,
     options: SyncOptions,
-    run_id: int,
+    run: _Run,
     counts: RunCounts,
     progress: Callable[[RunCounts], None] | None,
     state: _State,
@@ -161,7 +174,8 @@ def _copy_account(
     with _transaction(connection, options.dry_run):
         state.type_ahead = not load.has_tasks(connection)
         select = None if state.deletes else _active_selection(connection)
-    writer = _Writer(connection, run_id, options.dry_run)
+    run_id = run.run_id
+    writer = _Writer(connection, run, options.dry_run)
     try:
         listings = fetch_account(
             client,
@@ -187,7 +201,7 @@ def _copy_account(
         _count_skipped(counts, select)
     if not state.complete:
         return 0
-    with _transaction(connection, options.dry_run):
+    with _transaction(connection, options.dry_run, run.lock):
         deleted = load.delete_absent_jobs(connection, state.seen_jobs)
     counts.rows_written += deleted
     if deleted:
@@ -255,62 +269,63 @@ def _check(
 
 
 class _Writer:
-    """Writes one batch at a time on a background thread, so the database's work overlaps
-    fetching and hashing the next batch. The main thread commits, so a signal it receives
-    rolls back the batch in progress instead of racing its commit."""
+    """Writes and commits one batch at a time on a background thread, so the database's work
+    overlaps fetching and hashing the next batch, and no transaction stays open while the run
+    waits on the API. A batch commits only while the run holds its lock and is not stopping,
+    so a signal rolls back the batch in progress instead of racing its commit."""
 
-    def __init__(self, connection: Connection, run_id: int, dry_run: bool) -> None:
+    def __init__(self, connection: Connection, run: _Run, dry_run: bool) -> None:
         self._connection = connection
-        self._run_id = run_id
+        self._run = run
         self._dry_run = dry_run
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qianfan-writer")
-        self._pending: Future[tuple[RunCounts, RootTransaction | None]] | None = None
+        self._pending: Future[RunCounts] | None = None
 
     def submit(self, pending: _Pending) -> RunCounts | None:
-        """Commit the batch in progress (returning its counts), then start writing this one."""
+        """Wait for the batch in progress (returning its counts), then start writing this one."""
         written = self.finish()
         if pending.batch.jobs or pending.batch.rejects:
             self._pending = self._pool.submit(self._write, pending)
         return written
 
     def finish(self) -> RunCounts | None:
-        """Wait for the batch in progress and commit it; its counts, or None if there was none."""
+        """Wait for the batch in progress to commit; its counts, or None if there was none."""
         if self._pending is None:
             return None
         future, self._pending = self._pending, None
-        counts, transaction = future.result()
-        fault_point("before_commit")
-        if transaction is not None:
-            transaction.commit()
-        fault_point("after_commit")
-        return counts
+        return future.result()
 
     def abandon(self) -> None:
-        """After a failure: let the batch in progress end, roll it back, stop the thread."""
+        """After a failure: let the batch in progress end (a stopping run rolls it back), stop
+        the thread."""
         future, self._pending = self._pending, None
         # An error of the writer's own was rolled back in the writer; the first one raised wins.
         with suppress(Exception):
             if future is not None:
-                _, transaction = future.result()
-                if transaction is not None:
-                    transaction.rollback()
+                future.result()
         self._pool.shutdown(wait=True)
 
-    def _write(self, pending: _Pending) -> tuple[RunCounts, RootTransaction | None]:
-        """In the writer thread: type what changed and write it, leaving the commit open."""
+    def _write(self, pending: _Pending) -> RunCounts:
+        """In the writer thread: type what changed, write it and commit."""
         connection = self._connection
-        transaction = None if self._dry_run else connection.begin()
-        try:
+        with _transaction(connection, self._dry_run):
             ids = [t.task_id for _, tasks in pending.untyped for t in tasks if t.task_id]
             stored = load.stored_tasks(connection, ids)
             _type_tasks(pending, {key: row.content_hash for key, row in stored.items()})
-            counts = load.write_batch(connection, pending.batch, self._run_id, stored)
+            counts = load.write_batch(connection, pending.batch, self._run.run_id, stored)
             counts.rows_written += load.save_progress(connection, pending.progress)
-        except BaseException:
-            if transaction is not None:
-                transaction.rollback()
-            raise
-        return counts, transaction
+            if not self._dry_run:
+                self._before_commit()
+        if not self._dry_run:
+            fault_point("after_commit")
+        return counts
+
+    def _before_commit(self) -> None:
+        """Refuse to commit once the run is stopping or has lost its lock."""
+        fault_point("before_commit")
+        if stopping.requested():
+            raise stopping.Stopped("the run is stopping: the batch in progress is rolled back")
+        self._run.lock.check(self._connection)
 
 
 def _type_tasks(pending: _Pending, known: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 
 from etl import config as etl_config
 from etl import db
+from etl.faults import fault_point
 from etl.schema import metadata
 
 alembic_config = context.config
@@ -57,9 +58,17 @@ def _run(connection: Connection, schema: str | None) -> None:
         compare_type=True,
         render_as_batch=True,  # SQLite can only ALTER through table copies
         version_table_schema=schema,
+        # SQLite's DDL is transactional once BEGIN is real (etl.db._transactional): say so,
+        # so that Alembic keeps the whole run in one transaction there too.
+        transactional_ddl=True,
+        on_version_apply=_after_revision,
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def _after_revision(**_step: object) -> None:
+    fault_point("after_revision")  # the test suite interrupts migrations here
 
 
 if context.is_offline_mode():

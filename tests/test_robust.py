@@ -1,18 +1,42 @@
 """Records the database would refuse, the switch from the legacy content hash: end to end
 through the CLI, the simulator over HTTP, Postgres and SQLite."""
 
+import os
+import secrets
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
-from etl import schema
-from etl.simulator import Simulator, SimulatorServer
+from etl import db, schema
+from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
 from etl.transform import HASH_PREFIX, MAX_DEPTH, legacy_hash
+from tests import test_faults
+from tests.conftest import admin_url, cli_env, run_cli
+from tests.test_faults import (
+    Etl,
+    _dsn,
+    admin,
+    assert_whole_jobs,
+    etl_for,
+    run_status,
+    snapshot,
+    start_paused,
+    wait_for,
+)
 from tests.test_sync import row_counts, scalar, sync, writes_on_postgres
+
+# The fault tests' fixtures, shared: an Etl on Postgres, and the fault-free golden snapshot.
+pg_etl, golden = test_faults.pg_etl, test_faults.golden
 
 
 def _nested(depth: int) -> Any:
@@ -120,3 +144,276 @@ def test_a_database_with_legacy_hashes_is_not_rewritten(
     new = {key for key, digest, _ in _hashes_and_stamps(engine) if digest.startswith(HASH_PREFIX)}
     assert changed in new and job_id in new
     assert len(new) == 1 + len(sim.tasks(job_id))
+
+
+# -- transactions and the run lock ---------------------------------------------------------
+
+
+def _rows(url: URL, query: str) -> list[tuple[Any, ...]]:
+    """A query's rows on the test server, its one parameter the database's name."""
+    with psycopg.connect(_dsn(url), autocommit=True) as connection:
+        return connection.execute(query, [url.database]).fetchall()  # type: ignore[arg-type]
+
+
+def _sessions(url: URL) -> list[tuple[Any, ...]]:
+    """(pid, state) of every qianfan-etl session on the database."""
+    return _rows(
+        url,
+        "SELECT pid, state FROM pg_stat_activity "
+        "WHERE datname = %s AND application_name = 'qianfan-etl'",
+    )
+
+
+def test_no_transaction_stays_open_while_the_run_fetches(pg_etl: Etl, tmp_path: Path) -> None:
+    """Paused between two fetches, with two batches written: every session is idle, none
+    idle in a transaction (a DBA's idle_in_transaction_session_timeout would end it)."""
+    pause = tmp_path / "pause"
+    process = start_paused(pg_etl, "after_fetch:3", pause)
+    deadline = time.monotonic() + 20
+    while scalar(pg_etl.engine, "SELECT count(*) FROM finetune_jobs") < 2:
+        assert time.monotonic() < deadline, "batch 2 was not committed while the run waited"
+        time.sleep(0.01)
+    states = [state for _, state in _sessions(pg_etl.url)]
+    Path(f"{pause}.release").touch()
+    assert process.wait(timeout=30) == 0, process.communicate()
+    assert states and set(states) == {"idle"}
+    assert scalar(pg_etl.engine, "SELECT count(*) FROM finetune_jobs") == len(pg_etl.sim.jobs())
+
+
+def test_database_idle_timeouts_do_not_end_a_slow_run(
+    pg_url: URL, pg_engine: Engine, tmp_path: Path, golden: Any
+) -> None:
+    """Every API call takes longer than the database lets a session idle: the lock's session
+    and the work session both idle for as long, and the run still succeeds."""
+    database = str(pg_url.database)
+    admin(f"ALTER DATABASE \"{database}\" SET idle_session_timeout = '200ms'")
+    admin(f"ALTER DATABASE \"{database}\" SET idle_in_transaction_session_timeout = '200ms'")
+    config = SimulatorConfig(jobs=3, tasks_per_job=12, checkpoints=2, latency_ms=400)
+    with etl_for(config, pg_url, pg_engine, tmp_path) as etl:
+        expected = golden(etl)
+        result = etl.run("--concurrency", "1", QIANFAN_ETL_API_DEADLINE="10")
+        assert result.returncode == 0, result.stderr
+        assert snapshot(etl.engine) == expected
+        assert run_status(etl.engine, 1)[0] == "succeeded"
+
+
+def _lock_holder(url: URL) -> int:
+    rows = _rows(
+        url,
+        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = %s",
+    )
+    assert rows, "no session holds the run lock"
+    return int(rows[0][0])
+
+
+def test_a_run_that_lost_its_lock_stops_with_75_before_committing(
+    pg_etl: Etl, golden: Any, tmp_path: Path
+) -> None:
+    expected = golden(pg_etl)
+    pause = tmp_path / "pause"
+    process = start_paused(pg_etl, "before_commit:2", pause)
+    admin(f"SELECT pg_terminate_backend({_lock_holder(pg_etl.url)}, 10000)")  # until it is gone
+    Path(f"{pause}.release").touch()
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 75, stderr
+    assert "lost its lock" in stderr and "Traceback" not in stderr
+    assert len(assert_whole_jobs(pg_etl.engine, expected)) == 1  # batch 2 was not committed
+    assert run_status(pg_etl.engine, 1)[0] == "failed"
+    pg_etl.assert_converges(expected)
+
+
+# -- prompt shutdown -----------------------------------------------------------------------
+
+JOBS, TASKS = "DescribeFineTuningJobs", "DescribeFineTuningTasks"
+# Each case makes a worker wait 20 s or more: a rate-limit sleep, a Retry-After wait, a body
+# that trickles in (with no per-attempt deadline, so nothing else would cut it).
+WAITS: dict[str, tuple[list[str], dict[str, str], Fault | None]] = {
+    "rate_limit": (["--qps", "0.05"], {}, None),
+    "retry_after": (
+        [],
+        {"QIANFAN_ETL_API_RETRY_AFTER_CAP": "120"},
+        Fault("status", TASKS, status=429, headers={"Retry-After": "60"}),
+    ),
+    "slow_response": (
+        [],
+        {"QIANFAN_ETL_API_DEADLINE": "0"},
+        Fault("slow_body", TASKS, interval=1.0),
+    ),
+}
+
+
+@pytest.mark.parametrize("wait", list(WAITS))
+def test_sigterm_ends_the_run_at_once_whatever_the_workers_wait_on(
+    wait: str, pg_etl: Etl, golden: Any
+) -> None:
+    expected = golden(pg_etl)
+    args, env, fault = WAITS[wait]
+    if fault is not None:
+        pg_etl.sim.inject(fault)
+    process = pg_etl.start(*args, **env)
+    deadline = time.monotonic() + 20
+    while not _waiting(pg_etl.sim, wait):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never reached its wait"
+        time.sleep(0.01)
+    time.sleep(0.2)  # well inside the wait
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)  # a bound, far below the 20+ s the wait asked for
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running 10 s after SIGTERM: {process.communicate()}")
+    _, stderr = process.communicate()
+    assert process.returncode == 143, stderr
+    assert run_status(pg_etl.engine, 1)[0] == "failed"
+    pg_etl.assert_converges(expected)
+
+
+def _waiting(sim: Simulator, wait: str) -> bool:
+    """Whether the run has reached the wait the case is about."""
+    if wait == "rate_limit":
+        return sim.api_calls >= 1  # the first call goes at once, the next in 20 s
+    if wait == "retry_after":
+        return any(r.action == TASKS and r.status == 429 for r in sim.requests)
+    return any(r.action == TASKS for r in sim.requests)  # its body trickles from now on
+
+
+# -- exit codes ----------------------------------------------------------------------------
+
+
+def test_a_read_only_database_is_a_configuration_error(
+    sim: Simulator, server: SimulatorServer, pg_url: URL, tmp_path: Path
+) -> None:
+    admin(f'ALTER DATABASE "{pg_url.database}" SET default_transaction_read_only = on')
+    result = sync(sim, server, pg_url, tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert "is read-only" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["missing_database", "missing_directory"])
+def test_a_database_that_does_not_exist_is_a_configuration_error(
+    where: str, sim: Simulator, server: SimulatorServer, pg_url: URL, tmp_path: Path
+) -> None:
+    if where == "missing_database":
+        url = pg_url.set(database=f"{pg_url.database}_missing")
+    else:
+        url = make_url(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'etl.db'}")
+    result = sync(sim, server, url, tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert sim.api_calls == 0
+
+
+def test_a_port_that_is_not_a_number_is_a_clear_configuration_error(
+    sim: Simulator, server: SimulatorServer, pg_url: URL, tmp_path: Path
+) -> None:
+    env = cli_env(sim, server, pg_url, DATABASE_URL="postgresql://etl:hunter2@db:abc/x")
+    result = run_cli(["sync"], env, cwd=tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert "port that is not a number" in result.stderr
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+
+
+def test_a_redirect_is_reported_with_its_location(
+    sim: Simulator, server: SimulatorServer, db_url: URL, tmp_path: Path
+) -> None:
+    location = "https://sso.example.com/login?token=s3cret"
+    sim.inject(Fault("status", JOBS, status=302, headers={"Location": location}))
+    result = sync(sim, server, db_url, tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert "HTTP 302 redirect to https://sso.example.com/login" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def test_api_deadline_0_means_no_deadline(
+    sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
+) -> None:
+    result = sync(sim, server, db_url, tmp_path, "--api-deadline", "0")
+    assert result.returncode == 0, result.stderr
+    assert scalar(engine, "SELECT count(*) FROM finetune_tasks") == 6 * 13
+
+
+# -- migrations ----------------------------------------------------------------------------
+
+
+def _db_env(url: URL, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QIANFAN_", "DATABASE_URL"))}
+    return {**env, "DATABASE_URL": url.render_as_string(hide_password=False), **extra}
+
+
+def _sqlite_schema(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        query = "SELECT type, name, sql FROM sqlite_master ORDER BY type, name"
+        return [tuple(row) for row in connection.exec_driver_sql(query)]
+
+
+@pytest.mark.parametrize("start", [None, "0002"])
+def test_an_interrupted_sqlite_upgrade_leaves_the_previous_revision(
+    start: str | None, tmp_path: Path
+) -> None:
+    url = make_url(f"sqlite:///{tmp_path / 'etl.db'}")
+    engine = db.create(url)
+    if start is not None:
+        db.upgrade(engine, start)
+    before = _sqlite_schema(engine)
+    # SIGINT once the first revision of the run is applied, before the next one
+    plan = {"QIANFAN_ETL_FAULT": "after_revision:1:sigint"}
+    interrupted = run_cli(["db", "upgrade"], _db_env(url, **plan), cwd=tmp_path)
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert db.current_revision(engine) == start
+    assert _sqlite_schema(engine) == before
+    again = run_cli(["db", "upgrade"], _db_env(url), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert db.current_revision(engine) == db.head_revision()
+    engine.dispose()
+
+
+@pytest.fixture
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """A database that was never migrated, on the backend the test names."""
+    if request.param == "sqlite":
+        yield make_url(f"sqlite:///{tmp_path / 'etl.db'}")
+        return
+    name = f"qfetl_empty_{secrets.token_hex(6)}"
+    admin(f'CREATE DATABASE "{name}"')
+    yield admin_url().set(database=name)
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("empty_url", ["postgresql", "sqlite"], indirect=True)
+def test_two_upgrades_at_once_both_succeed(empty_url: URL, tmp_path: Path) -> None:
+    """The second waits for the first, then finds nothing to do."""
+    pause = tmp_path / "pause"
+    plan = {"QIANFAN_ETL_FAULT": f"after_revision:2:pause:{pause}"}
+    command = [sys.executable, "-m", "etl", "db", "upgrade"]
+    captured: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    first = subprocess.Popen(command, env=_db_env(empty_url, **plan), cwd=tmp_path, **captured)
+    wait_for(Path(f"{pause}.reached"), first)  # mid-migration, holding the migration lock
+    second = subprocess.Popen(command, env=_db_env(empty_url), cwd=tmp_path, **captured)
+    if empty_url.get_backend_name() == "postgresql":
+        _wait_for_a_lock_wait(empty_url, second)
+    else:
+        time.sleep(0.5)  # time to reach SQLite's write lock; no assertion rests on it
+    assert second.poll() is None, second.communicate()
+    Path(f"{pause}.release").touch()
+    assert first.wait(timeout=60) == 0, first.communicate()
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    engine = db.create(empty_url)
+    assert db.current_revision(engine) == db.head_revision()
+    assert f"at revision {db.head_revision()}" in out
+    engine.dispose()
+
+
+def _wait_for_a_lock_wait(url: URL, process: subprocess.Popen[str]) -> None:
+    """Until a session of the database waits for an advisory lock (bounded)."""
+    query = (
+        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = %s"
+    )
+    deadline = time.monotonic() + 20
+    while not _rows(url, query):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the second upgrade never waited for the lock"
+        time.sleep(0.01)

@@ -775,3 +775,10 @@ def test_typed_ahead_tasks_give_the_same_rows_and_still_skip_when_unchanged() ->
     stub, _ = tasks_to_rows([ahead], JOB_ID, known={raw["taskId"]: content_hash(raw)})
     assert stub[0].task == {"task_id": raw["taskId"], "content_hash": content_hash(raw)}
     assert stub[0].metrics == [] and stub[0].checkpoints == []
+
+
+def test_typical_tasks_hash_on_the_fast_path() -> None:
+    """The cheap orjson path serves ordinary records (floats, hex ids, model names with E-)."""
+    raw = {**_done_task(), "model": "ERNIE-3.5-8K", "taskId": "task-3e5f", "x": [1e-3, 12.5]}
+    assert _orjson_canonical(raw) == _stdlib_canonical(raw)
+    assert _orjson_canonical({"x": 1e-7}) is None  # orjson writes 1e-7, repr 1e-07

@@ -19,7 +19,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from etl import __version__, redact
+from etl import __version__, redact, stopping
 from etl.errors import AuthError, ConfigError, ContractError, TransientError
 from etl.qianfan import signing
 
@@ -33,6 +33,8 @@ TRANSIENT_LEGACY_CODES = frozenset({18, 336100, 500000})
 # Old-style codes that mean "not allowed": no permission, IAM authentication failed, access
 # token invalid or expired. Retrying cannot help; they exit 77 like a 401/403.
 AUTH_LEGACY_CODES = frozenset({6, 14, 110, 111})
+# --api-deadline 0: no deadline. Finite, so the timers that take it need no special case.
+NO_DEADLINE = 365 * 86400.0
 CHUNK_SIZE = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
 DEADLINE_PASSED = "response body not complete within the per-attempt deadline"
@@ -129,7 +131,7 @@ class QianfanClient:
         deadline: float = 120.0,
         retry: RetryPolicy = RetryPolicy(),
         qps: float | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = stopping.sleep,
         concurrency: int = 8,
     ) -> None:
         if retry.max_attempts < 1:
@@ -146,7 +148,7 @@ class QianfanClient:
         self._secret_key = secret_key
         redact.register(secret_key)
         self._timeout = (connect_timeout, read_timeout)
-        self._deadline = deadline
+        self._deadline = deadline if deadline > 0 else NO_DEADLINE
         self._retry = retry
         self._sleep = sleep
         self._limiter = _RateLimiter(qps, sleep)
@@ -156,7 +158,7 @@ class QianfanClient:
         # proxies and CA bundle as requests reads them from the environment, once per client
         # (per request it would scan the environment twice, a fifth of the client's CPU)
         self._transport = self._http.merge_environment_settings(self._url, {}, True, None, None)
-        self._watchdog = _Watchdog(deadline)
+        self._watchdog = _Watchdog(self._deadline)
 
     def __enter__(self) -> Self:
         """Use as a context manager that closes the session."""
@@ -465,9 +467,23 @@ def _interpret(
     )
     if status in TRANSIENT_STATUSES:
         raise _Retriable(where, headers.get("Retry-After"))
+    if 300 <= status < 400:
+        raise ConfigError(_redirected(action, status, headers.get("Location")))
     if status in (401, 403) or code in AUTH_HINTS:
         raise AuthError(f"{where}; {AUTH_HINTS.get(code or '', DEFAULT_AUTH_HINT)}")
     raise ContractError(where)
+
+
+def _redirected(action: str, status: int, location: str | None) -> str:
+    """What a redirect means here: the base URL is not the API's (http for https, a proxy's or
+    a portal's login page). The Location is shown without its query and credentials."""
+    parts = urlsplit(location or "")
+    shown = f"{parts.scheme}://{parts.hostname}{parts.path}" if parts.hostname else parts.path
+    return (
+        f"{action}: HTTP {status} redirect to {shown or '(no Location)'}: the API does not "
+        "redirect, so QIANFAN_CONSOLE_API_BASE_URL does not point at it (https rather than "
+        "http? a proxy?)"
+    )
 
 
 def _success(action: str, status: int, body: bytes, request_id: str, secret: str) -> dict[str, Any]:
