@@ -46,6 +46,12 @@ INVALID_PASSWORD = "28P01"
 INVALID_AUTHORIZATION = "28000"
 READ_ONLY_TRANSACTION = "25006"
 _MISSING_DATABASE = re.compile(r'database ".*" does not exist')
+# Refused logins carry no SQLSTATE either: a wrong password, an unknown or NOLOGIN role,
+# no pg_hba.conf line. Trying again cannot help, so they are 77, not 75.
+_LOGIN_REFUSED = re.compile(
+    r'password authentication failed|role ".*" does not exist|is not permitted to log in|'
+    r"no pg_hba\.conf entry|password is required|fe_sendauth: no password supplied"
+)
 
 
 def create(
@@ -160,6 +166,11 @@ def _classify(error: BaseException, unavailable: bool, url: URL) -> EtlError:
     sqlstate = getattr(error, "sqlstate", None)
     where = show_url(url)
     detail = redact.scrub((str(error).strip().splitlines() or [type(error).__name__])[0])
+    if _LOGIN_REFUSED.search(detail):
+        return AuthError(
+            f"database {where} refused the login: {detail}. Check the user and password "
+            "(in DATABASE_URL, PGPASSWORD or ~/.pgpass) and the server's pg_hba.conf."
+        )
     if sqlstate in (INSUFFICIENT_PRIVILEGE, INVALID_PASSWORD, INVALID_AUTHORIZATION):
         return AuthError(
             f"database {where} refused access: {detail}. Grant the ETL role ownership of "
