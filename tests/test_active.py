@@ -39,14 +39,14 @@ class Etl:
         self.sim, self.server, self.url, self.cwd = sim, server, url, cwd
         self.engine = db.create(url)
 
-    def sync(self, *args: str, **env: str) -> dict[str, Any]:
-        """`qianfan-etl sync ARGS`, which must succeed; its JSON summary."""
+    def sync(self, *args: str, exit_code: int = 0, **env: str) -> dict[str, Any]:
+        """`qianfan-etl sync ARGS`, which must exit with `exit_code`; its JSON summary."""
         result = run_cli(
             ["sync", "--log-format", "json", *args],
             cli_env(self.sim, self.server, self.url, **{**FAST, **env}),
             cwd=self.cwd,
         )
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == exit_code, result.stderr
         summary: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
         summary["stderr"] = result.stderr
         return summary
@@ -194,26 +194,23 @@ def test_active_only_run_after_a_partial_run_relists_the_jobs_that_failed(etl: E
     sim = etl.sim
     ids = [job["jobId"] for job in sim.jobs()]
     etl.sync()
-    # what a partial run records for a job whose task listing failed
-    with etl.engine.begin() as connection:
-        run_id = connection.execute(sa.select(sa.func.max(runs.c.run_id))).scalar_one()
-        connection.execute(runs.update().values(status="partial", jobs_failed=1))
-        connection.execute(
-            schema.etl_failed_jobs.insert().values(
-                run_id=run_id,
-                job_id=ids[2],
-                error_class="TransientError",
-                exit_code=75,
-                message="DescribeFineTuningTasks: HTTP 503",
-                failed_at=sa.func.now(),
-            )
-        )
     sim.put_task(ids[2], {"taskId": "task-missed", "jobId": ids[2], "runStatus": "Done"})
+    sim.job_faults[ids[2]] = "500"
+    assert etl.sync(exit_code=75)["status"] == "partial"
+    sim.put_task(ids[4], {"taskId": "task-later", "jobId": ids[4], "runStatus": "Done"})
+    # the job fails again in an active-only run: it stays owed
+    assert etl.sync("--active-only", exit_code=75)["mode"] == "active"
+    del sim.job_faults[ids[2]]
 
     summary = etl.sync("--active-only")
 
-    assert (summary["mode"], summary["jobs_skipped"]) == ("active", 5)
+    assert (summary["mode"], summary["status"], summary["jobs_skipped"]) == (
+        "active",
+        "succeeded",
+        5,
+    )
     assert etl.task("task-missed") is not None
+    assert etl.task("task-later") is None, "a finished job that listed fine is carried over"
     again = etl.sync("--active-only")
     assert again["jobs_skipped"] == 6, "once listed, the failed job is carried over again"
 
