@@ -44,6 +44,7 @@ class Settings:
     admin_dsn: str
     timeout: float
     steady_state: bool = False
+    task_details: bool = True
 
     def as_json(self) -> dict[str, Any]:
         """The settings that identify a run, for the JSON document."""
@@ -56,6 +57,7 @@ class Settings:
             "latency_ms": self.latency_ms,
             "concurrency": self.concurrency,
             "database": self.database,
+            "task_details": self.task_details,
         }
 
 
@@ -207,6 +209,8 @@ def run(settings: Settings) -> Results:
         target_database(settings, Path(tmp)) as target,
     ):
         cwd, env = Path(tmp), child_env(sim, target.url)
+        if not settings.task_details:  # the sync and the fetch floor both read it
+            env["QIANFAN_ETL_TASK_DETAILS"] = "false"
         # first, while Postgres is idle: autovacuum after a big load would slow the floor
         progress("fetch floor")
         fetch = fetch_phase(settings, sim, env, cwd)
@@ -291,6 +295,12 @@ def progress(message: str) -> None:
     is_flag=True,
     help="5 %% of jobs running: a full and an --active-only run after a first load.",
 )
+@click.option(
+    "--no-task-details",
+    is_flag=True,
+    help="Sync and fetch floor without the detail call per Running task (like-for-like with "
+    "releases before live progress).",
+)
 def main(
     size: str,
     latency_ms: float,
@@ -300,6 +310,7 @@ def main(
     postgres: str,
     timeout: float,
     steady_state: bool,
+    no_task_details: bool,
 ) -> None:
     """Time full and no-op `qianfan-etl sync` against the simulator and the fetch/COPY floors.
 
@@ -311,7 +322,9 @@ def main(
         make bench ARGS='--size M --latency-ms 20'
         make bench ARGS='--size M --latency-ms 50 --steady-state'
     """
-    settings = Settings(size, latency_ms, concurrency, kind, postgres, timeout, steady_state)
+    settings = Settings(
+        size, latency_ms, concurrency, kind, postgres, timeout, steady_state, not no_task_details
+    )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
         results = run_steady(settings) if steady_state else run(settings)

@@ -4,6 +4,7 @@ Usage: python -m bench.fetch_floor URL CONCURRENCY  (keys from QIANFAN_ACCESS_KE
 """
 
 import json
+import os
 import sys
 
 from etl import config
@@ -16,7 +17,9 @@ def fetch_floor(url: str, concurrency: int) -> dict[str, int]:
     settings = config.api_settings()
     jobs = tasks = 0
     with QianfanClient(url, settings.access_key, settings.secret_key) as client:
-        for listing in fetch_account(client, concurrency=concurrency):
+        details = os.environ.get("QIANFAN_ETL_TASK_DETAILS", "true").lower() != "false"
+        listings = fetch_account(client, concurrency=concurrency, task_details=details)
+        for listing in listings:
             jobs += 1
             tasks += len(listing.tasks)
         return {"api_calls": client.api_calls, "jobs": jobs, "tasks": tasks}

@@ -212,6 +212,13 @@ def parse_database_url(database_url: str | None) -> URL:
     help="An --active-only run is full when the last full run is older than this (90m, 2h, 1d).",
 )
 @click.option(
+    "--task-details/--no-task-details",
+    default=SyncOptions.task_details,
+    show_default=True,
+    envvar="QIANFAN_ETL_TASK_DETAILS",
+    help="Fetch each Running task's detail for its live progress (one API call per task).",
+)
+@click.option(
     "--metrics-file",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="QIANFAN_ETL_METRICS_FILE",
@@ -230,6 +237,7 @@ def sync_command(
     lock_wait: float,
     active_only: bool,
     full_every: tuple[float, str],
+    task_details: bool,
     metrics_file: Path | None,
     database_url: str | None,
     db_schema: str | None,
@@ -268,6 +276,7 @@ def sync_command(
             budgets["max_delete_fraction"],
             active_only=active_only,
             full_every=full_every[0],
+            task_details=task_details,
         )
         progress = report.Progress() if not quiet and sys.stderr.isatty() else None
         with _terminate_as_exit(), _client(settings, qps, concurrency, budgets) as client:

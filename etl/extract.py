@@ -93,6 +93,7 @@ def fetch_account(
     concurrency: int = 8,
     select: Callable[[str], bool] | None = None,
     stats: WalkStats | None = None,
+    task_details: bool = True,
 ) -> Iterator[JobListing]:
     """Yield each wanted job with its tasks, in completion order, 2x workers in flight at most.
 
@@ -115,7 +116,7 @@ def fetch_account(
             if select is not None and not select(job_id):
                 continue
             found.add(job_id)
-            pending.add(pool.submit(_fetch_listing, client, job, job_id))
+            pending.add(pool.submit(_fetch_listing, client, job, job_id, task_details))
             full = len(pending) >= 2 * concurrency
             yield from _completed(pending, full, stats, breaker)
         while pending:
@@ -137,7 +138,7 @@ def _listed_jobs(client: QianfanClient, stats: WalkStats) -> Iterator[Any]:
     log.info("listed %d jobs", listed)
 
 
-def _fetch_listing(client: QianfanClient, job: Any, job_id: str) -> JobListing:
+def _fetch_listing(client: QianfanClient, job: Any, job_id: str, task_details: bool) -> JobListing:
     """Fetch one job's tasks, and the detail of its Running ones (runs in a worker thread);
     a failure of the job's own listing is returned, not raised."""
     paginator = task_paginator(job_id)
@@ -149,7 +150,8 @@ def _fetch_listing(client: QianfanClient, job: Any, job_id: str) -> JobListing:
         failure = JobFailure(job_id, type(exc).__name__, exc.exit_code, message)
         return JobListing(job, [], failure=failure, warnings=paginator.warnings)
     log.debug("job %s: %d tasks", job_id, len(tasks))
-    details, failed = fetch_details(client, running_task_ids(tasks))
+    running = running_task_ids(tasks) if task_details else []
+    details, failed = fetch_details(client, running)
     return JobListing(job, tasks, details, failed, warnings=paginator.warnings)
 
 

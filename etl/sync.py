@@ -64,6 +64,8 @@ class SyncOptions:
     active_only: bool = False
     # seconds: an --active-only run is full when the last full run is older than this
     full_every: float = 86400.0
+    # one DescribeFineTuningTask call per Running task, for its live progress
+    task_details: bool = True
 
 
 @dataclass
@@ -253,6 +255,7 @@ def _copy_account(
             concurrency=options.concurrency,
             select=select,
             stats=stats,
+            task_details=options.task_details,
         )
         for listing in _until_stopped(listings, state):
             fault_point("after_fetch")

@@ -298,3 +298,20 @@ def test_a_full_run_after_active_only_runs_equals_a_lone_full_run(
         assert lone.sync()["mode"] == "full"
         assert snapshot(etl.engine) == snapshot(lone.engine)
         lone.engine.dispose()
+
+
+def test_no_task_details_lists_tasks_only_and_leaves_progress_alone(etl: Etl) -> None:
+    sim = etl.sim
+    ids = [job["jobId"] for job in sim.jobs()]
+    progressing = running_task(sim, ids[7])
+    sim.set_progress(progressing, "40%")
+
+    summary = etl.sync("--no-task-details")
+
+    assert summary["api_calls"] == 1 + len(ids), "one job page and one task page per job"
+    assert not [r for r in sim.requests if r.action == TASK]
+    assert etl.task(progressing).run_progress is None
+    sim.requests.clear()
+    summary = etl.sync(QIANFAN_ETL_TASK_DETAILS="true")
+    assert summary["api_calls"] == 1 + len(ids) + listed_running(sim, ids)
+    assert etl.task(progressing).run_progress == 40.0
