@@ -140,6 +140,12 @@ def db_schema_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+# `sync` and `report` select jobs the same way.
+job_id_option = click.option(
+    "--job-id", "job_ids", multiple=True, help="Only this job (repeatable)."
+)
+
+
 def engine_for(
     database_url: str | None, db_schema: str | None = None, existing: bool = False
 ) -> Engine:
@@ -162,7 +168,7 @@ def parse_database_url(database_url: str | None) -> URL:
 
 
 @cli.command("sync")
-@click.option("--job-id", "job_ids", multiple=True, help="Only this job (repeatable).")
+@job_id_option
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
@@ -433,7 +439,7 @@ def _duration(value: str | None) -> tuple[float, str] | None:
     show_default=True,
     help="The HTML file to write (replaced whole).",
 )
-@click.option("--job-id", "job_ids", multiple=True, help="Only this job (repeatable).")
+@job_id_option
 @click.option(
     "--since",
     type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
