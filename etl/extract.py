@@ -182,9 +182,10 @@ def fetch_details(client: QianfanClient, task_ids: Iterable[str]) -> tuple[dict[
 def _completed(
     pending: set[Future[JobListing]], block: bool, stats: WalkStats, breaker: "_Breaker"
 ) -> Iterator[JobListing]:
-    """Yield the finished futures' listings (waiting for one if asked), raising any error."""
+    """Yield the finished futures' listings (waiting for one if asked), raising any error
+    only after the listings that finished beside it: the run commits everything it fetched."""
     done = wait(pending, return_when=FIRST_COMPLETED)[0] if block else _done(pending)
-    for future in done:
+    for future in sorted(done, key=lambda future: future.exception() is not None):
         pending.discard(future)
         listing = future.result()
         stats.task_warnings += listing.warnings

@@ -2,12 +2,20 @@
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
 
 from etl.errors import AuthError, TransientError
-from etl.extract import BREAKER_FAILURES, JobListing, WalkStats, fetch_account
+from etl.extract import (
+    BREAKER_FAILURES,
+    JobListing,
+    WalkStats,
+    _Breaker,
+    _completed,
+    fetch_account,
+)
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.simulator import Fault, Simulator, SimulatorConfig
 
@@ -164,3 +172,21 @@ def test_a_success_between_failures_resets_the_breaker(
         sim.job_faults[job["jobId"]] = "500"
     listings = list(fetch_account(client, concurrency=1))
     assert len(listings) == 12 and sum(1 for lst in listings if lst.failure) == 6
+
+
+def test_listings_finished_beside_a_fatal_error_are_yielded_before_it() -> None:
+    """When the wait hands back many finished jobs and one of them raised (403: the run ends),
+    every listing that did finish is yielded first, so the run commits all it fetched."""
+    for _ in range(5):
+        pending: set[Future[JobListing]] = set()
+        for n in range(30):
+            future: Future[JobListing] = Future()
+            future.set_result(JobListing({"jobId": f"job-{n}"}, []))
+            pending.add(future)
+        refused: Future[JobListing] = Future()
+        refused.set_exception(AuthError("HTTP 403 AccessDenied"))
+        pending.add(refused)
+        seen: list[JobListing] = []
+        with pytest.raises(AuthError):
+            seen.extend(_completed(pending, True, WalkStats(), _Breaker()))
+        assert len(seen) == 30
