@@ -330,8 +330,11 @@ def _outranked(tasks: list[TaskRows], stored: dict[str, sa.Row[Any]]) -> list[tu
     """Typed tasks listed by a job that ranks after the live one they are stored under."""
     held = []
     for rows in tasks:
-        job_id, before = rows.task.get("job_id"), stored.get(rows.task["task_id"])
-        if job_id is None or before is None or before.deleted_at is not None:
+        job_id = rows.task.get("job_id")
+        if job_id is None:  # an unchanged stub: the stored job listed it
+            continue
+        before = stored.get(rows.task["task_id"])
+        if before is None or before.deleted_at is not None:
             continue
         if before.job_id < job_id:
             held.append((rows, before.job_id))
@@ -420,8 +423,8 @@ def _is_changed(row: dict[str, Any], key: str, stored: dict[str, sa.Row[Any]]) -
     before = stored.get(row[key])
     if before is None or before.content_hash != row["content_hash"]:
         return True
-    # an unchanged task listed under another job moved there
-    return key == "task_id" and row.get("job_id", before.job_id) != before.job_id
+    # an unchanged task listed under another job moved there (a stub has no job_id: not moved)
+    return key == "task_id" and "job_id" in row and row["job_id"] != before.job_id
 
 
 def _same_job(job: dict[str, Any], stored: dict[str, sa.Row[Any]]) -> bool:

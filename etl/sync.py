@@ -532,8 +532,9 @@ def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:
     known = {key: row.content_hash for key, row in stored.items()}
     chosen: dict[str, tuple[str, TaskRows]] = {}
     for job_id, tasks in pending.untyped:
-        moved = {t.task_id for t in tasks if t.task_id in stored}
-        moved = {task_id for task_id in moved if stored[task_id].job_id != job_id}
+        moved = {
+            t.task_id for t in tasks if t.task_id in stored and stored[t.task_id].job_id != job_id
+        }
         here = {k: v for k, v in known.items() if k not in moved} if moved else known
         rows, rejects = tasks_to_rows(tasks, job_id, here)
         for row in rows:
