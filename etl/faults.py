@@ -2,9 +2,10 @@
 
 A plan reads `POINT[:HIT]:ACTION[:ARG]`, e.g. `before_commit:sigkill`, `after_fetch:2:sigterm`
 or `before_commit:pause:/tmp/f` (touch /tmp/f.reached, wait for /tmp/f.release). Only test
-code arms it (`tests/faulty_cli.py` runs the CLI so); `qianfan-etl` never does, so nothing in a
-production run's environment can make it kill itself. A module-level plan keeps test plumbing
-out of every stage's signature, and an unarmed hook costs one comparison.
+code arms it: `tests/faulty_cli.py` starts the CLI with the plan in QIANFAN_ETL_FAULT, while
+`qianfan-etl` never reads that variable, so no environment can make a production run kill
+itself. A module-level plan keeps test plumbing out of every stage's signature, and an unarmed
+hook costs one comparison.
 """
 
 import os
