@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import chdir, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,8 +33,10 @@ from etl.qianfan import QianfanClient
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
 from etl.sync import SyncOptions
 from etl.sync import sync as sync_in_process
+from tests.faulty_cli import FAULT_VAR
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+FAULTY_CLI = Path(__file__).with_name("faulty_cli.py")
 
 
 def admin_url() -> URL:
@@ -79,12 +81,20 @@ def cli_env(sim: Simulator, server: SimulatorServer, url: URL, **extra: str) -> 
     return env
 
 
+def etl_command(env: Mapping[str, str]) -> list[str]:
+    """How a subprocess starts `qianfan-etl`: as cron would, or, where the environment names a
+    fault plan, through tests/faulty_cli.py, the only entry point that arms the fault hook."""
+    if FAULT_VAR in env:
+        return [sys.executable, str(FAULTY_CLI)]
+    return [sys.executable, "-m", "etl"]
+
+
 def run_cli(
     args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point in a subprocess, as cron would."""
     return subprocess.run(
-        [sys.executable, "-m", "etl", *args],
+        [*etl_command(env), *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -109,8 +119,9 @@ def invoke_cli(
     args: list[str], env: dict[str, str], cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the CLI in this process with click's CliRunner, in exactly the environment `env`
-    and the directory `cwd`, for behaviour that needs no signal, no `.env` file and no
+    and the directory `cwd`, for behaviour that needs no signal, fault plan, `.env` file or
     console script; the result reads as run_cli's."""
+    assert FAULT_VAR not in env, "only tests/faulty_cli.py arms a fault plan: use run_cli"
     unset: dict[str, str | None] = {name: None for name in os.environ if name not in env}
     with chdir(cwd or Path.cwd()), _logging_restored():
         result = CliRunner().invoke(
@@ -289,10 +300,10 @@ class Etl:
         return cli_env(self.sim, self.server, self.url, **{**FAST, **extra})
 
     def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        """`qianfan-etl sync ARGS` to completion."""
-        return subprocess.run(
-            self.command(*args), env=self.env(**extra), cwd=self.cwd, **CAPTURED, timeout=60
-        )
+        """`qianfan-etl sync ARGS` to completion, in a subprocess."""
+        env = self.env(**extra)
+        command = [*etl_command(env), "sync", *args]
+        return subprocess.run(command, env=env, cwd=self.cwd, **CAPTURED, timeout=60)
 
     def invoke(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         """`qianfan-etl sync ARGS` in this process: for runs no signal or fault plan stops."""
@@ -300,12 +311,9 @@ class Etl:
 
     def start(self, *args: str, **extra: str) -> subprocess.Popen[str]:
         """`qianfan-etl sync ARGS` in the background."""
-        return subprocess.Popen(
-            self.command(*args), env=self.env(**extra), cwd=self.cwd, **CAPTURED
-        )
-
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "etl", "sync", *args]
+        env = self.env(**extra)
+        command = [*etl_command(env), "sync", *args]
+        return subprocess.Popen(command, env=env, cwd=self.cwd, **CAPTURED)
 
     def sync_here(self, **options: Any) -> Any:
         """A clean sync in this process (seeding a state, or checking a further run is idle)."""

@@ -14,6 +14,7 @@ import json
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -424,6 +425,16 @@ def test_missing_insert_privilege_exits_77_without_retrying(
 
 
 # -- process faults ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_console_script_never_arms_the_fault_hook(etl: Etl) -> None:
+    """The hook is the tests' alone: a plan in a production run's environment does nothing."""
+    console_script = Path(sys.executable).parent / "qianfan-etl"
+    env = etl.env(QIANFAN_ETL_FAULT="before_commit:1:raise")
+    done = subprocess.run([console_script, "sync"], env=env, cwd=etl.cwd, **CAPTURED, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert run_status(etl.engine, 1) == ("succeeded", None)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ are the metrics files and the report page."""
 import secrets
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,17 @@ from sqlalchemy.engine import URL
 
 from etl import db, redact
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
-from tests.harness import FAST, admin, admin_url, bi_session, cli_env, dsn, free_port, run_status
+from tests.harness import (
+    FAST,
+    admin,
+    admin_url,
+    bi_session,
+    cli_env,
+    dsn,
+    etl_command,
+    free_port,
+    run_status,
+)
 from tests.leaks import PASSWORD, assert_no_fragment
 from tests.relay import ForwardProxy, self_signed, tls_front
 
@@ -56,7 +65,7 @@ class Runs:
             metrics.unlink(missing_ok=True)
             env = {**self.env, "QIANFAN_ETL_LOG_FORMAT": log_format, **extra}
             done = subprocess.run(
-                [sys.executable, "-m", "etl", *args, *log_args],
+                [*etl_command(env), *args, *log_args],
                 env=env,
                 cwd=self.cwd,
                 capture_output=True,
