@@ -1,5 +1,7 @@
-"""Writing to the database: upserts, child replacement, status history, soft deletes, run
-records and the one-run-at-a-time lock."""
+"""Writing to the database: a batch as one verb per table (jobs, tasks with their children,
+status history, rejects, failed jobs) over a private builder, `_save`: insert new rows (binary
+COPY on Postgres, `etl.pgcopy`), upsert changed ones, undelete those that came back. Then soft
+deletes, live progress, run records and the one-run-at-a-time lock."""
 
 import hashlib
 import logging
@@ -42,9 +44,6 @@ TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
 RUNNING = "Running"
 # Written by their own UPDATEs, never by the content upsert: progress alone is no change.
 PROGRESS_COLUMNS = ("run_progress", "vdl_link", "progress_at")
-
-# The statements `_for_ids` narrows to a list of ids.
-_Filterable = sa.Select[Any] | sa.Update | sa.Delete
 
 
 def now() -> datetime:
@@ -527,7 +526,7 @@ def _insert(
     if not rows:
         return 0
     if connection.dialect.name == "postgresql":
-        return pgcopy.copy_rows(connection, table, rows, raw_json)
+        return pgcopy.copy_rows(connection, table, rows, raw_json or {})
     connection.execute(table.insert(), rows)
     return len(rows)
 
@@ -719,6 +718,10 @@ def _stored(connection: Connection, table: sa.Table, ids: Sequence[str]) -> dict
         columns += [table.c.run_status, table.c.job_id]
     results = _for_ids(connection, sa.select(*columns), key, ids)
     return {row[0]: row for result in results for row in result}
+
+
+# The statements `_for_ids` narrows to a list of ids.
+_Filterable = sa.Select[Any] | sa.Update | sa.Delete
 
 
 def _for_ids(

@@ -1,7 +1,7 @@
-"""Binary COPY of new rows into Postgres: the load's one speed trick, kept because it pays.
+"""Binary COPY of new rows into Postgres: a speed trick, kept because it pays.
 
-COPY is how new rows go in on Postgres (the run lock means no one else inserts them); binary
-COPY takes a fifth of the client CPU of text COPY (README, Performance). Binary COPY needs what
+New rows go in on Postgres by COPY rather than INSERT (the run lock means no one else inserts
+them), and binary COPY takes a fifth of the client CPU of text COPY (README, Performance). Binary COPY needs what
 an INSERT does not: each column's type oid, read once per connection, and `raw` JSON the
 transformer already wrote, which is sent as it is rather than encoded again."""
 
@@ -14,12 +14,11 @@ import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection
 
+Row = dict[str, Any]
+
 
 def copy_rows(
-    connection: Connection,
-    table: sa.Table,
-    rows: Sequence[dict[str, Any]],
-    raw_json: Mapping[str, str] | None = None,
+    connection: Connection, table: sa.Table, rows: Sequence[Row], raw_json: Mapping[str, str]
 ) -> int:
     """COPY rows (all with the same keys) into the table; `raw_json` holds JSON text by key."""
     columns = list(rows[0])
@@ -29,13 +28,13 @@ def copy_rows(
         types = _column_types(connection, cursor, table.name, columns)
         with cursor.copy(statement) as copy:
             copy.set_types(types)
-            for values in _values(table, columns, rows, raw_json or {}):
+            for values in _values(table, columns, rows, raw_json):
                 copy.write_row(values)
     return len(rows)
 
 
 def _values(
-    table: sa.Table, columns: list[str], rows: Sequence[dict[str, Any]], raw_json: Mapping[str, str]
+    table: sa.Table, columns: list[str], rows: Sequence[Row], raw_json: Mapping[str, str]
 ) -> Iterator[Sequence[Any]]:
     """Each row's values in column order, JSON columns wrapped for psycopg."""
     values_of = operator.itemgetter(*columns)
