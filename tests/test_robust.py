@@ -2,6 +2,7 @@
 through the CLI, the simulator over HTTP, Postgres and SQLite."""
 
 import os
+import random
 import secrets
 import signal
 import sqlite3
@@ -48,15 +49,23 @@ def _nested(depth: int) -> Any:
     return value
 
 
+def _incompressible(prefix: str, length: int) -> str:
+    """A key of `length` characters that Postgres cannot compress below its index limit
+    (2,704 bytes: a run of one letter compresses, and its index entry fits)."""
+    return prefix + random.Random(prefix).randbytes(length).hex()[: length - len(prefix)]
+
+
 def test_records_the_database_would_refuse_are_rejected_and_the_rest_loads(
     sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
     job_id = sim.jobs()[0]["jobId"]
     task = sim.tasks(job_id)[0]
-    sim.put_task(job_id, {**task, "taskId": "t" * 3000})
-    sim.put_task(job_id, {**task, "taskId": "task-long-metric", "metrics": {"m" * 3000: "1%"}})
+    long_task, long_metric = _incompressible("t", 3000), _incompressible("m", 3000)
+    long_job = _incompressible("j", 3000)
+    sim.put_task(job_id, {**task, "taskId": long_task})
+    sim.put_task(job_id, {**task, "taskId": "task-long-metric", "metrics": {long_metric: "1%"}})
     sim.put_task(job_id, {**task, "taskId": "task-deep", "unknown": {"x": _nested(600)}})
-    sim.put_job({"jobId": "j" * 3000, "name": "a job whose id no index takes"})
+    sim.put_job({"jobId": long_job, "name": "a job whose id no index takes"})
     first = sync(sim, server, db_url, tmp_path)
     assert first.returncode == 0, first.stderr
     assert "4 rejects" in first.stdout
@@ -65,8 +74,8 @@ def test_records_the_database_would_refuse_are_rejected_and_the_rest_loads(
             sa.select(schema.etl_rejects.c.source_id, schema.etl_rejects.c.reason)
         ).all()
     reasons = {source[:20]: reason for source, reason in rejects}
-    assert reasons["t" * 20].startswith("taskId is 3000 bytes long")
-    assert reasons["j" * 20].startswith("jobId is 3000 bytes long")
+    assert reasons[long_task[:20]].startswith("taskId is 3000 bytes long")
+    assert reasons[long_job[:20]].startswith("jobId is 3000 bytes long")
     assert reasons["task-long-metric"].startswith("metric name is 3000 bytes long")
     assert reasons["task-deep"] == f"nested deeper than {MAX_DEPTH} levels of objects and arrays"
     rejects_table = schema.etl_rejects
