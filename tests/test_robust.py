@@ -434,10 +434,10 @@ def _wait_for_a_lock_wait(url: URL, process: subprocess.Popen[str]) -> None:
 
 
 def _start_upgrade(url: URL, tmp_path: Path) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "etl", "db", "upgrade"]
+    env = _db_env(url)
     return subprocess.Popen(
-        command,
-        env=_db_env(url),
+        [*etl_command(env), "db", "upgrade"],
+        env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
