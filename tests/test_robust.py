@@ -22,23 +22,26 @@ from sqlalchemy.engine import URL, make_url
 from etl import db, schema
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
 from etl.transform import HASH_PREFIX, MAX_DEPTH, legacy_hash
-from tests import test_faults
-from tests.conftest import admin_url, cli_env, etl_command, run_cli
-from tests.test_faults import (
+from tests.harness import (
     Etl,
-    _dsn,
     admin,
+    admin_url,
     assert_whole_jobs,
+    cli_env,
+    dsn,
+    etl_command,
     etl_for,
+    invoke_cli,
+    row_counts,
+    run_cli,
     run_status,
+    scalar,
     snapshot,
     start_paused,
+    sync,
     wait_for,
+    writes_on_postgres,
 )
-from tests.test_sync import row_counts, scalar, sync, writes_on_postgres
-
-# The fault tests' fixtures, shared: an Etl on Postgres, and the fault-free golden snapshot.
-pg_etl, golden = test_faults.pg_etl, test_faults.golden
 
 
 def _nested(depth: int) -> Any:
@@ -161,7 +164,7 @@ def test_a_database_with_legacy_hashes_is_not_rewritten(
 
 def _rows(url: URL, query: str) -> list[tuple[Any, ...]]:
     """A query's rows on the test server, its one parameter the database's name."""
-    with psycopg.connect(_dsn(url), autocommit=True) as connection:
+    with psycopg.connect(dsn(url), autocommit=True) as connection:
         return connection.execute(query, [url.database]).fetchall()  # type: ignore[arg-type]
 
 
@@ -201,7 +204,7 @@ def test_database_idle_timeouts_do_not_end_a_slow_run(
     config = SimulatorConfig(jobs=3, tasks_per_job=12, checkpoints=2, latency_ms=400)
     with etl_for(config, pg_url, pg_engine, tmp_path) as etl:
         expected = golden(etl)
-        result = etl.run("--concurrency", "1", QIANFAN_ETL_API_DEADLINE="10")
+        result = etl.invoke("--concurrency", "1", QIANFAN_ETL_API_DEADLINE="10")
         assert result.returncode == 0, result.stderr
         assert snapshot(etl.engine) == expected
         assert run_status(etl.engine, 1)[0] == "succeeded"
@@ -321,7 +324,7 @@ def test_a_port_that_is_not_a_number_is_a_clear_configuration_error(
     sim: Simulator, server: SimulatorServer, pg_url: URL, tmp_path: Path
 ) -> None:
     env = cli_env(sim, server, pg_url, DATABASE_URL="postgresql://etl:hunter2@db:abc/x")
-    result = run_cli(["sync"], env, cwd=tmp_path)
+    result = invoke_cli(["sync"], env, cwd=tmp_path)
     assert result.returncode == 78, result.stderr
     assert "port that is not a number" in result.stderr
     assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
