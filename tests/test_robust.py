@@ -462,7 +462,7 @@ def _first_write_held(url: URL) -> Iterator[None]:
             holder.execute("ROLLBACK")
             holder.close()
         return
-    with psycopg.connect(_dsn(url)) as connection:
+    with psycopg.connect(dsn(url)) as connection:
         connection.execute("CREATE TABLE alembic_version (version_num varchar(32) NOT NULL)")
         yield
         connection.rollback()
