@@ -495,7 +495,7 @@ def _duration(value: str | None) -> tuple[float, str] | None:
 @click.option(
     "--tasks",
     type=click.IntRange(1, 50),
-    default=10,
+    default=Selection.tasks,
     show_default=True,
     help="Tasks drawn in the loss curves.",
 )
@@ -518,7 +518,8 @@ def report_command(
     page.require_extra()
     engine = engine_for(database_url, db_schema)
     db.require_head(engine)
-    selection = Selection(job_ids, since.replace(tzinfo=UTC) if since else None, tasks)
+    since = since.replace(tzinfo=UTC) if since else None
+    selection = Selection(job_ids=job_ids, since=since, tasks=tasks)
     with db.translated_errors(engine.url):
         size = page.write_report(engine, output, selection)
     click.echo(f"report: {output.resolve()} ({size / 1e6:.1f} MB)")
