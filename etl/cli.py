@@ -20,6 +20,7 @@ from etl import config, db, monitor, page, redact, report, stopping
 from etl.charts import Selection
 from etl.errors import EXIT_DATA, ContractError, EtlError, TransientError
 from etl.qianfan import QianfanClient, RetryPolicy
+from etl.qianfan.client import DEFAULT_DEADLINE
 from etl.simulator_config import JOB_FAULTS, SimulatorConfig
 from etl.sync import SyncOptions, SyncResult, sync
 
@@ -99,17 +100,52 @@ def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Retry, deadline, database timeout and delete-guard knobs for `sync`, each an env var."""
     budgets = [
-        ("--api-attempts", int, 6, "HTTP attempts per API call before exit 75."),
-        ("--api-retry-wait", float, 0.5, "Base of the jittered exponential retry wait, seconds."),
-        ("--api-deadline", float, 120.0, "Wall-clock limit on one HTTP attempt, s (0: none)."),
-        ("--api-retry-after-cap", float, 120.0, "Longest Retry-After honoured; more exits 75."),
-        ("--db-lock-timeout", float, 30.0, "Postgres lock_timeout, seconds (0: none)."),
-        ("--db-statement-timeout", float, 300.0, "Postgres statement_timeout, seconds (0: none)."),
-        ("--batch-tasks", int, 2000, "Tasks (of whole jobs) written per transaction."),
+        (
+            "--api-attempts",
+            int,
+            RetryPolicy.max_attempts,
+            "HTTP attempts per API call before exit 75.",
+        ),
+        (
+            "--api-retry-wait",
+            float,
+            RetryPolicy.base_wait,
+            "Base of the jittered exponential retry wait, seconds.",
+        ),
+        (
+            "--api-deadline",
+            float,
+            DEFAULT_DEADLINE,
+            "Wall-clock limit on one HTTP attempt, s (0: none).",
+        ),
+        (
+            "--api-retry-after-cap",
+            float,
+            RetryPolicy.retry_after_cap,
+            "Longest Retry-After honoured; more exits 75.",
+        ),
+        (
+            "--db-lock-timeout",
+            float,
+            db.DEFAULT_LOCK_TIMEOUT,
+            "Postgres lock_timeout, seconds (0: none).",
+        ),
+        (
+            "--db-statement-timeout",
+            float,
+            db.DEFAULT_STATEMENT_TIMEOUT,
+            "Postgres statement_timeout, seconds (0: none).",
+        ),
+        (
+            "--batch-tasks",
+            int,
+            SyncOptions.batch_tasks,
+            "Tasks (of whole jobs) written per transaction.",
+        ),
         (
             "--max-delete-fraction",
             click.FloatRange(0, 1),
-            0.5,
+            SyncOptions.max_delete_fraction,
             "A run that would soft-delete more than this share of the live jobs or tasks "
             "deletes nothing and exits 65 (1: no limit).",
         ),
@@ -146,14 +182,24 @@ job_id_option = click.option(
 
 
 def engine_for(
-    database_url: str | None, db_schema: str | None = None, existing: bool = False
+    database_url: str | None,
+    db_schema: str | None = None,
+    *,
+    existing: bool = False,
+    lock_timeout: float = db.DEFAULT_LOCK_TIMEOUT,
+    statement_timeout: float = db.DEFAULT_STATEMENT_TIMEOUT,
 ) -> Engine:
     """An engine for the URL given (or DATABASE_URL, or the embedded default) and schema;
     with `existing`, a SQLite file that is not there yet is an error, not created empty."""
     url = parse_database_url(database_url)
     if existing:
         db.require_file(url)
-    return db.create(url, schema=config.db_schema(db_schema))
+    return db.create(
+        url,
+        lock_timeout=lock_timeout,
+        statement_timeout=statement_timeout,
+        schema=config.db_schema(db_schema),
+    )
 
 
 def parse_database_url(database_url: str | None) -> URL:
@@ -171,7 +217,7 @@ def parse_database_url(database_url: str | None) -> URL:
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
-    default=8,
+    default=SyncOptions.concurrency,
     show_default=True,
     envvar="QIANFAN_ETL_CONCURRENCY",
     help="Jobs whose tasks are fetched at once.",
@@ -189,7 +235,7 @@ def parse_database_url(database_url: str | None) -> URL:
 @click.option(
     "--max-rejects",
     type=click.IntRange(0),
-    default=100,
+    default=SyncOptions.max_rejects,
     show_default=True,
     envvar="QIANFAN_ETL_MAX_REJECTS",
     help="More rejected records than this fail the run (exit 65).",
@@ -197,7 +243,7 @@ def parse_database_url(database_url: str | None) -> URL:
 @click.option(
     "--lock-wait",
     type=click.FloatRange(0),
-    default=0.0,
+    default=SyncOptions.lock_wait,
     show_default=True,
     envvar="QIANFAN_ETL_LOCK_WAIT",
     help="Seconds to wait for another run's lock before exit 75.",
@@ -210,7 +256,7 @@ def parse_database_url(database_url: str | None) -> URL:
 @click.option(
     "--full-every",
     metavar="DURATION",
-    default="24h",
+    default=f"{SyncOptions.full_every / 3600:g}h",
     show_default=True,
     envvar="QIANFAN_ETL_FULL_EVERY",
     callback=lambda _ctx, _param, value: _duration(value),
@@ -249,7 +295,14 @@ def sync_command(
     log_format: str,
     verbose: int,
     quiet: bool,
-    **budgets: Any,
+    api_attempts: int,
+    api_retry_wait: float,
+    api_deadline: float,
+    api_retry_after_cap: float,
+    db_lock_timeout: float,
+    db_statement_timeout: float,
+    batch_tasks: int,
+    max_delete_fraction: float,
 ) -> None:
     """Fetch every job and task of the account and load them into the database.
 
@@ -262,28 +315,43 @@ def sync_command(
     setup_logging(log_format, verbose, quiet)
     if active_only and job_ids:
         raise click.UsageError("--active-only and --job-id do not combine: choose one")
+    options = SyncOptions(
+        job_ids=frozenset(job_ids),
+        concurrency=concurrency,
+        dry_run=dry_run,
+        max_rejects=max_rejects,
+        lock_wait=lock_wait,
+        batch_tasks=batch_tasks,
+        max_delete_fraction=max_delete_fraction,
+        active_only=active_only,
+        full_every=full_every[0],
+        task_details=task_details,
+    )
+    retry = RetryPolicy(
+        max_attempts=api_attempts, base_wait=api_retry_wait, retry_after_cap=api_retry_after_cap
+    )
     with monitor.RunMetrics(metrics_file, dry_run) as metrics:
         settings = config.api_settings()
-        engine = metrics.engine = db.create(
-            db.require_file(parse_database_url(database_url)),
-            budgets["db_lock_timeout"],
-            budgets["db_statement_timeout"],
-            config.db_schema(db_schema),
-        )
-        options = SyncOptions(
-            frozenset(job_ids),
-            concurrency,
-            dry_run,
-            max_rejects,
-            lock_wait,
-            budgets["batch_tasks"],
-            budgets["max_delete_fraction"],
-            active_only=active_only,
-            full_every=full_every[0],
-            task_details=task_details,
+        engine = metrics.engine = engine_for(
+            database_url,
+            db_schema,
+            existing=True,
+            lock_timeout=db_lock_timeout,
+            statement_timeout=db_statement_timeout,
         )
         progress = report.Progress() if not quiet and sys.stderr.isatty() else None
-        with _terminate_as_exit(), _client(settings, qps, concurrency, budgets) as client:
+        with (
+            _terminate_as_exit(),
+            QianfanClient(
+                settings.base_url,
+                settings.access_key,
+                settings.secret_key,
+                deadline=api_deadline,
+                retry=retry,
+                qps=qps,
+                concurrency=concurrency,
+            ) as client,
+        ):
             metrics.client = client
             result = sync(engine, client, options, progress.update if progress else None)
         _end(result, progress, quiet, log_format)
@@ -301,26 +369,6 @@ def _end(
         # every other job loaded; the code says what kind of trouble remains
         kind = ContractError if result.exit_code == EXIT_DATA else TransientError
         raise kind(result.message or f"run {result.run_id} ended {result.status}")
-
-
-def _client(
-    settings: config.ApiSettings, qps: float | None, concurrency: int, budgets: dict[str, Any]
-) -> QianfanClient:
-    """The API client with the retry budget and deadline the options ask for."""
-    retry = RetryPolicy(
-        max_attempts=budgets["api_attempts"],
-        base_wait=budgets["api_retry_wait"],
-        retry_after_cap=budgets["api_retry_after_cap"],
-    )
-    return QianfanClient(
-        settings.base_url,
-        settings.access_key,
-        settings.secret_key,
-        deadline=budgets["api_deadline"],
-        retry=retry,
-        qps=qps,
-        concurrency=concurrency,
-    )
 
 
 def emit_summary(result: SyncResult, log_format: str) -> None:
@@ -371,13 +419,12 @@ def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -
 @db_schema_option
 def db_current(database_url: str | None, db_schema: str | None) -> None:
     """Show the database's schema revision and the code's head."""
-    url = parse_database_url(database_url)
-    engine = db.create(url, schema=config.db_schema(db_schema))
-    current = None if db.missing_file(url) else db.current_revision(engine)
+    engine = engine_for(database_url, db_schema)
+    current = None if db.missing_file(engine.url) else db.current_revision(engine)
     head = db.head_revision()
     state = "up to date" if current == head else "not at head"
     click.echo(f"current: {current or 'none'}  head: {head}  ({state})")
-    db.require_file(url)  # a missing SQLite file: 78, and it stays missing
+    db.require_file(engine.url)  # a missing SQLite file: 78, and it stays missing
     db.require_head(engine)  # exits 78 with what to do when the schema is not at head
 
 
@@ -445,7 +492,7 @@ def _duration(value: str | None) -> tuple[float, str] | None:
 @click.option(
     "--tasks",
     type=click.IntRange(1, 50),
-    default=10,
+    default=Selection.tasks,
     show_default=True,
     help="Tasks drawn in the loss curves.",
 )
@@ -468,7 +515,8 @@ def report_command(
     page.require_extra()
     engine = engine_for(database_url, db_schema)
     db.require_head(engine)
-    selection = Selection(job_ids, since.replace(tzinfo=UTC) if since else None, tasks)
+    since = since.replace(tzinfo=UTC) if since else None
+    selection = Selection(job_ids=job_ids, since=since, tasks=tasks)
     with db.translated_errors(engine.url):
         size = page.write_report(engine, output, selection)
     click.echo(f"report: {output.resolve()} ({size / 1e6:.1f} MB)")

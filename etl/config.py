@@ -5,7 +5,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from dotenv import load_dotenv
 from sqlalchemy.engine import URL, make_url
@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from etl import redact
 from etl.errors import ConfigError
+from etl.qianfan.client import split_base_url
 
 ACCESS_KEY_VAR = "QIANFAN_ACCESS_KEY"
 SECRET_KEY_VAR = "QIANFAN_SECRET_KEY"
@@ -70,12 +71,10 @@ def api_settings(env: Mapping[str, str] = os.environ) -> ApiSettings:
 def base_url(value: str | None) -> str:
     """Validate the console API base URL (scheme and host, no trailing slash)."""
     url = (value or DEFAULT_BASE_URL).strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
-        raise ConfigError(
-            f"{BASE_URL_VAR}={redact.scrub(url)!r} is not an http(s)://host[:port] URL; "
-            f"leave it unset for {DEFAULT_BASE_URL}"
-        )
+    try:
+        split_base_url(url)  # the client's own check, run before anything else starts
+    except ConfigError as exc:
+        raise ConfigError(f"{BASE_URL_VAR}: {exc}; leave it unset for {DEFAULT_BASE_URL}") from None
     return url
 
 

@@ -40,6 +40,7 @@ SCHEMA_HEAD = "0005"
 DEFAULT_LOCK_TIMEOUT = 30.0
 DEFAULT_STATEMENT_TIMEOUT = 300.0
 IDLE_IN_TRANSACTION_TIMEOUT = 600.0
+SQLITE_BUSY_TIMEOUT = 30.0
 SCHEMA_OPTION = "qianfan_etl_schema"
 INSUFFICIENT_PRIVILEGE = "42501"
 INVALID_PASSWORD = "28P01"
@@ -56,6 +57,7 @@ _LOGIN_REFUSED = re.compile(
 
 def create(
     url: URL,
+    *,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
     schema: str | None = None,
@@ -69,7 +71,7 @@ def create(
                 "use one database file per installation instead"
             )
         _require_directory(url)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = _sqlite_engine(url)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # libpq options given in the URL (e.g. -c search_path=...) are kept, after ours.
@@ -89,6 +91,11 @@ def create(
     )
     event.listen(engine, "connect", _no_idle_session_timeout)
     return engine
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    """A SQLite engine whose connections wait for another writer's lock, up to a bound."""
+    return create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
 
 
 def _require_directory(url: URL) -> None:
@@ -248,7 +255,7 @@ def _transactional(engine: Engine) -> Engine:
     any transaction, and IMMEDIATE takes the write lock that serialises migrations)."""
     if engine.dialect.name != "sqlite":
         return engine
-    migrating = create_engine(engine.url, connect_args={"timeout": 30})
+    migrating = _sqlite_engine(engine.url)
     event.listen(migrating, "connect", _sqlite_driver_without_transactions)
     event.listen(migrating, "begin", _begin_immediate)
     return migrating

@@ -15,7 +15,7 @@ from typing import Any
 from etl import stopping
 from etl.errors import EXIT_TEMPFAIL, ContractError, EtlError, TransientError
 from etl.qianfan import QianfanClient, fetch_job_pages, fetch_tasks
-from etl.qianfan.pagination import job_paginator, task_paginator
+from etl.qianfan.pagination import id_of, job_paginator, task_paginator
 
 log = logging.getLogger("etl.extract")
 
@@ -80,17 +80,11 @@ class ActiveSelection:
         return True
 
 
-def job_id_of(job: Any) -> str | None:
-    """The job's jobId if it is a non-empty string, else None."""
-    job_id = job.get("jobId") if isinstance(job, dict) else None
-    return job_id if isinstance(job_id, str) and job_id else None
-
-
 def fetch_account(
     client: QianfanClient,
     *,
     job_ids: Collection[str] | None = None,
-    concurrency: int = 8,
+    concurrency: int,
     select: Callable[[str], bool] | None = None,
     stats: WalkStats | None = None,
     task_details: bool = True,
@@ -107,7 +101,7 @@ def fetch_account(
     breaker = _Breaker()
     try:
         for job in _listed_jobs(client, stats):
-            job_id = job_id_of(job)
+            job_id = id_of(job, "jobId") or None  # "" is no id either: the job is rejected
             if wanted is not None and job_id not in wanted:
                 continue
             if job_id is None:

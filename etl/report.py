@@ -12,19 +12,11 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from etl.load import RunCounts
-from etl.schema import etl_failed_jobs, etl_runs, metadata
+from etl.schema import CONTENT_TABLES, etl_failed_jobs, etl_rejects, etl_runs
 from etl.sync import SyncResult
 
 PROGRESS_INTERVAL = 0.2
-COUNTED_TABLES = (
-    "finetune_jobs",
-    "finetune_tasks",
-    "finetune_task_metrics",
-    "finetune_task_checkpoints",
-    "finetune_task_status_history",
-    "etl_rejects",
-)
-SOFT_DELETED = ("finetune_jobs", "finetune_tasks")
+COUNTED_TABLES = (*CONTENT_TABLES, etl_rejects)
 # failed jobs shown per run in the summary and `status`, and their messages' length
 FAILED_JOBS_SHOWN = 5
 MESSAGE_CHARS = 160
@@ -147,13 +139,12 @@ def _failed_jobs(connection: sa.Connection, run_id: int) -> list[dict[str, Any]]
 
 def _counts(connection: sa.Connection) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
-    for name in COUNTED_TABLES:
-        table = metadata.tables[name]
+    for table in COUNTED_TABLES:
         rows = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
-        counts[name] = {"rows": rows}
-        if name in SOFT_DELETED:
+        counts[table.name] = {"rows": rows}
+        if "deleted_at" in table.c:  # soft-deleted: live while deleted_at is NULL
             deleted = sa.select(sa.func.count()).where(table.c.deleted_at.is_not(None))
-            counts[name]["deleted"] = connection.execute(deleted).scalar_one()
+            counts[table.name]["deleted"] = connection.execute(deleted).scalar_one()
     return counts
 
 

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from etl.qianfan.pagination import id_of
 from etl.qianfan.signing import AUTH_VERSION, signature
 from etl.simulator_config import JOB_FAULTS, PAGINATION_FAULTS, SimulatorConfig
 from etl.transform import faithful_json
@@ -181,12 +182,6 @@ def _finish_raw(task: dict[str, Any]) -> dict[str, Any]:
     return done
 
 
-def _id_of(raw: Any, key: str) -> str | None:
-    """raw[key] when raw is a dict with a string there."""
-    value = raw.get(key) if isinstance(raw, dict) else None
-    return value if isinstance(value, str) else None
-
-
 @dataclass
 class _Listing:
     """Where one client's walk through one list stands (reset by a request without marker)."""
@@ -231,7 +226,7 @@ class _Dataset:
         """The listed job with this id, or None."""
         if job_id in self._index and job_id not in self._deleted_jobs:
             return self._job_overrides.get(job_id, self._base_job(self._index[job_id]))
-        return next((raw for raw in self._added_jobs if _id_of(raw, "jobId") == job_id), None)
+        return next((raw for raw in self._added_jobs if id_of(raw, "jobId") == job_id), None)
 
     def task_listing(self, job_id: str) -> list[Any]:
         """Every listed task of a listed job, in listing order ([] for an unknown job)."""
@@ -255,7 +250,7 @@ class _Dataset:
         """The id of the listed job that lists this task (KeyError if none does)."""
         for job_id, raws in self._added_tasks.items():
             if self.find_job(job_id) is not None and any(
-                _id_of(raw, "taskId") == task_id for raw in raws
+                id_of(raw, "taskId") == task_id for raw in raws
             ):
                 return job_id
         index = self._generated_task_jobs().get(task_id)
@@ -278,7 +273,7 @@ class _Dataset:
             listing = self.task_listing(self.locate_task(task_id))
         except KeyError:
             return None
-        return next((raw for raw in listing if _id_of(raw, "taskId") == task_id), None)
+        return next((raw for raw in listing if id_of(raw, "taskId") == task_id), None)
 
     def finish_task(self, task_id: str) -> None:
         job_id = self.locate_task(task_id)
@@ -291,7 +286,7 @@ class _Dataset:
     def delete_task(self, task_id: str) -> None:
         job_id = self.locate_task(task_id)
         added = self._added_tasks.get(job_id, [])
-        self._added_tasks[job_id] = [raw for raw in added if _id_of(raw, "taskId") != task_id]
+        self._added_tasks[job_id] = [raw for raw in added if id_of(raw, "taskId") != task_id]
         if job_id in self._index and task_id in self._task_ids(self._index[job_id]):
             self._task_overrides.pop(task_id, None)
             self._deleted_tasks.add(task_id)
@@ -300,7 +295,7 @@ class _Dataset:
         if self.find_job(job_id) is None:
             raise KeyError(job_id)
         self._job_overrides.pop(job_id, None)
-        self._added_jobs = [raw for raw in self._added_jobs if _id_of(raw, "jobId") != job_id]
+        self._added_jobs = [raw for raw in self._added_jobs if id_of(raw, "jobId") != job_id]
         if job_id in self._index:
             self._deleted_jobs.add(job_id)
 
@@ -310,31 +305,31 @@ class _Dataset:
             raise KeyError(job_id)
         self.put_job({**job, "name": name})
         for raw in self.task_listing(job_id):
-            task_id = _id_of(raw, "taskId")
+            task_id = id_of(raw, "taskId")
             if task_id and (task_id in self._task_overrides or job_id not in self._index):
                 self.put_task(job_id, {**raw, "jobName": name})
 
     def put_task(self, job_id: str, raw: Any) -> None:
-        task_id = _id_of(raw, "taskId")
+        task_id = id_of(raw, "taskId")
         if job_id in self._index and task_id in self._task_ids(self._index[job_id]):
             self._task_overrides[task_id] = raw
             self._deleted_tasks.discard(task_id)
             return
         added = self._added_tasks.setdefault(job_id, [])
         for position, old in enumerate(added):
-            if task_id is not None and _id_of(old, "taskId") == task_id:
+            if task_id is not None and id_of(old, "taskId") == task_id:
                 added[position] = raw
                 return
         added.append(raw)
 
     def put_job(self, raw: Any) -> None:
-        job_id = _id_of(raw, "jobId")
+        job_id = id_of(raw, "jobId")
         if job_id in self._index:
             self._job_overrides[job_id] = raw
             self._deleted_jobs.discard(job_id)
             return
         for position, old in enumerate(self._added_jobs):
-            if job_id is not None and _id_of(old, "jobId") == job_id:
+            if job_id is not None and id_of(old, "jobId") == job_id:
                 self._added_jobs[position] = raw
                 return
         self._added_jobs.append(raw)
@@ -364,7 +359,7 @@ def paginate(
         fresh = f"gap-{uuid.uuid4().hex[:10]}"
         return [], {"marker": marker, "maxKeys": max_keys, "isTruncated": True, "nextMarker": fresh}
     # items without a usable id still need a marker: their position in the unreversed list
-    keyed = [(_id_of(item, id_key) or f"#{pos}", item) for pos, item in enumerate(items)]
+    keyed = [(id_of(item, id_key) or f"#{pos}", item) for pos, item in enumerate(items)]
     if reverse:
         keyed.reverse()
     start = 0

@@ -43,7 +43,7 @@ def run_migrations_online() -> None:
         return
     # Plain `alembic upgrade head`: no timeouts, the schema from QIANFAN_ETL_DB_SCHEMA.
     schema = etl_config.db_schema(os.environ.get(etl_config.DB_SCHEMA_VAR))
-    engine = db.create(make_url(_url()), 0, 0, schema)
+    engine = db.create(make_url(_url()), lock_timeout=0, statement_timeout=0, schema=schema)
     with engine.begin() as connection:  # one transaction, CREATE SCHEMA included
         _run(connection, schema)
     engine.dispose()

@@ -13,7 +13,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn, Self
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 import requests
@@ -34,6 +34,8 @@ TRANSIENT_LEGACY_CODES = frozenset({18, 336100, 500000})
 # token invalid or expired. Retrying cannot help; they exit 77 like a 401/403.
 AUTH_LEGACY_CODES = frozenset({6, 14, 110, 111})
 # --api-deadline 0: no deadline. Finite, so the timers that take it need no special case.
+# Wall-clock limit on one HTTP attempt, seconds (0: none)
+DEFAULT_DEADLINE = 120.0
 NO_DEADLINE = 365 * 86400.0
 CHUNK_SIZE = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -68,6 +70,17 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential wait after the given failed attempt (1-based)."""
         return random.uniform(0.0, min(self.max_wait, self.base_wait * 2 ** (attempt - 1)))
+
+
+def split_base_url(base_url: str) -> SplitResult:
+    """The parts of a console API base URL; a ConfigError unless it is http(s)://host[:port]
+    (a path allowed), and never with credentials in it."""
+    parts = urlsplit(base_url.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        raise ConfigError(
+            f"bad Qianfan base URL {redact.scrub(base_url)!r}: expected http(s)://host[:port]"
+        )
+    return parts
 
 
 class _Retriable(Exception):
@@ -128,7 +141,7 @@ class QianfanClient:
         *,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
-        deadline: float = 120.0,
+        deadline: float = DEFAULT_DEADLINE,
         retry: RetryPolicy = RetryPolicy(),
         qps: float | None = None,
         sleep: Callable[[float], None] = stopping.sleep,
@@ -136,11 +149,7 @@ class QianfanClient:
     ) -> None:
         if retry.max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {retry.max_attempts}")
-        parts = urlsplit(base_url.rstrip("/"))
-        if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
-            raise ConfigError(
-                f"bad Qianfan base URL {redact.scrub(base_url)!r}: expected http(s)://host[:port]"
-            )
+        parts = split_base_url(base_url)
         self._url = f"{parts.scheme}://{parts.netloc}{parts.path}{API_PATH}"
         self._path = f"{parts.path}{API_PATH}"
         self._host = parts.netloc

@@ -94,7 +94,7 @@ class MarkerPaginator:
             )
         if self.id_key is None:
             return
-        ids = [_id(item, self.id_key) for item in items]
+        ids = [id_of(item, self.id_key) for item in items]
         repeated = sum(1 for item_id in ids if item_id in self._ids)
         self._ids.update(item_id for item_id in ids if item_id is not None)
         if repeated:
@@ -114,7 +114,8 @@ class MarkerPaginator:
         )
 
 
-def _id(item: Any, key: str) -> str | None:
+def id_of(item: Any, key: str) -> str | None:
+    """item[key] when item is a dict with a string there (a raw record's id, unchecked)."""
     value = item.get(key) if isinstance(item, dict) else None
     return value if isinstance(value, str) else None
 
