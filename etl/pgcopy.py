@@ -1,7 +1,8 @@
 """Binary COPY of new rows into Postgres: a speed trick, kept because it pays.
 
 New rows go in on Postgres by COPY rather than INSERT (the run lock means no one else inserts
-them), and binary COPY takes a fifth of the client CPU of text COPY (README, Performance).
+them), and binary COPY leaves the client far less to format than text COPY (README,
+Performance).
 Binary COPY needs what an INSERT does not: each column's type oid, read once per connection,
 and `raw` JSON the transformer already wrote, which is sent as it is rather than encoded
 again."""

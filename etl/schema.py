@@ -253,8 +253,8 @@ finetune_tasks = sa.Table(
 )
 
 # Child tables carry no foreign key to finetune_tasks: the loader writes children only after
-# their task, in the same transaction, and per-row FK triggers cost a fifth of a full load
-# (measured with bench/, size M). Migration 0002 dropped them; tests check for orphans.
+# their task, in the same transaction, and per-row FK triggers made every full load slower
+# (README, Performance). Migration 0002 dropped them; tests check for orphans.
 finetune_task_metrics = sa.Table(
     "finetune_task_metrics",
     metadata,
