@@ -452,7 +452,7 @@ DEFAULT_AUTH_HINT = "check QIANFAN_ACCESS_KEY / QIANFAN_SECRET_KEY and the accou
 
 
 @dataclass(frozen=True)
-class Rule:
+class ResponseRule:
     """Responses that mean one thing: any of these HTTP statuses, BCE error codes (a v2 error
     body's `code`) or old-style `error_code`s (in an HTTP 200 body) raises `error`."""
 
@@ -470,18 +470,18 @@ class Rule:
 # that no rule matches broke the contract (65). Beside the table, the client retries a 2xx body
 # that is not JSON (cut short on the way) and a failed connection; a failed TLS verification is
 # not allowed (77); a body over MAX_BODY_BYTES breaks the contract.
-RESPONSE_POLICY: tuple[Rule, ...] = (
+RESPONSE_POLICY: tuple[ResponseRule, ...] = (
     # Rate limit and server trouble; old style: 18 QPS limit, 336100 high load, 500000 internal.
-    Rule(
+    ResponseRule(
         RetriableAPIError,
         statuses=frozenset({429, 500, 502, 503, 504}),
         legacy_codes=frozenset({18, 336100, 500000}),
     ),
     # The API never redirects: the base URL points somewhere else.
-    Rule(ConfigError, statuses=range(300, 400)),
+    ResponseRule(ConfigError, statuses=range(300, 400)),
     # Not allowed, which retrying cannot help; old style: 6 no permission, 14 IAM authentication
     # failed, 110 and 111 access token invalid or expired.
-    Rule(
+    ResponseRule(
         AuthError,
         statuses=frozenset({401, 403}),
         codes=frozenset(AUTH_HINTS),
