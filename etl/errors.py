@@ -64,9 +64,9 @@ class ConfigError(EtlError):
 
 # What costs one job rather than the run: a job's task listing that broke the contract or ran
 # out of retries leaves that job's stored rows as they are, and the walk goes on with the other
-# jobs (design.md, "Rules of the load"). Any other error (not allowed, misconfigured) ends the
-# run, and so does a streak of transient job failures (extract's circuit breaker). A failed
-# detail call of a Running task costs only that task's live progress, whatever the error.
+# jobs (README, "Failure behaviour"). Any other error (not allowed, misconfigured) ends the run, and
+# so does a streak of transient job failures (extract's circuit breaker). A failed detail call
+# of a Running task costs only that task's live progress, whatever the error.
 JOB_LEVEL_ERRORS: tuple[type[EtlError], ...] = (ContractError, TransientError)
 
 
