@@ -16,16 +16,15 @@ from click.core import ParameterSource
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import config, db, faults, monitor, page, redact, report, stopping
+from etl import config, db, monitor, page, redact, report, stopping
 from etl.charts import Selection
 from etl.errors import EXIT_DATA, ContractError, EtlError, TransientError
 from etl.qianfan import QianfanClient, RetryPolicy
-from etl.simulator import JOB_FAULTS, Simulator, SimulatorConfig
+from etl.simulator_config import JOB_FAULTS, SimulatorConfig
 from etl.sync import SyncOptions, SyncResult, sync
 
 log = logging.getLogger("etl")
 EXIT_SIGINT = 128 + signal.SIGINT
-FAULT_VAR = "QIANFAN_ETL_FAULT"
 
 
 class EtlGroup(click.Group):
@@ -261,7 +260,6 @@ def sync_command(
         qianfan-etl sync --active-only --full-every 24h    # every few minutes
     """
     setup_logging(log_format, verbose, quiet)
-    faults.arm(os.environ.get(FAULT_VAR))
     if active_only and job_ids:
         raise click.UsageError("--active-only and --job-id do not combine: choose one")
     with monitor.RunMetrics(metrics_file, dry_run) as metrics:
@@ -363,7 +361,6 @@ def db_group() -> None:
 @db_schema_option
 def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -> None:
     """Create or migrate the tables and views to the code's revision."""
-    faults.arm(os.environ.get(FAULT_VAR))
     engine = engine_for(database_url, db_schema)
     db.upgrade(engine, revision)
     click.echo(f"database {db.describe(engine)} at revision {db.current_revision(engine)}")
@@ -534,10 +531,12 @@ def simulate_command(
     latency_ms: float,
     job_faults: tuple[str, ...],
 ) -> None:
+    from etl.simulator import Simulator  # here, so that production commands never load it
+
     sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
     sim_config.running_jobs = running_jobs
     simulator = Simulator(sim_config)
-    simulator.job_faults = _job_faults(simulator, job_faults)
+    simulator.job_faults = _job_faults([job["jobId"] for job in simulator.jobs()], job_faults)
     server = simulator.serve(port=port)
     keys = f"{config.ACCESS_KEY_VAR}={sim_config.access_key} "
     keys += f"{config.SECRET_KEY_VAR}={sim_config.secret_key}"
@@ -549,9 +548,8 @@ def simulate_command(
         server.shutdown()
 
 
-def _job_faults(simulator: Simulator, specs: tuple[str, ...]) -> dict[str, str]:
+def _job_faults(ids: list[str], specs: tuple[str, ...]) -> dict[str, str]:
     """`--job-fault JOB=KIND` values as a job id -> fault mapping."""
-    ids = [job["jobId"] for job in simulator.jobs()]
     faults: dict[str, str] = {}
     for spec in specs:
         job, _, kind = spec.partition("=")
@@ -568,6 +566,8 @@ def demo_command(
     database_url: str, jobs: int, tasks_per_job: int, checkpoints: int, seed: int, latency_ms: float
 ) -> None:
     """Start the simulator, migrate the demo database, sync into it, print a summary."""
+    from etl.simulator import Simulator  # here, so that production commands never load it
+
     setup_logging("text", 0, False)
     sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
     engine = engine_for(database_url)

@@ -1,9 +1,11 @@
 """A test-only fault hook: `fault_point(name)` does nothing unless a fault plan was armed.
 
 A plan reads `POINT[:HIT]:ACTION[:ARG]`, e.g. `before_commit:sigkill`, `after_fetch:2:sigterm`
-or `before_commit:pause:/tmp/f` (touch /tmp/f.reached, wait for /tmp/f.release). The CLI arms
-it once from QIANFAN_ETL_FAULT; a module-level plan keeps test plumbing out of every stage's
-signature, and an unarmed hook costs one comparison.
+or `before_commit:pause:/tmp/f` (touch /tmp/f.reached, wait for /tmp/f.release). Only test
+code arms it: `tests/faulty_cli.py` starts the CLI with the plan in QIANFAN_ETL_FAULT, while
+`qianfan-etl` never reads that variable, so no environment can make a production run kill
+itself. A module-level plan keeps test plumbing out of every stage's signature, and an unarmed
+hook costs one comparison.
 """
 
 import os

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from etl.qianfan.signing import AUTH_VERSION, signature
+from etl.simulator_config import JOB_FAULTS, PAGINATION_FAULTS, SimulatorConfig
 from etl.transform import faithful_json
 
 API_PATH = "/v2/finetuning"
@@ -34,40 +35,7 @@ SCALES = ("FullFineTuning", "LoRA", "PromptTuning")
 UNFINISHED = ("Running", "Waiting")
 OTHER_STATUSES = ("Running", "Failed", "Stopped", "Waiting")
 METRIC_NAMES = ("BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L")
-PAGINATION_FAULTS = frozenset(
-    {
-        "missing_next_marker",
-        "repeat_marker",
-        "marker_cycle",
-        "empty_truncated_page",
-        "oversized_page",
-        "duplicate_across_pages",
-        "truncated_as_string",
-    }
-)
-# Faults of one job's task listing (Simulator.job_faults): "500" answers every request with
-# HTTP 500, "403" with AccessDenied (a policy scoped to some jobs); "deleted_mid_listing"
-# deletes the job once its first page is served, so a later page answers 404; "slow:SECONDS"
-# delays each response; a PAGINATION_FAULTS name breaks that job's paging alone.
-JOB_FAULTS = frozenset({"500", "403", "deleted_mid_listing", "slow"}) | PAGINATION_FAULTS
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-@dataclass
-class SimulatorConfig:
-    """Size, seed, latency, credentials and time-field naming of a simulated account."""
-
-    jobs: int = 20
-    tasks_per_job: int = 10
-    checkpoints: int = 20
-    seed: int = 0
-    latency_ms: float = 0.0
-    access_key: str = "sim-access-key"
-    secret_key: str = "sim-secret-key"
-    field_style: str = "mixed"  # "seed": createTime/finishTime; "sdk": *Date; "mixed": per job
-    # A steady state: this share of the jobs (spread evenly) has a Running first task and the
-    # others only finished tasks. None: every task's status is drawn on its own.
-    running_jobs: float | None = None
 
 
 @dataclass

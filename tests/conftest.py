@@ -5,7 +5,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psycopg
@@ -15,8 +15,10 @@ from sqlalchemy.engine import URL, make_url
 
 from etl import db
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
+from tests.faulty_cli import FAULT_VAR
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+FAULTY_CLI = Path(__file__).with_name("faulty_cli.py")
 
 
 def admin_url() -> URL:
@@ -114,12 +116,20 @@ def cli_env(sim: Simulator, server: SimulatorServer, url: URL, **extra: str) -> 
     return env
 
 
+def etl_command(env: Mapping[str, str]) -> list[str]:
+    """How a subprocess starts `qianfan-etl`: as cron would, or, where the environment names a
+    fault plan, through tests/faulty_cli.py, the only entry point that arms the fault hook."""
+    if FAULT_VAR in env:
+        return [sys.executable, str(FAULTY_CLI)]
+    return [sys.executable, "-m", "etl"]
+
+
 def run_cli(
     args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point in a subprocess, as cron would."""
     return subprocess.run(
-        [sys.executable, "-m", "etl", *args],
+        [*etl_command(env), *args],
         env=env,
         cwd=cwd,
         capture_output=True,

@@ -4,6 +4,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,6 +59,26 @@ def test_simulate_help_names_the_keys_it_accepts() -> None:
     text = help_text("simulate")
     config = SimulatorConfig()
     assert config.access_key in text and config.secret_key in text
+
+
+def imported_modules(importtime_stderr: str) -> set[str]:
+    """The modules a `python -X importtime` process imported, read from its stderr."""
+    lines = importtime_stderr.splitlines()
+    return {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+
+
+def test_the_product_commands_do_not_import_the_simulator(
+    sim: Simulator, server: SimulatorServer, sqlite_url: URL, tmp_path: Path
+) -> None:
+    """The simulator and its fault switches serve tests, `simulate` and `demo`, not a run."""
+    env = cli_env(sim, server, sqlite_url)
+    for args in (["db", "upgrade"], ["sync"], ["status"]):
+        command = [sys.executable, "-X", "importtime", "-m", "etl", *args]
+        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        imported = imported_modules(done.stderr)
+        assert "etl.sync" in imported, args  # the parse above reads what ran
+        assert "etl.simulator" not in imported, args
 
 
 def test_verbose_logs_what_the_run_does(

@@ -35,7 +35,7 @@ from etl.qianfan import QianfanClient
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
 from etl.sync import SyncOptions
 from etl.sync import sync as sync_in_process
-from tests.conftest import admin_url, cli_env
+from tests.conftest import admin_url, cli_env, etl_command
 
 Row = dict[str, Any]
 Snapshot = dict[str, list[Row]]
@@ -159,18 +159,15 @@ class Etl:
 
     def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         """`qianfan-etl sync ARGS` to completion."""
-        return subprocess.run(
-            self.command(*args), env=self.env(**extra), cwd=self.cwd, **_captured(), timeout=60
-        )
+        env = self.env(**extra)
+        command = [*etl_command(env), "sync", *args]
+        return subprocess.run(command, env=env, cwd=self.cwd, **_captured(), timeout=60)
 
     def start(self, *args: str, **extra: str) -> subprocess.Popen[str]:
         """`qianfan-etl sync ARGS` in the background."""
-        return subprocess.Popen(
-            self.command(*args), env=self.env(**extra), cwd=self.cwd, **_captured()
-        )
-
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "etl", "sync", *args]
+        env = self.env(**extra)
+        command = [*etl_command(env), "sync", *args]
+        return subprocess.Popen(command, env=env, cwd=self.cwd, **_captured())
 
     def sync_here(self, **options: Any) -> Any:
         """A clean sync in this process (seeding a state, or checking a further run is idle)."""
@@ -679,6 +676,16 @@ def test_missing_insert_privilege_exits_77_without_retrying(
 
 
 # -- process faults ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_console_script_never_arms_the_fault_hook(etl: Etl) -> None:
+    """The hook is the tests' alone: a plan in a production run's environment does nothing."""
+    console_script = Path(sys.executable).parent / "qianfan-etl"
+    env = etl.env(QIANFAN_ETL_FAULT="before_commit:1:raise")
+    done = subprocess.run([console_script, "sync"], env=env, cwd=etl.cwd, **_captured(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert run_status(etl.engine, 1) == ("succeeded", None)
 
 
 @pytest.mark.parametrize(

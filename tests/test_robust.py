@@ -5,7 +5,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from etl import db, schema
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
 from etl.transform import HASH_PREFIX, MAX_DEPTH, legacy_hash
 from tests import test_faults
-from tests.conftest import admin_url, cli_env, run_cli
+from tests.conftest import admin_url, cli_env, etl_command, run_cli
 from tests.test_faults import (
     Etl,
     _dsn,
@@ -386,11 +385,13 @@ def test_two_upgrades_at_once_both_succeed(empty_url: URL, tmp_path: Path) -> No
     """The second waits for the first, then finds nothing to do."""
     pause = tmp_path / "pause"
     plan = {"QIANFAN_ETL_FAULT": f"after_revision:2:pause:{pause}"}
-    command = [sys.executable, "-m", "etl", "db", "upgrade"]
+    upgrade = ["db", "upgrade"]
     captured: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    first = subprocess.Popen(command, env=_db_env(empty_url, **plan), cwd=tmp_path, **captured)
+    env = _db_env(empty_url, **plan)
+    first = subprocess.Popen([*etl_command(env), *upgrade], env=env, cwd=tmp_path, **captured)
     wait_for(Path(f"{pause}.reached"), first)  # mid-migration, holding the migration lock
-    second = subprocess.Popen(command, env=_db_env(empty_url), cwd=tmp_path, **captured)
+    env = _db_env(empty_url)
+    second = subprocess.Popen([*etl_command(env), *upgrade], env=env, cwd=tmp_path, **captured)
     if empty_url.get_backend_name() == "postgresql":
         _wait_for_a_lock_wait(empty_url, second)
     else:

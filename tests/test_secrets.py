@@ -8,7 +8,6 @@ import json
 import secrets
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from sqlalchemy.engine import URL
 
 from etl import db, redact
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
-from tests.conftest import admin_url, cli_env
+from tests.conftest import admin_url, cli_env, etl_command
 from tests.relay import ForwardProxy, self_signed, tls_front
 from tests.test_faults import FAST, _dsn, admin, bi_session, free_port, run_status
 
@@ -92,7 +91,7 @@ class Runs:
             metrics.unlink(missing_ok=True)
             env = {**self.env, "QIANFAN_ETL_LOG_FORMAT": log_format, **extra}
             done = subprocess.run(
-                [sys.executable, "-m", "etl", *args, *log_args],
+                [*etl_command(env), *args, *log_args],
                 env=env,
                 cwd=self.cwd,
                 capture_output=True,
