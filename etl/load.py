@@ -1,25 +1,24 @@
-"""Writing to the database: upserts, child replacement, status history, soft deletes, run
-records and the one-run-at-a-time lock."""
+"""Writing to the database: a batch as one verb per table (jobs, tasks with their children,
+status history, rejects, failed jobs) over a private builder, `_save`: insert new rows (binary
+COPY on Postgres, `etl.pgcopy`), upsert changed ones, undelete those that came back. Then soft
+deletes, live progress, run records and the one-run-at-a-time lock."""
 
 import hashlib
 import logging
-import operator
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import sqlalchemy as sa
 from filelock import FileLock, Timeout
-from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
-from etl import redact
+from etl import pgcopy, redact
 from etl.errors import LockBusyError, LockLostError
 from etl.schema import (
     etl_failed_jobs,
@@ -185,8 +184,21 @@ class RunCounts:
 
     def add(self, other: "RunCounts") -> None:
         """Accumulate another batch's counts."""
-        for name in vars(self):
+        for name in (counter.name for counter in fields(self)):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def to_row(self) -> dict[str, int]:
+        """The counts by etl_runs column, each named here: renaming a field renames no column."""
+        return {
+            "jobs_seen": self.jobs_seen,
+            "tasks_seen": self.tasks_seen,
+            "tasks_changed": self.tasks_changed,
+            "rows_written": self.rows_written,
+            "api_calls": self.api_calls,
+            "rejects": self.rejects,
+            "jobs_skipped": self.jobs_skipped,
+            "jobs_failed": self.jobs_failed,
+        }
 
 
 def start_run(connection: Connection, mode: str = "full") -> int:
@@ -227,7 +239,7 @@ def finish_run(
             status=status,
             error=redact.bounded(error) if error else None,
             exit_code=exit_code,
-            **vars(counts),
+            **counts.to_row(),
         )
     )
 
@@ -289,34 +301,12 @@ def write_batch(
     """Write what changed in a batch of whole jobs; skip what is unchanged, children included.
 
     `stored` is `stored_tasks` for the batch's task ids, read in the same transaction."""
-    stamp = now()
-    jobs = list({job["job_id"]: job for job in batch.jobs}.values())
-    tasks = list({rows.task["task_id"]: rows for rows in batch.tasks}.values())
-    deferred = [] if batch.owners_settled else _outranked(tasks, stored)
-    held = {rows.task["task_id"] for rows, _ in deferred}
-    tasks = [rows for rows in tasks if rows.task["task_id"] not in held]
-    stored_jobs = _stored(connection, finetune_jobs, [j["job_id"] for j in jobs])
-    changed_jobs = [job for job in jobs if not _same_job(job, stored_jobs)]
-    changed = [rows for rows in tasks if _is_changed(rows.task, "task_id", stored)]
-    written = _save(connection, finetune_jobs, changed_jobs, stored_jobs, stamp)
-    written += _undelete(
-        connection, finetune_jobs, _returning(finetune_jobs, stored_jobs, changed_jobs), stamp
-    )
-    changed_tasks = [rows.task for rows in changed]
-    raw_json = {rows.task["task_id"]: rows.raw_json for rows in changed if rows.raw_json}
-    written += _save(connection, finetune_tasks, changed_tasks, stored, stamp, raw_json)
-    written += _undelete(
-        connection, finetune_tasks, _returning(finetune_tasks, stored, changed_tasks), stamp
-    )
-    written += _replace_children(connection, changed, stored)
-    written += _clear_progress(connection, _left_running(changed, stored))
-    history = _status_changes(changed, stored, run_id, stamp)
-    written += _insert(connection, finetune_task_status_history, history)
+    tasks, deferred = _owned_now(batch, stored)
+    changed = [rows for rows in tasks if _task_changed(rows.task, stored)]
+    written = _write(connection, batch, changed, stored, run_id)
     seen = {r.task["task_id"] for r in tasks} | {r.source_id for r in batch.rejects if r.source_id}
-    written += _insert(connection, etl_rejects, _reject_rows(batch.rejects, run_id, stamp))
-    written += _insert(connection, etl_failed_jobs, _failure_rows(batch.failed_jobs, run_id, stamp))
     counts = RunCounts(
-        tasks_seen=len(tasks) + len(held),
+        tasks_seen=len(tasks) + len(deferred),
         tasks_changed=len(changed),
         rows_written=written,
         rejects=len(batch.rejects),
@@ -324,6 +314,36 @@ def write_batch(
     )
     absent = _absent_tasks(connection, batch.listed_jobs, seen)
     return Written(counts, seen, absent, batch.listed_jobs, deferred)
+
+
+def _write(
+    connection: Connection,
+    batch: Batch,
+    changed: list[TaskRows],
+    stored: dict[str, sa.Row[Any]],
+    run_id: int,
+) -> int:
+    """One verb per table: save jobs, save tasks with their children, then record the run's
+    status changes, rejects and failed jobs. Returns the rows written."""
+    stamp = now()
+    history = _status_changes(changed, stored, run_id, stamp)
+    return (
+        _save_jobs(connection, batch.jobs, stamp)
+        + _save_tasks(connection, changed, stored, stamp)
+        + _insert(connection, finetune_task_status_history, history)
+        + _insert(connection, etl_rejects, _reject_rows(batch.rejects, run_id, stamp))
+        + _insert(connection, etl_failed_jobs, _failure_rows(batch.failed_jobs, run_id, stamp))
+    )
+
+
+def _owned_now(
+    batch: Batch, stored: dict[str, sa.Row[Any]]
+) -> tuple[list[TaskRows], list[tuple[TaskRows, str]]]:
+    """The batch's tasks (the last of each id) to write now, and those deferred."""
+    tasks = list({rows.task["task_id"]: rows for rows in batch.tasks}.values())
+    deferred = [] if batch.owners_settled else _outranked(tasks, stored)
+    held = {rows.task["task_id"] for rows, _ in deferred}
+    return [rows for rows in tasks if rows.task["task_id"] not in held], deferred
 
 
 def _outranked(tasks: list[TaskRows], stored: dict[str, sa.Row[Any]]) -> list[tuple[TaskRows, str]]:
@@ -338,90 +358,23 @@ def _outranked(tasks: list[TaskRows], stored: dict[str, sa.Row[Any]]) -> list[tu
     return held
 
 
-def live_counts(connection: Connection) -> tuple[int, int]:
-    """How many jobs and tasks are live (not soft-deleted)."""
-    return (_count(connection, finetune_jobs), _count(connection, finetune_tasks))
-
-
-def absent_jobs(connection: Connection, seen_jobs: set[str]) -> list[str]:
-    """Live jobs that a complete job listing did not contain."""
-    live = connection.execute(
-        sa.select(finetune_jobs.c.job_id).where(finetune_jobs.c.deleted_at.is_(None))
-    ).scalars()
-    return sorted(set(live) - seen_jobs)
-
-
-def live_tasks_of(connection: Connection, job_ids: Sequence[str]) -> int:
-    """How many live tasks these jobs hold."""
-    return sum(
-        _count(connection, finetune_tasks, finetune_tasks.c.job_id.in_(chunk))
-        for chunk in _chunks(job_ids)
-    )
-
-
-def delete_jobs(connection: Connection, gone: Sequence[str]) -> int:
-    """Soft-delete these jobs and their tasks."""
-    stamp = now()
-    written = 0
-    for chunk in _chunks(gone):
-        written += _soft_delete(
-            connection, finetune_tasks, finetune_tasks.c.job_id.in_(chunk), stamp
-        )
-        written += _soft_delete(connection, finetune_jobs, finetune_jobs.c.job_id.in_(chunk), stamp)
-    return written
-
-
-def delete_tasks(connection: Connection, task_ids: Sequence[str]) -> int:
-    """Soft-delete these tasks (those still live)."""
-    stamp = now()
-    return sum(
-        _soft_delete(connection, finetune_tasks, finetune_tasks.c.task_id.in_(chunk), stamp)
-        for chunk in _chunks(task_ids)
-    )
-
-
-def _count(
-    connection: Connection, table: sa.Table, where: sa.ColumnElement[bool] | None = None
-) -> int:
-    query = sa.select(sa.func.count()).select_from(table).where(table.c.deleted_at.is_(None))
-    if where is not None:
-        query = query.where(where)
-    return int(connection.execute(query).scalar_one())
-
-
-def _chunks(ids: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(ids), ID_CHUNK):
-        yield ids[start : start + ID_CHUNK]
-
-
-def _key(table: sa.Table) -> sa.Column[Any]:
-    return next(iter(table.primary_key.columns))
-
-
-def _stored(connection: Connection, table: sa.Table, ids: Sequence[str]) -> dict[str, sa.Row[Any]]:
-    """What is already stored for these ids: hash, deletion mark and (for tasks) status."""
-    key = _key(table)
-    columns = [key, table.c.content_hash, table.c.deleted_at]
-    if "run_status" in table.c:
-        columns += [table.c.run_status, table.c.job_id]
-    if connection.dialect.name == "postgresql":
-        # One array parameter: far cheaper to compile and plan than a thousand-item IN list.
-        ids_array = sa.bindparam("ids", list(ids), type_=postgresql.ARRAY(sa.Text))
-        rows = connection.execute(sa.select(*columns).where(key == sa.any_(ids_array)))
-        return {row[0]: row for row in rows}
-    found: dict[str, sa.Row[Any]] = {}
-    for chunk in _chunks(ids):
-        for row in connection.execute(sa.select(*columns).where(key.in_(chunk))):
-            found[row[0]] = row
-    return found
-
-
-def _is_changed(row: dict[str, Any], key: str, stored: dict[str, sa.Row[Any]]) -> bool:
-    before = stored.get(row[key])
-    if before is None or before.content_hash != row["content_hash"]:
+def _task_changed(task: dict[str, Any], stored: dict[str, sa.Row[Any]]) -> bool:
+    before = stored.get(task["task_id"])
+    if before is None or before.content_hash != task["content_hash"]:
         return True
     # an unchanged task listed under another job moved there
-    return key == "task_id" and row.get("job_id", before.job_id) != before.job_id
+    return bool(task.get("job_id", before.job_id) != before.job_id)
+
+
+# -- one verb per table --------------------------------------------------------------------
+
+
+def _save_jobs(connection: Connection, jobs: list[dict[str, Any]], stamp: datetime) -> int:
+    """Save the jobs whose content changed (of a job listed twice, the last copy)."""
+    unique = {job["job_id"]: job for job in jobs}
+    stored = _stored(connection, finetune_jobs, list(unique))
+    changed = [job for job in unique.values() if not _same_job(job, stored)]
+    return _save(connection, finetune_jobs, changed, stored, stamp)
 
 
 def _same_job(job: dict[str, Any], stored: dict[str, sa.Row[Any]]) -> bool:
@@ -430,123 +383,18 @@ def _same_job(job: dict[str, Any], stored: dict[str, sa.Row[Any]]) -> bool:
     return before is not None and same_content(before.content_hash, job["content_hash"], job["raw"])
 
 
-def _returning(
-    table: sa.Table, stored: dict[str, sa.Row[Any]], changed: list[dict[str, Any]]
-) -> list[str]:
-    """Unchanged ids marked deleted that were listed again: they came back."""
-    rewritten = {row[_key(table).name] for row in changed}
-    return [
-        key for key, row in stored.items() if row.deleted_at is not None and key not in rewritten
-    ]
-
-
-def _save(
-    connection: Connection,
-    table: sa.Table,
-    rows: list[dict[str, Any]],
-    stored: dict[str, sa.Row[Any]],
-    stamp: datetime,
-    raw_json: Mapping[str, str] | None = None,
+def _save_tasks(
+    connection: Connection, changed: list[TaskRows], stored: dict[str, sa.Row[Any]], stamp: datetime
 ) -> int:
-    """Insert new rows (COPY on Postgres: the run lock means no one else inserts them) and
-    upsert changed ones. `raw_json` holds the raw column's JSON text by key, if known."""
-    key = _key(table).name
-    stamped = [
-        {**row, "first_seen_at": stamp, "last_changed_at": stamp, "deleted_at": None}
-        for row in rows
-    ]
-    new = [row for row in stamped if row[key] not in stored]
-    changed = [row for row in stamped if row[key] in stored]
-    return _insert(connection, table, new, raw_json) + _upsert(connection, table, changed, key)
-
-
-def _upsert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]], key: str) -> int:
-    """Update every column but first_seen_at where the key exists, else insert."""
-    if not rows:
-        return 0
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table)
-    keep = {key, "first_seen_at", *PROGRESS_COLUMNS}
-    update = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keep}
-    connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=update), rows)
-    return len(rows)
-
-
-def _insert(
-    connection: Connection,
-    table: sa.Table,
-    rows: list[dict[str, Any]],
-    raw_json: Mapping[str, str] | None = None,
-) -> int:
-    """Insert rows: binary COPY on Postgres (measured fastest), executemany elsewhere."""
-    if not rows:
-        return 0
-    if connection.dialect.name != "postgresql":
-        connection.execute(table.insert(), rows)
-        return len(rows)
-    columns, key = list(rows[0]), _key(table).name
-    json_at = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, sa.JSON)]
-    values_of = operator.itemgetter(*columns)
-    driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
-    # Binary COPY: psycopg packs numbers and times in C, a fifth of the CPU of COPY text.
-    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
-    with driver.cursor() as cursor:
-        types = _column_types(connection, cursor, table.name, columns)
-        with cursor.copy(statement) as copy:
-            copy.set_types(types)
-            if not json_at:
-                for row in rows:
-                    copy.write_row(values_of(row))
-                return len(rows)
-            for row in rows:
-                values = list(values_of(row))
-                for i in json_at:
-                    # JSON text the transformer already made is sent as it is.
-                    text = raw_json.get(row[key]) if raw_json else None
-                    values[i] = Jsonb(text, dumps=_as_is) if text else Jsonb(values[i])
-                copy.write_row(values)
-    return len(rows)
-
-
-def _column_types(
-    connection: Connection, cursor: psycopg.Cursor[Any], table: str, columns: list[str]
-) -> list[int]:
-    """Each column's type oid, as the database has it: binary COPY must name them. Read once
-    per connection (a query per COPY waited on a busy server: a tenth of the writer's time)."""
-    known: dict[str, dict[str, int]] = connection.info.setdefault("column_types", {})
-    if table not in known:
-        cursor.execute(
-            "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass", [table]
-        )
-        known[table] = dict(cursor.fetchall())
-    return [known[table][name] for name in columns]
-
-
-def _as_is(text: str) -> str:
-    return text
-
-
-def _undelete(connection: Connection, table: sa.Table, ids: list[str], stamp: datetime) -> int:
-    written = 0
-    for chunk in _chunks(ids):
-        result = connection.execute(
-            table.update()
-            .where(_key(table).in_(chunk))
-            .values(deleted_at=None, last_changed_at=stamp)
-        )
-        written += result.rowcount
-    return written
-
-
-def _soft_delete(
-    connection: Connection, table: sa.Table, where: sa.ColumnElement[bool], stamp: datetime
-) -> int:
-    result = connection.execute(
-        table.update()
-        .where(where, table.c.deleted_at.is_(None))
-        .values(deleted_at=stamp, last_changed_at=stamp)
+    """Save changed tasks, replace their children, and clear the progress of those that
+    stopped running."""
+    tasks = [rows.task for rows in changed]
+    raw_json = {rows.task["task_id"]: rows.raw_json for rows in changed if rows.raw_json}
+    return (
+        _save(connection, finetune_tasks, tasks, stored, stamp, raw_json)
+        + _replace_children(connection, changed, stored)
+        + _clear_progress(connection, _left_running(changed, stored))
     )
-    return result.rowcount
 
 
 def _replace_children(
@@ -554,15 +402,33 @@ def _replace_children(
 ) -> int:
     """Children of changed tasks are replaced, so what vanished upstream vanishes here."""
     ids = [rows.task["task_id"] for rows in changed if rows.task["task_id"] in stored]
-    written = 0
-    for table in (finetune_task_metrics, finetune_task_checkpoints):
-        for chunk in _chunks(ids):
-            written += connection.execute(table.delete().where(table.c.task_id.in_(chunk))).rowcount
-    written += _insert(connection, finetune_task_metrics, [m for r in changed for m in r.metrics])
-    written += _insert(
-        connection, finetune_task_checkpoints, [c for r in changed for c in r.checkpoints]
+    deleted = sum(
+        _rowcount(_for_ids(connection, table.delete(), table.c.task_id, ids))
+        for table in (finetune_task_metrics, finetune_task_checkpoints)
     )
-    return written
+    metrics = [metric for rows in changed for metric in rows.metrics]
+    checkpoints = [checkpoint for rows in changed for checkpoint in rows.checkpoints]
+    return (
+        deleted
+        + _insert(connection, finetune_task_metrics, metrics)
+        + _insert(connection, finetune_task_checkpoints, checkpoints)
+    )
+
+
+def _left_running(changed: list[TaskRows], stored: dict[str, sa.Row[Any]]) -> list[str]:
+    """Changed tasks stored as Running that are no longer: their progress goes."""
+    return [
+        rows.task["task_id"]
+        for rows in changed
+        if rows.task["task_id"] in stored
+        and stored[rows.task["task_id"]].run_status == RUNNING
+        and rows.task["run_status"] != RUNNING
+    ]
+
+
+def _clear_progress(connection: Connection, task_ids: list[str]) -> int:
+    statement = finetune_tasks.update().values(dict.fromkeys(PROGRESS_COLUMNS))
+    return _rowcount(_for_ids(connection, statement, finetune_tasks.c.task_id, task_ids))
 
 
 def _status_changes(
@@ -582,17 +448,18 @@ def _status_changes(
     ]
 
 
-def _absent_tasks(connection: Connection, listed_jobs: list[str], seen: set[str]) -> list[str]:
-    """Live tasks of completely listed jobs that the listing did not contain."""
-    absent: list[str] = []
-    for jobs in _chunks(listed_jobs):
-        live = connection.execute(
-            sa.select(finetune_tasks.c.task_id).where(
-                finetune_tasks.c.job_id.in_(jobs), finetune_tasks.c.deleted_at.is_(None)
-            )
-        ).scalars()
-        absent += sorted(set(live) - seen)
-    return absent
+def _reject_rows(rejects: list[Reject], run_id: int, stamp: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": run_id,
+            "entity": reject.entity,
+            "source_id": reject.source_id,
+            "reason": redact.bounded(reject.reason),
+            "raw": reject.raw,
+            "rejected_at": stamp,
+        }
+        for reject in rejects
+    ]
 
 
 def _failure_rows(
@@ -609,27 +476,149 @@ def _failure_rows(
     ]
 
 
-def _left_running(changed: list[TaskRows], stored: dict[str, sa.Row[Any]]) -> list[str]:
-    """Changed tasks stored as Running that are no longer: their progress goes."""
+# -- the builder: insert new, upsert changed, undelete returning ---------------------------
+
+
+def _save(
+    connection: Connection,
+    table: sa.Table,
+    changed: list[dict[str, Any]],
+    stored: dict[str, sa.Row[Any]],
+    stamp: datetime,
+    raw_json: Mapping[str, str] | None = None,
+) -> int:
+    """Insert the new rows, upsert the stored ones, and undelete the unchanged rows stored as
+    deleted (listed again, they came back). `raw_json` holds the raw column's JSON by key."""
+    key = _key(table).name
+    rows = _stamped(changed, stamp)
+    new = [row for row in rows if row[key] not in stored]
+    updated = [row for row in rows if row[key] in stored]
+    back = _returning(stored, {row[key] for row in rows})
+    return (
+        _insert(connection, table, new, raw_json)
+        + _upsert(connection, table, updated)
+        + _undelete(connection, table, back, stamp)
+    )
+
+
+def _stamped(rows: list[dict[str, Any]], stamp: datetime) -> list[dict[str, Any]]:
+    """Rows as saved: live, changed now, first seen now (an upsert keeps the stored one)."""
     return [
-        rows.task["task_id"]
-        for rows in changed
-        if rows.task["task_id"] in stored
-        and stored[rows.task["task_id"]].run_status == RUNNING
-        and rows.task["run_status"] != RUNNING
+        {**row, "first_seen_at": stamp, "last_changed_at": stamp, "deleted_at": None}
+        for row in rows
     ]
 
 
-def _clear_progress(connection: Connection, task_ids: list[str]) -> int:
-    written = 0
-    for chunk in _chunks(task_ids):
-        result = connection.execute(
-            finetune_tasks.update()
-            .where(finetune_tasks.c.task_id.in_(chunk))
-            .values(dict.fromkeys(PROGRESS_COLUMNS))
-        )
-        written += result.rowcount
-    return written
+def _returning(stored: dict[str, sa.Row[Any]], rewritten: set[str]) -> list[str]:
+    """Unchanged ids stored as deleted: listed again, they came back."""
+    return [
+        key for key, row in stored.items() if row.deleted_at is not None and key not in rewritten
+    ]
+
+
+def _insert(
+    connection: Connection,
+    table: sa.Table,
+    rows: list[dict[str, Any]],
+    raw_json: Mapping[str, str] | None = None,
+) -> int:
+    """Insert rows: binary COPY on Postgres (measured fastest), executemany elsewhere."""
+    if not rows:
+        return 0
+    if connection.dialect.name == "postgresql":
+        return pgcopy.copy_rows(connection, table, rows, raw_json or {})
+    connection.execute(table.insert(), rows)
+    return len(rows)
+
+
+def _upsert(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> int:
+    """Update stored rows by key (inserting any that are missing)."""
+    if not rows:
+        return 0
+    connection.execute(_upsert_statement(connection.dialect.name, table), rows)
+    return len(rows)
+
+
+def _upsert_statement(dialect: str, table: sa.Table) -> sa.Insert:
+    """INSERT ... ON CONFLICT (key) DO UPDATE every column but the key, first_seen_at and the
+    progress columns."""
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(table)
+    key = _key(table).name
+    keep = {key, "first_seen_at", *PROGRESS_COLUMNS}
+    update = {c.name: insert.excluded[c.name] for c in table.columns if c.name not in keep}
+    statement: sa.Insert = insert.on_conflict_do_update(index_elements=[key], set_=update)
+    return statement
+
+
+def _undelete(connection: Connection, table: sa.Table, ids: list[str], stamp: datetime) -> int:
+    statement = table.update().values(deleted_at=None, last_changed_at=stamp)
+    return _rowcount(_for_ids(connection, statement, _key(table), ids))
+
+
+# -- soft deletes at the end of the run ----------------------------------------------------
+
+
+def live_counts(connection: Connection) -> tuple[int, int]:
+    """How many jobs and tasks are live (not soft-deleted)."""
+    return (_count(connection, finetune_jobs), _count(connection, finetune_tasks))
+
+
+def absent_jobs(connection: Connection, seen_jobs: set[str]) -> list[str]:
+    """Live jobs that a complete job listing did not contain."""
+    live = connection.execute(
+        sa.select(finetune_jobs.c.job_id).where(finetune_jobs.c.deleted_at.is_(None))
+    ).scalars()
+    return sorted(set(live) - seen_jobs)
+
+
+def live_tasks_of(connection: Connection, job_ids: Sequence[str]) -> int:
+    """How many live tasks these jobs hold."""
+    results = _for_ids(connection, _live_count(finetune_tasks), finetune_tasks.c.job_id, job_ids)
+    return sum(int(result.scalar_one()) for result in results)
+
+
+def delete_jobs(connection: Connection, gone: Sequence[str]) -> int:
+    """Soft-delete these jobs and their tasks."""
+    stamp = now()
+    return _soft_delete(connection, finetune_tasks.c.job_id, gone, stamp) + _soft_delete(
+        connection, finetune_jobs.c.job_id, gone, stamp
+    )
+
+
+def delete_tasks(connection: Connection, task_ids: Sequence[str]) -> int:
+    """Soft-delete these tasks (those still live)."""
+    return _soft_delete(connection, finetune_tasks.c.task_id, task_ids, now())
+
+
+def _absent_tasks(connection: Connection, listed_jobs: list[str], seen: set[str]) -> list[str]:
+    """Live tasks of completely listed jobs that the listing did not contain."""
+    live = sa.select(finetune_tasks.c.task_id).where(finetune_tasks.c.deleted_at.is_(None))
+    results = _for_ids(connection, live, finetune_tasks.c.job_id, listed_jobs)
+    return sorted({task_id for result in results for task_id in result.scalars()} - seen)
+
+
+def _soft_delete(
+    connection: Connection, column: sa.Column[Any], ids: Sequence[str], stamp: datetime
+) -> int:
+    """Mark the live rows whose `column` is one of `ids` deleted."""
+    table = column.table
+    statement = (
+        table.update()
+        .where(table.c.deleted_at.is_(None))
+        .values(deleted_at=stamp, last_changed_at=stamp)
+    )
+    return _rowcount(_for_ids(connection, statement, column, ids))
+
+
+def _count(connection: Connection, table: sa.Table) -> int:
+    return int(connection.execute(_live_count(table)).scalar_one())
+
+
+def _live_count(table: sa.Table) -> sa.Select[int]:
+    return sa.select(sa.func.count()).select_from(table).where(table.c.deleted_at.is_(None))
+
+
+# -- live progress -------------------------------------------------------------------------
 
 
 def save_progress(connection: Connection, progress: list[dict[str, Any]]) -> int:
@@ -659,17 +648,14 @@ def _stored_progress(
     connection: Connection, task_ids: list[str]
 ) -> dict[str, tuple[float | None, str | None]]:
     """Stored progress of those of these tasks that are live and stored as Running."""
-    table, found = finetune_tasks, {}
-    for chunk in _chunks(task_ids):
-        rows = connection.execute(
-            sa.select(table.c.task_id, table.c.run_progress, table.c.vdl_link).where(
-                table.c.task_id.in_(chunk),
-                table.c.run_status == RUNNING,
-                table.c.deleted_at.is_(None),
-            )
-        )
-        found.update({row.task_id: (row.run_progress, row.vdl_link) for row in rows})
-    return found
+    table = finetune_tasks
+    query = sa.select(table.c.task_id, table.c.run_progress, table.c.vdl_link).where(
+        table.c.run_status == RUNNING, table.c.deleted_at.is_(None)
+    )
+    rows = (
+        row for result in _for_ids(connection, query, table.c.task_id, task_ids) for row in result
+    )
+    return {row.task_id: (row.run_progress, row.vdl_link) for row in rows}
 
 
 # -- what an --active-only run lists -------------------------------------------------------
@@ -721,15 +707,42 @@ def last_full_run_at(connection: Connection) -> datetime | None:
     return finished
 
 
-def _reject_rows(rejects: list[Reject], run_id: int, stamp: datetime) -> list[dict[str, Any]]:
-    return [
-        {
-            "run_id": run_id,
-            "entity": reject.entity,
-            "source_id": reject.source_id,
-            "reason": redact.bounded(reject.reason),
-            "raw": reject.raw,
-            "rejected_at": stamp,
-        }
-        for reject in rejects
-    ]
+# -- reading by id ---------------------------------------------------------------------------
+
+
+def _stored(connection: Connection, table: sa.Table, ids: Sequence[str]) -> dict[str, sa.Row[Any]]:
+    """What is already stored for these ids: hash, deletion mark and (for tasks) status."""
+    key = _key(table)
+    columns = [key, table.c.content_hash, table.c.deleted_at]
+    if "run_status" in table.c:
+        columns += [table.c.run_status, table.c.job_id]
+    results = _for_ids(connection, sa.select(*columns), key, ids)
+    return {row[0]: row for result in results for row in result}
+
+
+# The statements `_for_ids` narrows to a list of ids.
+_Filterable = sa.Select[Any] | sa.Update | sa.Delete
+
+
+def _for_ids(
+    connection: Connection, statement: _Filterable, column: sa.Column[Any], ids: Sequence[str]
+) -> Iterator[sa.CursorResult[Any]]:
+    """Run the statement on the rows whose `column` is one of `ids`. On Postgres in one go, the
+    ids one array parameter (far cheaper to compile and plan than a long IN list); elsewhere in
+    IN lists of ID_CHUNK ids, within SQLite's limit on a statement's parameters."""
+    if not ids:
+        return
+    if connection.dialect.name == "postgresql":
+        array = sa.bindparam("ids", list(ids), type_=postgresql.ARRAY(sa.Text))
+        yield connection.execute(statement.where(column == sa.any_(array)))
+        return
+    for start in range(0, len(ids), ID_CHUNK):
+        yield connection.execute(statement.where(column.in_(ids[start : start + ID_CHUNK])))
+
+
+def _rowcount(results: Iterator[sa.CursorResult[Any]]) -> int:
+    return sum(result.rowcount for result in results)
+
+
+def _key(table: sa.Table) -> sa.Column[Any]:
+    return next(iter(table.primary_key.columns))

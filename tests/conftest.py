@@ -1,11 +1,12 @@
-"""Shared fixtures: a fresh Postgres database per test (from a migrated template), SQLite, and
-the simulator served over real HTTP on loopback."""
+"""The shared fixtures: a fresh Postgres database per test (from a migrated template), SQLite,
+the simulator served over real HTTP on loopback, and the ETL pointed at them. The helpers they
+use, and tests import, are in harness.py."""
 
+import hashlib
+import json
 import os
 import secrets
-import subprocess
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -15,22 +16,7 @@ from sqlalchemy.engine import URL, make_url
 
 from etl import db
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
-from tests.faulty_cli import FAULT_VAR
-
-DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-FAULTY_CLI = Path(__file__).with_name("faulty_cli.py")
-
-
-def admin_url() -> URL:
-    """The server tests create their databases on (TEST_DATABASE_URL overrides)."""
-    url = make_url(os.environ.get("TEST_DATABASE_URL", DEFAULT_ADMIN_URL))
-    return url.set(drivername="postgresql+psycopg")
-
-
-def _admin(sql: str) -> None:
-    dsn = admin_url().set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as connection:
-        connection.execute(sql)  # type: ignore[arg-type]
+from tests.harness import Etl, Snapshot, admin, admin_url, scratch_database, snapshot
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +24,7 @@ def pg_template() -> Iterator[str]:
     """A database migrated to head, copied for each test; dropped at the end."""
     name = f"qfetl_tpl_{secrets.token_hex(4)}"
     try:
-        _admin(f'CREATE DATABASE "{name}"')
+        admin(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Postgres is required in CI and is not reachable: {exc}")
@@ -47,16 +33,16 @@ def pg_template() -> Iterator[str]:
     db.upgrade(engine)
     engine.dispose()
     yield name
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def pg_url(pg_template: str) -> Iterator[URL]:
     """A fresh Postgres database at the Alembic head, dropped after the test."""
     name = f"qfetl_{secrets.token_hex(6)}"
-    _admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     yield admin_url().set(database=name)
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -93,7 +79,7 @@ def engine(db_url: URL) -> Iterator[Engine]:
 
 @pytest.fixture
 def sim() -> Simulator:
-    """A small account: 6 jobs x 13 tasks, so that task listings take two pages of 10."""
+    """A small account: 6 jobs x 13 tasks, 78 in all; each listing is one page of 100."""
     return Simulator(SimulatorConfig(jobs=6, tasks_per_job=13, checkpoints=5, seed=7))
 
 
@@ -103,36 +89,42 @@ def server(sim: Simulator) -> Iterator[SimulatorServer]:
         yield running
 
 
-def cli_env(sim: Simulator, server: SimulatorServer, url: URL, **extra: str) -> dict[str, str]:
-    """The environment a cron line would give qianfan-etl, pointed at the simulator."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QIANFAN_", "DATABASE_URL"))}
-    env.update(
-        QIANFAN_ACCESS_KEY=sim.config.access_key,
-        QIANFAN_SECRET_KEY=sim.config.secret_key,
-        QIANFAN_CONSOLE_API_BASE_URL=server.url,
-        DATABASE_URL=url.render_as_string(hide_password=False),
-    )
-    env.update(extra)
-    return env
+@pytest.fixture
+def etl(
+    sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
+) -> Etl:
+    """The ETL on the test's simulator and database, on each backend."""
+    return Etl(sim, server, db_url, engine, tmp_path)
 
 
-def etl_command(env: Mapping[str, str]) -> list[str]:
-    """How a subprocess starts `qianfan-etl`: as cron would, or, where the environment names a
-    fault plan, through tests/faulty_cli.py, the only entry point that arms the fault hook."""
-    if FAULT_VAR in env:
-        return [sys.executable, str(FAULTY_CLI)]
-    return [sys.executable, "-m", "etl"]
+@pytest.fixture
+def pg_etl(
+    sim: Simulator, server: SimulatorServer, pg_url: URL, pg_engine: Engine, tmp_path: Path
+) -> Etl:
+    """Postgres only: faults whose handling does not depend on the backend."""
+    return Etl(sim, server, pg_url, pg_engine, tmp_path)
 
 
-def run_cli(
-    args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run the real console entry point in a subprocess, as cron would."""
-    return subprocess.run(
-        [*etl_command(env), *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+_GOLDEN: dict[str, Snapshot] = {}
+
+
+@pytest.fixture
+def golden(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[Etl], Snapshot]:
+    """golden(etl): the snapshot of a fault-free sync of the simulator's current data."""
+
+    def compute(etl: Etl) -> Snapshot:
+        kind = etl.engine.dialect.name
+        data = [(job, etl.sim.tasks(job["jobId"])) for job in etl.sim.jobs()]
+        key = hashlib.sha256(json.dumps([kind, data], default=repr).encode()).hexdigest()
+        if key not in _GOLDEN:
+            with scratch_database(kind, request, tmp_path_factory) as url:
+                scratch = Etl(etl.sim, etl.server, url, db.create(url), etl.cwd)
+                scratch.sync_here()
+                _GOLDEN[key] = snapshot(scratch.engine)
+                scratch.engine.dispose()
+        etl.sim.requests.clear()  # tests count only their own run's requests
+        return _GOLDEN[key]
+
+    return compute

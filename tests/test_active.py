@@ -1,8 +1,8 @@
 """`sync --active-only`, `--full-every` and live progress, end to end through the CLI.
 
 The account has 8 jobs of 4 tasks; jobs 3 and 7 have a Running first task (the simulator's
-`running_jobs` steady state), the other six only finished tasks. Every run is the real console
-entry point in a subprocess against the simulator over HTTP, on Postgres and on SQLite.
+`running_jobs` steady state), the other six only finished tasks. Every run is the CLI, in this
+process with click's CliRunner, against the simulator over HTTP, on Postgres and on SQLite.
 """
 
 import json
@@ -17,8 +17,7 @@ from sqlalchemy.engine import URL
 
 from etl import db, schema
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
-from tests.conftest import cli_env, run_cli
-from tests.test_faults import _scratch_database, snapshot
+from tests.harness import cli_env, invoke_cli, scratch_database, snapshot
 
 TASK = "DescribeFineTuningTask"
 FAST = {"QIANFAN_ETL_API_ATTEMPTS": "2", "QIANFAN_ETL_API_RETRY_WAIT": "0"}
@@ -41,7 +40,7 @@ class Etl:
 
     def sync(self, *args: str, exit_code: int = 0, **env: str) -> dict[str, Any]:
         """`qianfan-etl sync ARGS`, which must exit with `exit_code`; its JSON summary."""
-        result = run_cli(
+        result = invoke_cli(
             ["sync", "--log-format", "json", *args],
             cli_env(self.sim, self.server, self.url, **{**FAST, **env}),
             cwd=self.cwd,
@@ -277,7 +276,7 @@ def test_a_full_run_after_active_only_runs_equals_a_lone_full_run(
     sim = etl.sim
     ids = [job["jobId"] for job in sim.jobs()]
     kind = etl.engine.dialect.name
-    with _scratch_database(kind, request, tmp_path_factory) as lone_url:
+    with scratch_database(kind, request, tmp_path_factory) as lone_url:
         lone = Etl(sim, etl.server, lone_url, etl.cwd)
         etl.sync()
         lone.sync()

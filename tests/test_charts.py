@@ -7,44 +7,20 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from etl import charts
 from etl.charts import Selection
-from etl.qianfan import QianfanClient
 from etl.schema import (
-    finetune_jobs,
     finetune_task_checkpoints,
     finetune_task_metrics,
-    finetune_tasks,
 )
 from etl.simulator import Simulator, SimulatorServer
-from etl.sync import SyncOptions, sync
+from tests.chart_rows import NOW, insert_task, load, sim_tasks, when
 
 METRIC_COLUMNS = {name: column for column, name in charts.METRICS.items()}
-
-
-def load(engine: Engine, sim: Simulator, server: SimulatorServer) -> None:
-    """The real sync, in-process, from the simulator over HTTP."""
-    with QianfanClient(server.url, sim.config.access_key, sim.config.secret_key) as client:
-        sync(engine, client, SyncOptions())
-
-
-def sim_tasks(sim: Simulator) -> list[dict[str, Any]]:
-    """Every task the simulator serves, with its job."""
-    return [task | {"job": job} for job in sim.jobs() for task in sim.tasks(job["jobId"])]
-
-
-def when(task: dict[str, Any], key: str) -> datetime | None:
-    """A task's create/finish time as the simulator wrote it (either field style)."""
-    value = task.get(f"{key}Time", task.get(f"{key}Date"))
-    if value is None or value.startswith("0000"):
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @pytest.fixture
@@ -174,19 +150,6 @@ def test_selection_by_job_and_time(loaded: Connection, sim: Simulator) -> None:
 
 
 # --- rows the simulator never serves ---
-
-NOW = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-def insert_task(connection: Connection, task_id: str, job_id: str = "job-1", **values: Any) -> None:
-    """A task row (and its job, if new) as the loader would leave it, with these columns."""
-    stamps = {"first_seen_at": NOW, "last_changed_at": NOW, "content_hash": "x", "raw": {}}
-    job = {"job_id": job_id, "name": values.get("job_name"), **stamps}
-    if not connection.execute(sa.select(finetune_jobs.c.job_id).filter_by(job_id=job_id)).first():
-        connection.execute(finetune_jobs.insert().values(job))
-    connection.execute(
-        finetune_tasks.insert().values(task_id=task_id, job_id=job_id, **stamps, **values)
-    )
 
 
 def test_weeks_start_on_monday_on_both_backends(engine: Engine) -> None:

@@ -19,7 +19,7 @@ from etl.cli import cli
 from etl.load import RunCounts
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
 from etl.sync import SyncResult
-from tests.conftest import cli_env, run_cli
+from tests.harness import cli_env, invoke_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDE = {"terminal_width": 1000, "max_content_width": 1000}
@@ -85,10 +85,10 @@ def test_verbose_logs_what_the_run_does(
     sim: Simulator, server: SimulatorServer, sqlite_url: URL, tmp_path: Path
 ) -> None:
     env = cli_env(sim, server, sqlite_url)
-    assert run_cli(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
-    quiet = run_cli(["sync"], env, cwd=tmp_path)
+    assert invoke_cli(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    quiet = invoke_cli(["sync"], env, cwd=tmp_path)
     assert quiet.returncode == 0 and " INFO " not in quiet.stderr
-    loud = run_cli(["sync", "-v"], env, cwd=tmp_path)
+    loud = invoke_cli(["sync", "-v"], env, cwd=tmp_path)
     assert loud.returncode == 0, loud.stderr
     info = [line for line in loud.stderr.splitlines() if " INFO etl" in line]
     assert any(re.search(r"run 2 \S* ?started", line) for line in info), loud.stderr
@@ -104,11 +104,11 @@ def test_errors_name_where_the_database_url_came_from(
 ) -> None:
     env = cli_env(sim, server, sqlite_url)
     if given == "option":
-        result = run_cli(["status", "--database-url", "mysql://db/x"], env, cwd=tmp_path)
+        result = invoke_cli(["status", "--database-url", "mysql://db/x"], env, cwd=tmp_path)
         named, other = "--database-url", "DATABASE_URL"
     else:
         env["DATABASE_URL"] = "mysql://db/x"
-        result = run_cli(["status"], env, cwd=tmp_path)
+        result = invoke_cli(["status"], env, cwd=tmp_path)
         named, other = "DATABASE_URL", "--database-url"
     assert result.returncode == 78
     assert named in result.stderr and other not in result.stderr, result.stderr
@@ -120,7 +120,7 @@ def test_a_missing_sqlite_file_is_not_created(
 ) -> None:
     missing = tmp_path / "nowhere.db"
     env = cli_env(sim, server, URL.create("sqlite", database=str(missing)))
-    result = run_cli(args, env, cwd=tmp_path)
+    result = invoke_cli(args, env, cwd=tmp_path)
     assert result.returncode == 78, result.stderr
     assert "qianfan-etl db upgrade" in result.stderr and str(missing) in result.stderr
     assert not missing.exists()
@@ -139,9 +139,9 @@ def test_status_json_times_are_aware(
     sim: Simulator, server: SimulatorServer, db_url: URL, tmp_path: Path
 ) -> None:
     env = cli_env(sim, server, db_url)
-    assert run_cli(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
-    assert run_cli(["sync"], env, cwd=tmp_path).returncode == 0
-    result = run_cli(["status", "--json"], env, cwd=tmp_path)
+    assert invoke_cli(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    assert invoke_cli(["sync"], env, cwd=tmp_path).returncode == 0
+    result = invoke_cli(["status", "--json"], env, cwd=tmp_path)
     run = json.loads(result.stdout)["runs"][0]
     for name in ("started_at", "finished_at"):
         moment = datetime.fromisoformat(run[name])

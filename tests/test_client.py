@@ -4,7 +4,6 @@ import calendar
 import email.utils
 import http.server
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -26,6 +25,7 @@ from etl.qianfan import QianfanClient, RetryPolicy, fetch_job_pages, fetch_tasks
 from etl.qianfan.client import classify, retry_after_seconds
 from etl.simulator import Fault, Simulator, SimulatorConfig
 from etl.transform import Reject, job_to_row
+from tests.harness import free_port
 from tests.relay import ForwardProxy, self_signed, tls_front
 
 AK = "example-access-key-id"
@@ -44,15 +44,6 @@ VECTOR_B = (
     "bce-auth-v1/example-access-key-id/2024-01-30T09:41:54Z/300/host;x-bce-date/"
     "6e38046f964348b5ab381c01a4e01a69bca0c5818d9beee69b6303606c315f73"
 )
-
-
-@pytest.fixture
-def free_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_signing_vector_a() -> None:
@@ -165,18 +156,19 @@ def test_bad_base_url_is_a_config_error(url: str) -> None:
     assert SK not in str(caught.value)
 
 
-def test_connection_refused_is_retried_then_transient(free_port: int) -> None:
+def test_connection_refused_is_retried_then_transient() -> None:
     """Nothing listening: every attempt fails fast, then TransientError (75) with the host."""
+    port = free_port()
     sleeps: list[float] = []
     retry = RetryPolicy(max_attempts=3, base_wait=0.0)
     with QianfanClient(
-        f"http://127.0.0.1:{free_port}", AK, SK, retry=retry, sleep=sleeps.append
+        f"http://127.0.0.1:{port}", AK, SK, retry=retry, sleep=sleeps.append
     ) as client:
         with pytest.raises(TransientError) as caught:
             client.call("DescribeFineTuningJobs", {})
         assert client.api_calls == 3
     assert sleeps == [0.0, 0.0]
-    assert f"could not connect (NewConnectionError) talking to 127.0.0.1:{free_port}" in str(
+    assert f"could not connect (NewConnectionError) talking to 127.0.0.1:{port}" in str(
         caught.value
     )
     assert "3 attempts" in str(caught.value)
@@ -675,11 +667,9 @@ def test_curl_ca_bundle_is_honoured_too(
         assert client.call(JOBS, {})["jobList"] == sim.jobs()
 
 
-def test_dead_proxy_is_named_and_retried(
-    url: str, free_port: int, no_proxy_env: pytest.MonkeyPatch
-) -> None:
+def test_dead_proxy_is_named_and_retried(url: str, no_proxy_env: pytest.MonkeyPatch) -> None:
     """A proxy that is not there: a transient failure that says the proxy failed."""
-    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port}")
+    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
     with client_for(url, attempts=2) as client, pytest.raises(TransientError) as caught:
         client.call(JOBS, {})
     assert "the proxy failed" in str(caught.value)

@@ -11,14 +11,14 @@ from sqlalchemy.engine import URL
 from etl import db, load
 from etl.simulator import Simulator, SimulatorConfig
 from migrations.views import VIEW_NAMES
-from tests.conftest import cli_env, run_cli
+from tests.harness import cli_env, invoke_cli
 
 
 def etl_cli(
     args: list[str], sim: Simulator, url: str, cwd: Path, **env: str
 ) -> subprocess.CompletedProcess[str]:
     with sim.serve() as server:
-        return run_cli(args, cli_env(sim, server, sa.make_url(url), **env), cwd=cwd)
+        return invoke_cli(args, cli_env(sim, server, sa.make_url(url), **env), cwd=cwd)
 
 
 def scalar(engine: Engine, sql: str) -> object:

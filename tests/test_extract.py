@@ -126,7 +126,7 @@ def test_a_job_whose_listing_fails_comes_back_with_its_failure(
 
 
 def test_a_job_deleted_mid_listing_fails_with_404(sim: Simulator, client: QianfanClient) -> None:
-    """The big job (3 pages) is deleted after its first page: a contract failure, 404."""
+    """The big job (2 pages of 100) is deleted after its first page: a contract failure, 404."""
     big = sim.jobs()[3]["jobId"]
     sim.job_faults = {big: "deleted_mid_listing"}
     listings = list(fetch_account(client, concurrency=2))

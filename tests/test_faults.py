@@ -1,7 +1,8 @@
 """Faults end to end: after any fault a clean re-run converges on a fault-free sync of the same
 upstream data, with no duplicates, and a further run writes no rows.
 
-The real CLI runs in a subprocess against the simulator over HTTP and a fresh database; the
+The CLI runs against the simulator over HTTP and a fresh database: in this process (click's
+CliRunner), or in a subprocess where the fault is a signal, a crash or a second process. The
 oracle is `snapshot`, compared with `golden`, a fault-free in-process sync of the same data into
 a scratch database of the same backend. Retry waits, deadlines and database timeouts are set to
 tenths of a second through the CLI's env vars, so no test sleeps for real beyond that.
@@ -12,15 +13,11 @@ import hashlib
 import json
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,239 +28,34 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
 from etl import db, schema
-from etl.qianfan import QianfanClient
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
-from etl.sync import SyncOptions
-from etl.sync import sync as sync_in_process
-from tests.conftest import admin_url, cli_env, etl_command
-
-Row = dict[str, Any]
-Snapshot = dict[str, list[Row]]
-
-ORACLE_TABLES = (*schema.CONTENT_TABLES, schema.etl_rejects)
-# run metadata and load timestamps differ between two correct histories; content may not
-SKIPPED_COLUMNS = frozenset(
-    {
-        "first_seen_at",
-        "last_changed_at",
-        "observed_at",
-        "progress_at",
-        "run_id",
-        "reject_id",
-        "rejected_at",
-    }
+from tests.harness import (
+    CAPTURED,
+    Etl,
+    admin,
+    admin_url,
+    assert_whole_jobs,
+    bi_session,
+    dsn,
+    etl_for,
+    free_port,
+    plain,
+    run_status,
+    snapshot,
+    start_paused,
 )
-# tenths of a second everywhere: retries are immediate, deadlines and lock waits short
-FAST = {
-    "QIANFAN_ETL_API_ATTEMPTS": "4",
-    "QIANFAN_ETL_API_RETRY_WAIT": "0",
-    "QIANFAN_ETL_API_DEADLINE": "0.3",
-    "QIANFAN_ETL_API_RETRY_AFTER_CAP": "5",
-    "QIANFAN_ETL_DB_LOCK_TIMEOUT": "0.5",
-    "QIANFAN_ETL_DB_STATEMENT_TIMEOUT": "10",
-    # 12 tasks per job: every job is a batch (and a commit) of its own
-    "QIANFAN_ETL_BATCH_TASKS": "10",
-}
+
 JOBS = "DescribeFineTuningJobs"
 TASKS = "DescribeFineTuningTasks"
-_GOLDEN: dict[str, Snapshot] = {}
 
 
-# -- the oracle ----------------------------------------------------------------------------
-
-
-def snapshot(engine: Engine) -> Snapshot:
-    """Every contract table as sorted plain rows, without run metadata and load timestamps."""
-    with engine.connect() as connection:
-        return {table.name: _rows(connection, table) for table in ORACLE_TABLES}
-
-
-def _rows(connection: sa.Connection, table: sa.Table) -> list[Row]:
-    columns = [c for c in table.columns if c.name not in SKIPPED_COLUMNS]
-    query = sa.select(*columns)
-    if table is schema.etl_rejects:
-        # rejects are a per-run log: what matters is the last successful run's
-        runs = schema.etl_runs
-        last = sa.select(sa.func.max(runs.c.run_id)).where(runs.c.status == "succeeded")
-        query = query.where(table.c.run_id == last.scalar_subquery())
-    rows = [
-        {c.name: _plain(c.name, v) for c, v in zip(columns, row, strict=True)}
-        for row in connection.execute(query)
-    ]
-    return sorted(rows, key=repr)
-
-
-def _plain(name: str, value: Any) -> Any:
-    if name == "deleted_at":
-        return value is not None
-    if isinstance(value, datetime):
-        aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return aware.isoformat()
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return value
-
-
-def whole_jobs_of(golden: Snapshot, job_ids: set[str]) -> Snapshot:
-    """Golden restricted to some whole jobs: what a run that failed between jobs may leave."""
-    tasks = {r["task_id"] for r in golden["finetune_tasks"] if r["job_id"] in job_ids}
-
-    def kept(row: Row) -> bool:
-        return row.get("job_id") in job_ids or row.get("task_id") in tasks
-
-    restricted = {name: [r for r in rows if kept(r)] for name, rows in golden.items()}
-    return restricted | {"etl_rejects": []}  # a failed run has no successful run's rejects
-
-
-def assert_whole_jobs(engine: Engine, golden: Snapshot) -> set[str]:
-    """The tables hold golden's rows for some whole jobs and nothing else; returns those jobs."""
-    now = snapshot(engine)
-    jobs = {r["job_id"] for r in now["finetune_jobs"]}
-    assert now == whole_jobs_of(golden, jobs)
-    return jobs
-
-
-def run_status(engine: Engine, run_id: int) -> tuple[str, str | None]:
-    """etl_runs status and error of one run."""
-    with engine.connect() as connection:
-        row = connection.execute(
-            sa.select(schema.etl_runs.c.status, schema.etl_runs.c.error).where(
-                schema.etl_runs.c.run_id == run_id
-            )
-        ).one()
-    return row.status, row.error
-
-
-# -- fixtures ------------------------------------------------------------------------------
+# -- the dataset ---------------------------------------------------------------------------
 
 
 @pytest.fixture
 def sim() -> Simulator:
     """3 jobs x 12 tasks: one page each, one batch each."""
     return Simulator(SimulatorConfig(jobs=3, tasks_per_job=12, checkpoints=2, seed=11))
-
-
-@dataclass
-class Etl:
-    """The ETL pointed at one simulator and one database, run as cron would run it."""
-
-    sim: Simulator
-    server: SimulatorServer
-    url: URL
-    engine: Engine
-    cwd: Path
-
-    def env(self, **extra: str) -> dict[str, str]:
-        """cli_env plus the fast budgets."""
-        return cli_env(self.sim, self.server, self.url, **{**FAST, **extra})
-
-    def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        """`qianfan-etl sync ARGS` to completion."""
-        env = self.env(**extra)
-        command = [*etl_command(env), "sync", *args]
-        return subprocess.run(command, env=env, cwd=self.cwd, **_captured(), timeout=60)
-
-    def start(self, *args: str, **extra: str) -> subprocess.Popen[str]:
-        """`qianfan-etl sync ARGS` in the background."""
-        env = self.env(**extra)
-        command = [*etl_command(env), "sync", *args]
-        return subprocess.Popen(command, env=env, cwd=self.cwd, **_captured())
-
-    def sync_here(self, **options: Any) -> Any:
-        """A clean sync in this process (seeding a state, or checking a further run is idle)."""
-        with QianfanClient(
-            self.server.url, self.sim.config.access_key, self.sim.config.secret_key
-        ) as client:
-            return sync_in_process(self.engine, client, SyncOptions(**options))
-
-    def assert_idle(self, golden: Snapshot) -> None:
-        """A further clean run changes no content row and the tables stay golden."""
-        result = self.sync_here()
-        assert result.counts.tasks_changed == 0
-        assert result.counts.rows_written == result.counts.rejects
-        assert snapshot(self.engine) == golden
-
-    def assert_converges(self, golden: Snapshot, cli: bool = False) -> None:
-        """A clean re-run reaches golden; a further run is idle.
-
-        The re-run goes through the CLI only where asked: the faulty run already exercised
-        it, and a subprocess costs ~0.8 s that the file's runtime budget cannot spare."""
-        if cli:
-            rerun = self.run()
-            assert rerun.returncode == 0, rerun.stderr
-        else:
-            assert self.sync_here().counts.api_calls > 0
-        assert snapshot(self.engine) == golden
-        self.assert_idle(golden)
-
-
-def _captured() -> dict[str, Any]:
-    return {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-
-
-@pytest.fixture
-def etl(
-    sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
-) -> Etl:
-    return Etl(sim, server, db_url, engine, tmp_path)
-
-
-@pytest.fixture
-def pg_etl(
-    sim: Simulator, server: SimulatorServer, pg_url: URL, pg_engine: Engine, tmp_path: Path
-) -> Etl:
-    """Postgres only: faults whose handling does not depend on the backend."""
-    return Etl(sim, server, pg_url, pg_engine, tmp_path)
-
-
-@pytest.fixture
-def golden(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """golden(etl): the snapshot of a fault-free sync of the simulator's current data."""
-
-    def compute(etl: Etl) -> Snapshot:
-        kind = etl.engine.dialect.name
-        data = [(job, etl.sim.tasks(job["jobId"])) for job in etl.sim.jobs()]
-        key = hashlib.sha256(json.dumps([kind, data], default=repr).encode()).hexdigest()
-        if key not in _GOLDEN:
-            with _scratch_database(kind, request, tmp_path_factory) as url:
-                scratch = Etl(etl.sim, etl.server, url, db.create(url), etl.cwd)
-                scratch.sync_here()
-                _GOLDEN[key] = snapshot(scratch.engine)
-                scratch.engine.dispose()
-        etl.sim.requests.clear()  # tests count only their own run's requests
-        return _GOLDEN[key]
-
-    return compute
-
-
-@contextmanager
-def _scratch_database(
-    kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[URL]:
-    if kind == "sqlite":
-        url = make_url(f"sqlite:///{tmp_path_factory.mktemp('golden') / 'golden.db'}")
-        engine = db.create(url)
-        db.upgrade(engine)
-        engine.dispose()
-        yield url
-        return
-    template = request.getfixturevalue("pg_template")
-    name = f"qfetl_golden_{secrets.token_hex(6)}"
-    admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    try:
-        yield admin_url().set(database=name)
-    finally:
-        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def admin(sql: str, database: str = "postgres") -> None:
-    """One statement as the test server's admin, autocommit."""
-    with psycopg.connect(_dsn(admin_url().set(database=database)), autocommit=True) as connection:
-        connection.execute(sql)  # type: ignore[arg-type]
-
-
-def _dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 # -- API faults ----------------------------------------------------------------------------
@@ -303,7 +95,7 @@ def test_transient_api_faults_are_retried_and_the_run_succeeds(pg_etl: Etl, gold
     faults = [fault for group in TRANSIENT.values() for fault in group]
     for fault in faults:
         pg_etl.sim.inject(fault)
-    result = pg_etl.run(QIANFAN_ETL_API_ATTEMPTS="30")
+    result = pg_etl.invoke(QIANFAN_ETL_API_ATTEMPTS="30")
     assert result.returncode == 0, result.stderr
     failures = sum(fault.times for fault in faults)
     assert pg_etl.sim.api_calls == clean_calls + failures
@@ -349,7 +141,7 @@ def test_exhausted_api_budget_exits_75_and_changes_nothing(
     pg_etl.sim.requests.clear()
     pg_etl.sim.inject(fault)
     started = time.monotonic()
-    result = pg_etl.run(QIANFAN_ETL_API_ATTEMPTS=str(attempts))
+    result = pg_etl.invoke(QIANFAN_ETL_API_ATTEMPTS=str(attempts))
     assert result.returncode == 75, result.stderr
     assert message in result.stderr
     assert time.monotonic() - started < 10
@@ -379,7 +171,7 @@ def test_auth_failures_exit_77_without_retrying(name: str, pg_etl: Etl, golden: 
         pg_etl.sim.inject(AUTH[name])
     else:
         extra["QIANFAN_SECRET_KEY"] = "not-the-secret-" + secrets.token_hex(4)
-    result = pg_etl.run(**extra)
+    result = pg_etl.invoke(**extra)
     assert result.returncode == 77, result.stderr
     refused = [r for r in pg_etl.sim.requests if r.status >= 400]
     assert len(refused) == 1, "auth failures are not retried"
@@ -390,14 +182,6 @@ def test_auth_failures_exit_77_without_retrying(name: str, pg_etl: Etl, golden: 
 
 
 # -- pagination breaches -------------------------------------------------------------------
-
-
-@contextmanager
-def etl_for(config: SimulatorConfig, url: URL, engine: Engine, cwd: Path) -> Iterator[Etl]:
-    """An Etl on its own simulator (for datasets the default `sim` does not fit)."""
-    sim = Simulator(config)
-    with sim.serve() as server:
-        yield Etl(sim, server, url, engine, cwd)
 
 
 PAGED = SimulatorConfig(jobs=2, tasks_per_job=210, checkpoints=0, seed=5)  # 3 pages a job
@@ -419,7 +203,7 @@ def test_pagination_breach_exits_65_and_deletes_nothing(
         expected = golden(etl)
         etl.sync_here()
         etl.sim.pagination_fault, etl.sim.pagination_fault_action = mode, action
-        result = etl.run()
+        result = etl.invoke()
         assert result.returncode == 65, result.stderr
         assert "pagination contract" in result.stderr
         # a breach taken for the end of the listing would soft-delete what it did not reach
@@ -436,7 +220,7 @@ def test_a_task_on_two_pages_or_a_page_larger_than_asked_is_tolerated(
     with etl_for(PAGED, pg_url, pg_engine, tmp_path) as etl:
         expected = golden(etl)
         etl.sim.pagination_fault, etl.sim.pagination_fault_action = mode, TASKS
-        result = etl.run()
+        result = etl.invoke()
         assert result.returncode == 0, result.stderr
         assert "2 jobs, 420 tasks (420 changed)" in result.stdout
         assert snapshot(pg_engine) == expected
@@ -486,7 +270,7 @@ def test_hostile_records_load_or_are_set_aside(etl: Etl, golden: Any) -> None:
     for task in hostile_tasks():
         etl.sim.put_task(HOSTILE_JOB, task)
     expected = golden(etl)
-    result = etl.run()
+    result = etl.invoke()
     assert result.returncode == 0, result.stderr
     assert "3 rejects" in result.stdout
     assert snapshot(etl.engine) == expected
@@ -499,7 +283,7 @@ def test_hostile_records_load_or_are_set_aside(etl: Etl, golden: Any) -> None:
         ("BLEU-4", "ROUGE-1", "ROUGE-2", "ROUGE-L", "inf", "huge")
     )
     assert {r["metric_name"]: r["value_raw"] for r in mine}["BLEU-4"] == "N/A"
-    created = _plain("", column(etl.engine, tasks, "create_time", "t-times"))
+    created = plain("", column(etl.engine, tasks, "create_time", "t-times"))
     assert created == "2024-03-01T00:00:00+00:00"
     assert column(etl.engine, tasks, "finish_time", "t-times") is None
     assert column(etl.engine, tasks, "run_status", "t-status") == "Paused"
@@ -519,37 +303,12 @@ def test_hostile_records_load_or_are_set_aside(etl: Etl, golden: Any) -> None:
 # -- database faults -----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def start_paused(etl: Etl, at: str, pause: Path) -> subprocess.Popen[str]:
-    """Start a run that pauses at the fault point `at` (e.g. before_commit:2), once it has;
-    touching `{pause}.release` lets it go on."""
-    process = etl.start(QIANFAN_ETL_FAULT=f"{at}:pause:{pause}")
-    wait_for(Path(f"{pause}.reached"), process)
-    return process
-
-
-def wait_for(path: Path, process: subprocess.Popen[str], limit: float = 20.0) -> None:
-    """Poll until the paused ETL has touched `path` (bounded; fails if the ETL died)."""
-    deadline = time.monotonic() + limit
-    while not path.exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"the ETL never reached {path.name}"
-        time.sleep(0.01)
-
-
 def test_postgres_down_at_start_exits_75_before_any_api_call(
     sim: Simulator, server: SimulatorServer, tmp_path: Path
 ) -> None:
     closed = make_url(f"postgresql://etl:pw@127.0.0.1:{free_port()}/qianfan")
     etl = Etl(sim, server, closed, db.create(closed), tmp_path)
-    result = etl.run()
+    result = etl.invoke()
     assert result.returncode == 75, result.stderr
     assert "unavailable" in result.stderr
     assert sim.api_calls == 0
@@ -574,16 +333,6 @@ def test_connection_killed_mid_load_exits_75_and_converges(
     assert run_status(pg_etl.engine, 1)[0] in ("failed", "abandoned")
 
 
-@contextmanager
-def bi_session(url: URL, *statements: str) -> Iterator[None]:
-    """A BI connection holding whatever locks `statements` take, in an open transaction."""
-    with psycopg.connect(_dsn(url)) as connection:
-        for statement in statements:
-            connection.execute(statement)  # type: ignore[arg-type]
-        yield
-        connection.rollback()
-
-
 LOCK_WAITS = {
     "lock_timeout": ({}, "LOCK TABLE finetune_tasks IN ACCESS EXCLUSIVE MODE", "lock timeout"),
     "statement_timeout": (
@@ -604,7 +353,7 @@ def test_bi_locks_bound_the_wait_exit_75_and_converge(name: str, pg_etl: Etl, go
     before = snapshot(pg_etl.engine)
     with bi_session(pg_etl.url, statement):
         started = time.monotonic()
-        result = pg_etl.run(**env)
+        result = pg_etl.invoke(**env)
         assert time.monotonic() - started < 8
     assert result.returncode == 75, result.stderr
     assert message in result.stderr
@@ -621,7 +370,7 @@ def test_schema_not_at_head_exits_78_before_any_api_call(state: str, etl: Etl, g
         db.downgrade(etl.engine, "base")
     else:
         _stamp(etl.engine, "ffffffffffff")  # a revision from a newer qianfan-etl
-    result = etl.run()
+    result = etl.invoke()
     assert result.returncode == 78, result.stderr
     assert ("newer than this" in result.stderr) == (state == "ahead")
     assert etl.sim.api_calls == 0
@@ -666,7 +415,7 @@ def test_missing_insert_privilege_exits_77_without_retrying(
         pg_etl.engine,
         pg_etl.cwd,
     )
-    result = limited.run()
+    result = limited.invoke()
     assert result.returncode == 77, result.stderr
     assert "refused access" in result.stderr and password not in result.stderr
     assert set(Counter(json.dumps(r.body) for r in pg_etl.sim.requests).values()) == {1}
@@ -683,7 +432,7 @@ def test_the_console_script_never_arms_the_fault_hook(etl: Etl) -> None:
     """The hook is the tests' alone: a plan in a production run's environment does nothing."""
     console_script = Path(sys.executable).parent / "qianfan-etl"
     env = etl.env(QIANFAN_ETL_FAULT="before_commit:1:raise")
-    done = subprocess.run([console_script, "sync"], env=env, cwd=etl.cwd, **_captured(), timeout=60)
+    done = subprocess.run([console_script, "sync"], env=env, cwd=etl.cwd, **CAPTURED, timeout=60)
     assert done.returncode == 0, done.stderr
     assert run_status(etl.engine, 1) == ("succeeded", None)
 
@@ -765,7 +514,7 @@ def _wait_for_sessions(url: URL, count: int, process: subprocess.Popen[str]) -> 
         f"WHERE datname = '{url.database}' AND application_name = 'qianfan-etl'"
     )
     deadline = time.monotonic() + 20
-    with psycopg.connect(_dsn(url), autocommit=True) as connection:
+    with psycopg.connect(dsn(url), autocommit=True) as connection:
         while (connection.execute(query).fetchone() or (0,))[0] < count:  # type: ignore[arg-type]
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline
@@ -806,8 +555,8 @@ def test_secrets_appear_in_no_log_error_or_table(
             outputs += [result.stdout, result.stderr]
     assert "retrying" in "".join(outputs) and "Traceback" in "".join(outputs)
     dump = subprocess.run(
-        ["/usr/bin/pg_dump", "--data-only", _dsn(admin_url().set(database=pg_url.database))],
-        **_captured(),
+        ["/usr/bin/pg_dump", "--data-only", dsn(admin_url().set(database=pg_url.database))],
+        **CAPTURED,
         check=True,
     ).stdout
     assert "injected fault" in dump and "AccessDenied" in dump  # the errors were recorded
@@ -821,10 +570,10 @@ def test_bi_reader_role_reads_everything_and_writes_nothing(
     role, password = pg_role
     pg_etl.sync_here()
     script = Path(__file__).resolve().parent.parent / "sql" / "bi_reader.sql"
-    owner = _dsn(admin_url().set(database=pg_etl.url.database))
+    owner = dsn(admin_url().set(database=pg_etl.url.database))
     subprocess.run(["psql", owner, "-q", "-v", f"role={role}", "-f", str(script)], check=True)
     admin("CREATE TABLE later_migration (id int)", database=str(pg_etl.url.database))
-    reader = _dsn(pg_etl.url.set(username=role, password=password))
+    reader = dsn(pg_etl.url.set(username=role, password=password))
     with psycopg.connect(reader, autocommit=True) as connection:
         assert connection.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
         # privileges, not the read-only default (which a session can turn off), must refuse

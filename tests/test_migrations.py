@@ -7,7 +7,7 @@ from alembic import command
 from sqlalchemy.engine import URL
 
 from etl import db
-from tests.conftest import run_cli
+from tests.harness import invoke_cli
 
 VIEWS = {"finetune_task_metrics_wide", "finetune_task_overview"}
 
@@ -56,11 +56,11 @@ def test_raw_json_is_compressed_with_lz4_on_postgres(pg_url: URL) -> None:
 
 def test_db_commands(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
-    before = run_cli(["db", "current"], env, cwd=tmp_path)
+    before = invoke_cli(["db", "current"], env, cwd=tmp_path)
     assert before.returncode == 78 and "current: none" in before.stdout
-    upgraded = run_cli(["db", "upgrade"], env, cwd=tmp_path)
+    upgraded = invoke_cli(["db", "upgrade"], env, cwd=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
-    after = run_cli(["db", "current"], env, cwd=tmp_path)
+    after = invoke_cli(["db", "current"], env, cwd=tmp_path)
     assert f"current: {db.head_revision()}" in after.stdout and "up to date" in after.stdout
 
 

@@ -15,8 +15,7 @@ from etl import db, load
 from etl.config import parse_duration
 from etl.schema import etl_runs
 from etl.simulator import Simulator, SimulatorServer
-from tests.conftest import cli_env, run_cli
-from tests.test_faults import free_port
+from tests.harness import cli_env, free_port, invoke_cli, run_cli
 
 FAST = {"QIANFAN_ETL_API_ATTEMPTS": "1", "QIANFAN_ETL_API_RETRY_WAIT": "0"}
 
@@ -24,7 +23,8 @@ FAST = {"QIANFAN_ETL_API_ATTEMPTS": "1", "QIANFAN_ETL_API_RETRY_WAIT": "0"}
 def cli(
     args: list[str], sim: Simulator, server: SimulatorServer, url: URL, cwd: Path, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return run_cli(args, cli_env(sim, server, url, **{**FAST, **env}), cwd=cwd)
+    """`qianfan-etl ARGS` in this process, pointed at the simulator and the database."""
+    return invoke_cli(args, cli_env(sim, server, url, **{**FAST, **env}), cwd=cwd)
 
 
 def unreachable_api(**env: str) -> dict[str, str]:
@@ -153,19 +153,19 @@ def test_max_age_refuses_a_bad_duration(
 def test_db_current_exits_78_unless_at_head(tmp_path: Path) -> None:
     url = make_url(f"sqlite:///{tmp_path / 'x.db'}")
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": str(url)}
-    before = run_cli(["db", "current"], env, cwd=tmp_path)
+    before = invoke_cli(["db", "current"], env, cwd=tmp_path)
     assert before.returncode == 78 and "current: none" in before.stdout
     assert "db upgrade" in before.stderr
-    assert run_cli(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
+    assert invoke_cli(["db", "upgrade"], env, cwd=tmp_path).returncode == 0
     engine = db.create(url)
     db.downgrade(engine, "0003")
-    behind = run_cli(["db", "current"], env, cwd=tmp_path)
+    behind = invoke_cli(["db", "current"], env, cwd=tmp_path)
     assert behind.returncode == 78 and "current: 0003" in behind.stdout
     assert "not at head" in behind.stdout and "db upgrade" in behind.stderr
     db.upgrade(engine)
     with engine.begin() as connection:
         connection.execute(sa.text("UPDATE alembic_version SET version_num = 'ffff'"))
-    ahead = run_cli(["db", "current"], env, cwd=tmp_path)
+    ahead = invoke_cli(["db", "current"], env, cwd=tmp_path)
     assert ahead.returncode == 78 and "upgrade qianfan-etl" in ahead.stderr
     engine.dispose()
 
@@ -287,8 +287,9 @@ def test_metrics_after_an_interrupted_or_crashed_run(
     fault: str, code: int, sim: Simulator, server: SimulatorServer, pg_url: URL, tmp_path: Path
 ) -> None:
     path = tmp_path / "qianfan_etl.prom"
-    plan = {"QIANFAN_ETL_FAULT": f"after_fetch:2:{fault}"}
-    result = cli(["sync", "--metrics-file", str(path)], sim, server, pg_url, tmp_path, **plan)
+    env = cli_env(sim, server, pg_url, **FAST, QIANFAN_ETL_FAULT=f"after_fetch:2:{fault}")
+    # a subprocess: the signal and the crash end a process
+    result = run_cli(["sync", "--metrics-file", str(path)], env, cwd=tmp_path)
     assert result.returncode == code, result.stderr
     values = read_metrics(path)
     assert values["qianfan_etl_last_run_exit_code"] == code

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from etl import config, redact
 from etl.errors import ConfigError
 from etl.report import JsonFormatter
-from tests.test_secrets import PASSWORD, assert_no_fragment
+from tests.leaks import PASSWORD, assert_no_fragment
 
 
 @pytest.fixture(autouse=True)

@@ -24,9 +24,9 @@ from etl.charts import Selection
 from etl.cli import cli
 from etl.schema import finetune_task_checkpoints, finetune_task_metrics
 from etl.simulator import Simulator, SimulatorServer
+from tests.chart_rows import NOW, insert_task, load, sim_tasks, when
 from tests.chromium import Page, browser, find_chromium
-from tests.conftest import run_cli
-from tests.test_charts import NOW, insert_task, load, sim_tasks, when
+from tests.harness import run_cli
 
 SECTIONS = ("loss", "metrics", "outcomes", "failures", "durations")
 HOSTILE = "</script><script>window.pwned = 1</script><img src=x onerror='window.pwned = 2'>"

@@ -2,11 +2,14 @@
 through the CLI, the simulator over HTTP, Postgres and SQLite."""
 
 import os
+import random
 import secrets
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +22,26 @@ from sqlalchemy.engine import URL, make_url
 from etl import db, schema
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
 from etl.transform import HASH_PREFIX, MAX_DEPTH, legacy_hash
-from tests import test_faults
-from tests.conftest import admin_url, cli_env, etl_command, run_cli
-from tests.test_faults import (
+from tests.harness import (
     Etl,
-    _dsn,
     admin,
+    admin_url,
     assert_whole_jobs,
+    cli_env,
+    dsn,
+    etl_command,
     etl_for,
+    invoke_cli,
+    row_counts,
+    run_cli,
     run_status,
+    scalar,
     snapshot,
     start_paused,
+    sync,
     wait_for,
+    writes_on_postgres,
 )
-from tests.test_sync import row_counts, scalar, sync, writes_on_postgres
-
-# The fault tests' fixtures, shared: an Etl on Postgres, and the fault-free golden snapshot.
-pg_etl, golden = test_faults.pg_etl, test_faults.golden
 
 
 def _nested(depth: int) -> Any:
@@ -45,15 +51,23 @@ def _nested(depth: int) -> Any:
     return value
 
 
+def _incompressible(prefix: str, length: int) -> str:
+    """A key of `length` characters that Postgres cannot compress below its index limit
+    (2,704 bytes: a run of one letter compresses, and its index entry fits)."""
+    return prefix + random.Random(prefix).randbytes(length).hex()[: length - len(prefix)]
+
+
 def test_records_the_database_would_refuse_are_rejected_and_the_rest_loads(
     sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
     job_id = sim.jobs()[0]["jobId"]
     task = sim.tasks(job_id)[0]
-    sim.put_task(job_id, {**task, "taskId": "t" * 3000})
-    sim.put_task(job_id, {**task, "taskId": "task-long-metric", "metrics": {"m" * 3000: "1%"}})
+    long_task, long_metric = _incompressible("t", 3000), _incompressible("m", 3000)
+    long_job = _incompressible("j", 3000)
+    sim.put_task(job_id, {**task, "taskId": long_task})
+    sim.put_task(job_id, {**task, "taskId": "task-long-metric", "metrics": {long_metric: "1%"}})
     sim.put_task(job_id, {**task, "taskId": "task-deep", "unknown": {"x": _nested(600)}})
-    sim.put_job({"jobId": "j" * 3000, "name": "a job whose id no index takes"})
+    sim.put_job({"jobId": long_job, "name": "a job whose id no index takes"})
     first = sync(sim, server, db_url, tmp_path)
     assert first.returncode == 0, first.stderr
     assert "4 rejects" in first.stdout
@@ -62,8 +76,8 @@ def test_records_the_database_would_refuse_are_rejected_and_the_rest_loads(
             sa.select(schema.etl_rejects.c.source_id, schema.etl_rejects.c.reason)
         ).all()
     reasons = {source[:20]: reason for source, reason in rejects}
-    assert reasons["t" * 20].startswith("taskId is 3000 bytes long")
-    assert reasons["j" * 20].startswith("jobId is 3000 bytes long")
+    assert reasons[long_task[:20]].startswith("taskId is 3000 bytes long")
+    assert reasons[long_job[:20]].startswith("jobId is 3000 bytes long")
     assert reasons["task-long-metric"].startswith("metric name is 3000 bytes long")
     assert reasons["task-deep"] == f"nested deeper than {MAX_DEPTH} levels of objects and arrays"
     rejects_table = schema.etl_rejects
@@ -150,7 +164,7 @@ def test_a_database_with_legacy_hashes_is_not_rewritten(
 
 def _rows(url: URL, query: str) -> list[tuple[Any, ...]]:
     """A query's rows on the test server, its one parameter the database's name."""
-    with psycopg.connect(_dsn(url), autocommit=True) as connection:
+    with psycopg.connect(dsn(url), autocommit=True) as connection:
         return connection.execute(query, [url.database]).fetchall()  # type: ignore[arg-type]
 
 
@@ -190,7 +204,7 @@ def test_database_idle_timeouts_do_not_end_a_slow_run(
     config = SimulatorConfig(jobs=3, tasks_per_job=12, checkpoints=2, latency_ms=400)
     with etl_for(config, pg_url, pg_engine, tmp_path) as etl:
         expected = golden(etl)
-        result = etl.run("--concurrency", "1", QIANFAN_ETL_API_DEADLINE="10")
+        result = etl.invoke("--concurrency", "1", QIANFAN_ETL_API_DEADLINE="10")
         assert result.returncode == 0, result.stderr
         assert snapshot(etl.engine) == expected
         assert run_status(etl.engine, 1)[0] == "succeeded"
@@ -216,9 +230,11 @@ def test_a_run_that_lost_its_lock_stops_with_75_before_committing(
     Path(f"{pause}.release").touch()
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 75, stderr
-    assert "lost its lock" in stderr and "Traceback" not in stderr
+    # before issue 8 the run went on without its lock, committed every batch and recorded
+    # itself `succeeded` though it exited 75
     assert len(assert_whole_jobs(pg_etl.engine, expected)) == 1  # batch 2 was not committed
     assert run_status(pg_etl.engine, 1)[0] == "failed"
+    assert "lost its lock" in stderr and "Traceback" not in stderr
     pg_etl.assert_converges(expected)
 
 
@@ -308,7 +324,7 @@ def test_a_port_that_is_not_a_number_is_a_clear_configuration_error(
     sim: Simulator, server: SimulatorServer, pg_url: URL, tmp_path: Path
 ) -> None:
     env = cli_env(sim, server, pg_url, DATABASE_URL="postgresql://etl:hunter2@db:abc/x")
-    result = run_cli(["sync"], env, cwd=tmp_path)
+    result = invoke_cli(["sync"], env, cwd=tmp_path)
     assert result.returncode == 78, result.stderr
     assert "port that is not a number" in result.stderr
     assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
@@ -418,3 +434,130 @@ def _wait_for_a_lock_wait(url: URL, process: subprocess.Popen[str]) -> None:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the second upgrade never waited for the lock"
         time.sleep(0.01)
+
+
+def _start_upgrade(url: URL, tmp_path: Path) -> subprocess.Popen[str]:
+    env = _db_env(url)
+    return subprocess.Popen(
+        [*etl_command(env), "db", "upgrade"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@contextmanager
+def _first_write_held(url: URL) -> Iterator[None]:
+    """Hold back the first write an upgrade makes: SQLite's write lock, or on Postgres an
+    uncommitted alembic_version table (its catalog rows make a CREATE of the same name wait)."""
+    if url.get_backend_name() == "sqlite":
+        holder = sqlite3.connect(str(url.database), isolation_level=None)
+        holder.execute("PRAGMA journal_mode=WAL")  # as etl.db sets it, so no upgrade needs to
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        return
+    with psycopg.connect(dsn(url)) as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num varchar(32) NOT NULL)")
+        yield
+        connection.rollback()
+
+
+def _waiting_for_sqlite(process: subprocess.Popen[str], path: Path) -> bool:
+    """Whether the process has the database open and sleeps: SQLite's busy handler sleeps
+    between its tries for the write lock; starting up and migrating do not sleep."""
+    proc = Path(f"/proc/{process.pid}")
+    try:
+        opened = any(os.readlink(fd) == str(path) for fd in (proc / "fd").iterdir())
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:  # not started yet, or a descriptor closed while we looked
+        return False
+    return opened and state == "S"
+
+
+def _lock_waiters(url: URL) -> int:
+    query = (
+        "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE NOT l.granted AND a.datname = %s"
+    )
+    return int(_rows(url, query)[0][0])
+
+
+def _wait_until_all_wait(url: URL, processes: list[subprocess.Popen[str]]) -> None:
+    """Until every process waits on the held write (bounded; three looks in a row on SQLite,
+    whose busy handler wakes up now and then)."""
+    path = Path(str(url.database)).resolve()
+    deadline, streak = time.monotonic() + 30, 0
+    while streak < 3:
+        for process in processes:
+            assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the upgrades never waited for the held write"
+        if url.get_backend_name() == "sqlite":
+            waiting = all(_waiting_for_sqlite(process, path) for process in processes)
+        else:
+            waiting = _lock_waiters(url) == len(processes)
+        streak = streak + 1 if waiting else 0
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("empty_url", ["postgresql", "sqlite"], indirect=True)
+def test_two_upgrades_that_start_together_both_succeed(empty_url: URL, tmp_path: Path) -> None:
+    """Both upgrades reach their first write before either makes it, so they overlap for
+    sure: each saw no schema, and one that then creates tables without waiting for the other
+    fails (before issue 8: 'table alembic_version already exists', exit 75, on SQLite; a
+    duplicate pg_type key, exit 1, on Postgres). Serialised, the second finds nothing to do."""
+    with _first_write_held(empty_url):
+        upgrades = [_start_upgrade(empty_url, tmp_path) for _ in range(2)]
+        _wait_until_all_wait(empty_url, upgrades)
+    for process in upgrades:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert f"at revision {db.head_revision()}" in out
+    engine = db.create(empty_url)
+    assert db.current_revision(engine) == db.head_revision()
+    engine.dispose()
+
+
+def _tables_seen(watcher: sqlite3.Connection) -> int:
+    query = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name <> 'alembic_version'"
+    return int(watcher.execute(query).fetchone()[0])
+
+
+def test_a_sigint_once_a_table_shows_leaves_a_whole_revision(tmp_path: Path) -> None:
+    """The issue's report, from outside: interrupt a SQLite `db upgrade` as soon as another
+    session sees one of its tables, while the test's write lock holds its next statement
+    back. An upgrade that commits table by table is mid-revision then (before issue 8: every
+    table, no version row, and `db upgrade` failing 'already exists' from then on); one in a
+    single transaction shows its tables only once its revisions are all recorded."""
+    url = make_url(f"sqlite:///{tmp_path / 'etl.db'}")
+    watcher = sqlite3.connect(str(url.database), isolation_level=None)
+    watcher.execute("PRAGMA journal_mode=WAL")
+    upgrade = _start_upgrade(url, tmp_path)
+    deadline = time.monotonic() + 30
+    while not _tables_seen(watcher):
+        assert upgrade.poll() is None, upgrade.communicate()
+        assert time.monotonic() < deadline, "no table of the upgrade ever showed"
+        time.sleep(0.001)
+    watcher.execute("BEGIN IMMEDIATE")
+    upgrade.send_signal(signal.SIGINT)
+    watcher.execute("ROLLBACK")
+    watcher.close()
+    _, err = upgrade.communicate(timeout=60)
+    engine = db.create(url)
+    revision = db.current_revision(engine)
+    reference = db.create(make_url(f"sqlite:///{tmp_path / 'reference.db'}"))
+    if revision is not None:
+        db.upgrade(reference, revision)
+    assert _sqlite_schema(engine) == _sqlite_schema(reference), f"at revision {revision}"
+    # 130: stopped by the signal; -SIGINT: it came while the interpreter shut down
+    assert upgrade.returncode in (0, 130, -signal.SIGINT), err
+    again = run_cli(["db", "upgrade"], _db_env(url), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert db.current_revision(engine) == db.head_revision()
+    engine.dispose()
+    reference.dispose()

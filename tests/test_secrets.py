@@ -4,14 +4,13 @@ and JSON logs; then stdout, stderr and the database's own text are searched for 
 4 characters of each secret (raw, percent-encoded, or escaped as repr/JSON print it), and so
 are the metrics files and the report page."""
 
-import json
 import secrets
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import pytest
 from psycopg import sql
@@ -20,13 +19,21 @@ from sqlalchemy.engine import URL
 
 from etl import db, redact
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
-from tests.conftest import admin_url, cli_env, etl_command
+from tests.harness import (
+    FAST,
+    admin,
+    admin_url,
+    bi_session,
+    cli_env,
+    dsn,
+    etl_command,
+    free_port,
+    run_status,
+)
+from tests.leaks import PASSWORD, assert_no_fragment
 from tests.relay import ForwardProxy, self_signed, tls_front
-from tests.test_faults import FAST, _dsn, admin, bi_session, free_port, run_status
 
-# Every 4-character window holds a letter, so a fragment found is a leak, not punctuation
-# that any log line has; `%2F` checks that nothing decodes the password twice.
-PASSWORD = "Kq@:Vw/?Xz#%2FYj[]Zb \"G'\\Hé中Jm"
+# Built as PASSWORD is: a fragment of it found anywhere is a leak
 SECRET_KEY = "Sk@:Tw/?Uz#%41Vj[]Wb \"X'\\Yé文Zm"
 # The issue's case: an `@` SQLAlchemy splits at, with nothing before it that fails to parse, so
 # that the rest would be taken for the host and database and printed.
@@ -38,39 +45,6 @@ PROXY_PASSWORD = "Px@:Qw/?Rz#%Sj[]Tb \"U'\\Vé¿Wm"
 WORD_PASSWORD = "local"
 WORD_HOST = "localhost"
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-
-
-ENCODERS: tuple[Callable[[str], str], ...] = (
-    lambda c: c,
-    lambda c: quote(c, safe=""),
-    quote_plus,
-    lambda c: URL.create("x", password=c).render_as_string(hide_password=False)[5:-1],
-    lambda c: json.dumps(c)[1:-1],
-    lambda c: json.dumps(c, ensure_ascii=False)[1:-1],
-    lambda c: repr(c)[1:-1] if c not in "'\"" else "\\" + c,
-)
-
-
-def fragments(secret: str) -> set[str]:
-    """Every 4 characters of the secret as typed; of its percent-encoded and escaped forms (as a
-    URL, repr or a JSON log line prints it), those that hold a letter of the secret itself:
-    `%40%`, `\\u00` or the digits of `%2541` alone are in any web page or metrics file."""
-    found = {secret[i : i + 4] for i in range(len(secret) - 3)}
-    for encode in ENCODERS[1:]:
-        pieces = [(encode(c), c) for c in secret]
-        text = "".join(piece for piece, _ in pieces)
-        marks = [piece == c and c.isalpha() for piece, c in pieces for _ in piece]
-        found |= {text[i : i + 4] for i in range(len(text) - 3) if any(marks[i : i + 4])}
-    return found
-
-
-def assert_no_fragment(text: str, secret: str, allowed: tuple[str, ...] = ()) -> None:
-    """No fragment of the secret, once the allowed words are taken out."""
-    for word in allowed:
-        text = text.replace(word, " ")
-    for fragment in fragments(secret):
-        at = text.find(fragment)
-        assert at < 0, f"{fragment!r} of a secret in: {text[max(0, at - 120) : at + 120]!r}"
 
 
 @dataclass
@@ -175,7 +149,7 @@ def database_text(url: URL) -> str:
             dump = "\n".join(connection.iterdump())
         return dump + raw.decode("utf-8", "replace") + raw.decode("latin-1")
     dump = subprocess.run(
-        ["pg_dump", _dsn(admin_url().set(database=url.database))],
+        ["pg_dump", dsn(admin_url().set(database=url.database))],
         capture_output=True,
         text=True,
         check=True,

@@ -1,4 +1,5 @@
-"""End to end: the real CLI in a subprocess, the simulator over HTTP, Postgres and SQLite."""
+"""End to end: the CLI in this process (click's CliRunner), the simulator over HTTP, Postgres
+and SQLite; the console script in a subprocess where it alone does the work (`demo`, `.env`)."""
 
 import json
 from datetime import UTC, datetime
@@ -13,11 +14,16 @@ from sqlalchemy.engine import URL
 
 from etl import schema
 from etl.load import ADVISORY_LOCK_KEY
-from etl.schema import CONTENT_TABLES as _TABLES
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
-from tests.conftest import cli_env, run_cli
-
-CONTENT_TABLES = tuple(table.name for table in _TABLES)
+from tests.harness import (
+    cli_env,
+    invoke_cli,
+    row_counts,
+    run_cli,
+    scalar,
+    sync,
+    writes_on_postgres,
+)
 
 
 def _time(value: Any) -> datetime | None:
@@ -110,35 +116,6 @@ def assert_no_orphans(engine: Engine) -> None:
             "WHERE t.task_id IS NULL",
         )
         assert orphans == 0, child
-
-
-def scalar(engine: Engine, query: str, **params: Any) -> Any:
-    with engine.connect() as connection:
-        return connection.execute(sa.text(query), params).scalar()
-
-
-def row_counts(engine: Engine) -> dict[str, int]:
-    return {t: scalar(engine, f"SELECT count(*) FROM {t}") for t in CONTENT_TABLES}
-
-
-def writes_on_postgres(engine: Engine) -> dict[str, int]:
-    """Rows inserted, updated or deleted per content table since the database was made."""
-    with engine.connect() as connection:
-        connection.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
-        rows = connection.execute(
-            sa.text(
-                "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables "
-                "WHERE relname = ANY(:names)"
-            ),
-            {"names": list(CONTENT_TABLES)},
-        ).all()
-    return dict(rows)  # type: ignore[arg-type]
-
-
-def sync(
-    sim: Simulator, server: SimulatorServer, url: URL, tmp_path: Path, *args: str, **env: str
-) -> Any:
-    return run_cli(["sync", *args], cli_env(sim, server, url, **env), cwd=tmp_path)
 
 
 def test_full_sync_loads_exactly_the_simulators_data(
@@ -344,9 +321,9 @@ def test_status_reports_runs_and_counts(
 ) -> None:
     assert sync(sim, server, sqlite_url, tmp_path).returncode == 0
     env = cli_env(sim, server, sqlite_url)
-    text = run_cli(["status"], env, cwd=tmp_path)
+    text = invoke_cli(["status"], env, cwd=tmp_path)
     assert text.returncode == 0 and "succeeded" in text.stdout
-    as_json = run_cli(["status", "--json"], env, cwd=tmp_path)
+    as_json = invoke_cli(["status", "--json"], env, cwd=tmp_path)
     status = json.loads(as_json.stdout)
     assert status["tables"]["finetune_tasks"] == {"rows": 78, "deleted": 0}
     assert status["runs"][0]["status"] == "succeeded"
