@@ -1,4 +1,4 @@
-"""Errors that end a run, each carrying its exit code (sysexits; README, 'Exit codes')."""
+"""Errors that end a run or cost a job, each with its exit code (sysexits; README, 'Exit codes')."""
 
 EXIT_OK = 0
 EXIT_DATA = 65
@@ -33,6 +33,15 @@ class TransientError(EtlError):
     exit_code = EXIT_TEMPFAIL
 
 
+class RetriableAPIError(TransientError):
+    """One API attempt failed in a way another attempt may fix; the client retries it and
+    raises a plain TransientError once the attempts run out, so this one never leaves it."""
+
+    def __init__(self, message: str, retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class LockBusyError(TransientError):
     """Another run holds the lock on this database."""
 
@@ -51,6 +60,14 @@ class ConfigError(EtlError):
     """Missing credentials, a bad URL, or a schema not at the code's Alembic head."""
 
     exit_code = EXIT_CONFIG
+
+
+# What costs one job rather than the run: a job's task listing that broke the contract or ran
+# out of retries leaves that job's stored rows as they are, and the walk goes on with the other
+# jobs (README, "Failure behaviour"). Any other error (not allowed, misconfigured) ends the run, and
+# so does a streak of transient job failures (extract's circuit breaker). A failed detail call
+# of a Running task costs only that task's live progress, whatever the error.
+JOB_LEVEL_ERRORS: tuple[type[EtlError], ...] = (ContractError, TransientError)
 
 
 def exit_code_of(exc: BaseException | None) -> int:

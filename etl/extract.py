@@ -1,9 +1,9 @@
 """Walk every job of the account and fetch each job's tasks concurrently.
 
-A job whose task listing fails for a reason of its own (retries exhausted, broken pagination,
-a 4xx such as 404 for a job deleted mid-listing) comes back with its error and no tasks; the
-walk goes on. An auth error, a failing job list, or an API failing job after job (the circuit
-breaker) ends the walk.
+A job whose task listing fails with one of JOB_LEVEL_ERRORS (retries exhausted, broken
+pagination, a 4xx such as 404 for a job deleted mid-listing) comes back with its error and no
+tasks; the walk goes on. Any other error (auth, configuration), a failing job list, or an API
+failing job after job (the circuit breaker) ends the walk.
 """
 
 import logging
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etl import stopping
-from etl.errors import EXIT_TEMPFAIL, ContractError, EtlError, TransientError
+from etl.errors import EXIT_TEMPFAIL, JOB_LEVEL_ERRORS, EtlError, TransientError
 from etl.qianfan import QianfanClient, fetch_job_pages, fetch_tasks
 from etl.qianfan.pagination import id_of, job_paginator, task_paginator
 
@@ -138,7 +138,7 @@ def _fetch_listing(client: QianfanClient, job: Any, job_id: str, task_details: b
     paginator = task_paginator(job_id)
     try:
         tasks = fetch_tasks(client, job_id, paginator)
-    except (ContractError, TransientError) as exc:
+    except JOB_LEVEL_ERRORS as exc:
         message = str(exc) if job_id in str(exc) else f"job {job_id}: {exc}"
         log.warning("%s; the job's stored rows stay as they are", message)
         failure = JobFailure(job_id, type(exc).__name__, exc.exit_code, message)

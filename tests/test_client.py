@@ -20,9 +20,9 @@ from baidubce.auth.bce_credentials import BceCredentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl.errors import AuthError, ConfigError, ContractError, TransientError
+from etl.errors import AuthError, ConfigError, ContractError, RetriableAPIError, TransientError
 from etl.qianfan import QianfanClient, RetryPolicy, fetch_job_pages, fetch_tasks, signing
-from etl.qianfan.client import retry_after_seconds
+from etl.qianfan.client import classify, retry_after_seconds
 from etl.simulator import Fault, Simulator, SimulatorConfig
 from etl.transform import Reject, job_to_row
 from tests.harness import free_port
@@ -492,6 +492,29 @@ def test_legacy_permission_codes_are_auth_errors(sim: Simulator, url: str, code:
         client.call(JOBS, {})
     assert f"error_code {code}" in str(caught.value) and "QIANFAN_ACCESS_KEY" in str(caught.value)
     assert len(sim.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "legacy_code", "error"),
+    [
+        (429, None, None, RetriableAPIError),
+        (503, "InternalError", None, RetriableAPIError),
+        (501, None, None, ContractError),
+        (302, "AccessDenied", None, ConfigError),
+        (403, None, None, AuthError),
+        (400, "SignatureDoesNotMatch", None, AuthError),
+        (400, "InappropriateJSON", None, ContractError),
+        (404, None, None, ContractError),
+        (200, None, 336100, RetriableAPIError),
+        (200, None, 110, AuthError),
+        (200, None, 100, ContractError),
+    ],
+)
+def test_classify_reads_the_response_policy(
+    status: int, code: str | None, legacy_code: int | None, error: type[Exception]
+) -> None:
+    """Status, BCE code and legacy error_code decide: retry, or which error ends the call."""
+    assert classify(status, code, legacy_code) is error
 
 
 def test_retries_are_logged_without_secrets(

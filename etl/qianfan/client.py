@@ -8,7 +8,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,7 +20,14 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from etl import __version__, redact, stopping
-from etl.errors import AuthError, ConfigError, ContractError, TransientError
+from etl.errors import (
+    AuthError,
+    ConfigError,
+    ContractError,
+    EtlError,
+    RetriableAPIError,
+    TransientError,
+)
 from etl.qianfan import signing
 
 log = logging.getLogger("etl.qianfan")
@@ -28,14 +35,9 @@ log = logging.getLogger("etl.qianfan")
 API_PATH = "/v2/finetuning"
 USER_AGENT = f"qianfan-etl/{__version__}"
 SIGNED_HEADERS = ("content-type", "host", "x-bce-date")
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-TRANSIENT_LEGACY_CODES = frozenset({18, 336100, 500000})
-# Old-style codes that mean "not allowed": no permission, IAM authentication failed, access
-# token invalid or expired. Retrying cannot help; they exit 77 like a 401/403.
-AUTH_LEGACY_CODES = frozenset({6, 14, 110, 111})
-# --api-deadline 0: no deadline. Finite, so the timers that take it need no special case.
 # Wall-clock limit on one HTTP attempt, seconds (0: none)
 DEFAULT_DEADLINE = 120.0
+# --api-deadline 0: no deadline. Finite, so the timers that take it need no special case.
 NO_DEADLINE = 365 * 86400.0
 CHUNK_SIZE = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -47,15 +49,6 @@ CUT_DEPTH = 300
 # A bytes.translate table: each ASCII digit becomes "0", every other byte a space.
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 _LONG_DIGIT_RUN = b"0" * 19
-
-AUTH_HINTS = {
-    "InvalidAccessKeyId": "QIANFAN_ACCESS_KEY is not a known IAM access key",
-    "SignatureDoesNotMatch": "QIANFAN_SECRET_KEY does not match QIANFAN_ACCESS_KEY",
-    "AccessDenied": "the key pair in QIANFAN_ACCESS_KEY lacks a Qianfan read policy "
-    "(e.g. QianfanReadAccessPolicy)",
-    "RequestExpired": "the request signature expired: check this machine's clock (clock skew?)",
-}
-DEFAULT_AUTH_HINT = "check QIANFAN_ACCESS_KEY / QIANFAN_SECRET_KEY and the account's policies"
 
 
 @dataclass(frozen=True)
@@ -81,14 +74,6 @@ def split_base_url(base_url: str) -> SplitResult:
             f"bad Qianfan base URL {redact.scrub(base_url)!r}: expected http(s)://host[:port]"
         )
     return parts
-
-
-class _Retriable(Exception):
-    """One attempt failed in a way another attempt may fix."""
-
-    def __init__(self, reason: str, retry_after: str | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -203,7 +188,7 @@ class QianfanClient:
         for attempt in range(1, attempts + 1):
             try:
                 return self._attempt(action, payload)
-            except _Retriable as failure:
+            except RetriableAPIError as failure:
                 if attempt == attempts:
                     raise TransientError(
                         f"{failure}; gave up after {attempts} attempts, try again later"
@@ -220,7 +205,7 @@ class QianfanClient:
                 self._sleep(wait)
         raise AssertionError("unreachable: max_attempts must be at least 1")
 
-    def _wait_after(self, action: str, attempt: int, failure: _Retriable) -> float:
+    def _wait_after(self, action: str, attempt: int, failure: RetriableAPIError) -> float:
         """Retry-After if the server gave a usable one, else jittered backoff."""
         asked = retry_after_seconds(failure.retry_after)
         if asked is None:
@@ -282,10 +267,10 @@ class QianfanClient:
                 with self._watchdog.guard(response, deadline):
                     body = _read_capped(response)
                 if time.monotonic() > deadline:
-                    raise _Retriable(DEADLINE_PASSED)
+                    raise RetriableAPIError(DEADLINE_PASSED)
             return response.status_code, response.headers, body
-        except _Retriable as exc:
-            raise _Retriable(f"{action}: {exc} ({self._deadline:g} s)") from None
+        except RetriableAPIError as exc:
+            raise RetriableAPIError(f"{action}: {exc} ({self._deadline:g} s)") from None
         except requests.exceptions.SSLError as exc:
             reason = redact.scrub(str(exc))
             raise AuthError(
@@ -293,9 +278,11 @@ class QianfanClient:
             ) from None
         except (requests.RequestException, OSError) as exc:
             if time.monotonic() > deadline:
-                raise _Retriable(f"{action}: {DEADLINE_PASSED} ({self._deadline:g} s)") from None
+                raise RetriableAPIError(
+                    f"{action}: {DEADLINE_PASSED} ({self._deadline:g} s)"
+                ) from None
             what = _transport_failure(exc)
-            raise _Retriable(f"{action}: {what} talking to {self._host}") from None
+            raise RetriableAPIError(f"{action}: {what} talking to {self._host}") from None
 
 
 def _session(concurrency: int) -> requests.Session:
@@ -463,24 +450,88 @@ def _snippet(text: str, secret: str) -> str:
     return " ".join(redact.scrub(cleaned).split())[:SNIPPET_CHARS]
 
 
+AUTH_HINTS = {
+    "InvalidAccessKeyId": "QIANFAN_ACCESS_KEY is not a known IAM access key",
+    "SignatureDoesNotMatch": "QIANFAN_SECRET_KEY does not match QIANFAN_ACCESS_KEY",
+    "AccessDenied": "the key pair in QIANFAN_ACCESS_KEY lacks a Qianfan read policy "
+    "(e.g. QianfanReadAccessPolicy)",
+    "RequestExpired": "the request signature expired: check this machine's clock (clock skew?)",
+}
+DEFAULT_AUTH_HINT = "check QIANFAN_ACCESS_KEY / QIANFAN_SECRET_KEY and the account's policies"
+
+
+@dataclass(frozen=True)
+class ResponseRule:
+    """Responses that mean one thing: any of these HTTP statuses, BCE error codes (a v2 error
+    body's `code`) or old-style `error_code`s (in an HTTP 200 body) raises `error`."""
+
+    error: type[EtlError]
+    statuses: Container[int] = frozenset()
+    codes: Container[str] = frozenset()
+    legacy_codes: Container[int] = frozenset()
+
+    def matches(self, status: int, code: str | None, legacy_code: int | None) -> bool:
+        """Whether a response with these fields falls under this rule."""
+        return status in self.statuses or code in self.codes or legacy_code in self.legacy_codes
+
+
+# What a response that carries no result means: the first rule that matches decides, and one
+# that no rule matches broke the contract (65). Beside the table, the client retries a 2xx body
+# that is not JSON (cut short on the way) and a failed connection; a failed TLS verification is
+# not allowed (77); a body over MAX_BODY_BYTES breaks the contract.
+RESPONSE_POLICY: tuple[ResponseRule, ...] = (
+    # Rate limit and server trouble; old style: 18 QPS limit, 336100 high load, 500000 internal.
+    ResponseRule(
+        RetriableAPIError,
+        statuses=frozenset({429, 500, 502, 503, 504}),
+        legacy_codes=frozenset({18, 336100, 500000}),
+    ),
+    # The API never redirects: the base URL points somewhere else.
+    ResponseRule(ConfigError, statuses=range(300, 400)),
+    # Not allowed, which retrying cannot help; old style: 6 no permission, 14 IAM authentication
+    # failed, 110 and 111 access token invalid or expired.
+    ResponseRule(
+        AuthError,
+        statuses=frozenset({401, 403}),
+        codes=frozenset(AUTH_HINTS),
+        legacy_codes=frozenset({6, 14, 110, 111}),
+    ),
+)
+
+
+def classify(
+    status: int, code: str | None = None, legacy_code: int | None = None
+) -> type[EtlError]:
+    """The error a response without a result raises (RetriableAPIError: try again)."""
+    matching = (rule.error for rule in RESPONSE_POLICY if rule.matches(status, code, legacy_code))
+    return next(matching, ContractError)
+
+
 def _interpret(
     action: str, status: int, headers: Mapping[str, str], body: bytes, secret: str
 ) -> dict[str, Any]:
-    """Turn one HTTP response into a result or the right exception."""
+    """Turn one HTTP response into its `result`, or raise what RESPONSE_POLICY says it means."""
     request_id = headers.get("x-bce-request-id", "-")
     if 200 <= status < 300:
         return _success(action, status, body, request_id, secret)
     code, message, request_id = _error_fields(headers, body, request_id, secret)
+    error = classify(status, code)
+    if error is ConfigError:
+        raise ConfigError(_redirected(action, status, headers.get("Location")))
     where = (
         f"{action}: HTTP {status} {code or '-'}: {message or '-'} (x-bce-request-id={request_id})"
     )
-    if status in TRANSIENT_STATUSES:
-        raise _Retriable(where, headers.get("Retry-After"))
-    if 300 <= status < 400:
-        raise ConfigError(_redirected(action, status, headers.get("Location")))
-    if status in (401, 403) or code in AUTH_HINTS:
-        raise AuthError(f"{where}; {AUTH_HINTS.get(code or '', DEFAULT_AUTH_HINT)}")
-    raise ContractError(where)
+    hint = AUTH_HINTS.get(code or "", DEFAULT_AUTH_HINT)
+    raise _failure(error, where, hint, headers.get("Retry-After"))
+
+
+def _failure(
+    error: type[EtlError], message: str, auth_hint: str, retry_after: str | None = None
+) -> EtlError:
+    """The classified error with its message; one not allowed also says what to check."""
+    if error is RetriableAPIError:
+        return RetriableAPIError(message, retry_after)
+    return error(f"{message}; {auth_hint}" if error is AuthError else message)
 
 
 def _redirected(action: str, status: int, location: str | None) -> str:
@@ -502,9 +553,9 @@ def _success(action: str, status: int, body: bytes, request_id: str, secret: str
         payload = _parse_json(body)
     except ValueError:
         excerpt = _snippet(body.decode("utf-8", "replace"), secret)
-        raise _Retriable(f"{where}: malformed JSON body {excerpt!r}") from None
+        raise RetriableAPIError(f"{where}: malformed JSON body {excerpt!r}") from None
     if isinstance(payload, dict) and "error_code" in payload:
-        _legacy_error(where, payload, secret)
+        _legacy_error(where, status, payload, secret)
     if not isinstance(payload, dict) or not isinstance(payload.get("result"), dict):
         excerpt = _snippet(json.dumps(payload, ensure_ascii=False), secret)
         raise ContractError(f"{where}: expected an object with a `result` object, got {excerpt}")
@@ -512,16 +563,12 @@ def _success(action: str, status: int, body: bytes, request_id: str, secret: str
     return result
 
 
-def _legacy_error(where: str, payload: dict[str, Any], secret: str) -> NoReturn:
-    """Raise for an old-style HTTP 200 {error_code, error_msg} body."""
+def _legacy_error(where: str, status: int, payload: dict[str, Any], secret: str) -> NoReturn:
+    """Raise what an old-style HTTP 200 {error_code, error_msg} body means."""
     code = payload.get("error_code")
     text = _snippet(str(payload.get("error_msg", "")), secret)
-    message = f"{where}: error_code {code}: {text}"
-    if isinstance(code, int) and code in TRANSIENT_LEGACY_CODES:
-        raise _Retriable(message)
-    if isinstance(code, int) and code in AUTH_LEGACY_CODES:
-        raise AuthError(f"{message}; {DEFAULT_AUTH_HINT}")
-    raise ContractError(message)
+    error = classify(status, legacy_code=code if isinstance(code, int) else None)
+    raise _failure(error, f"{where}: error_code {code}: {text}", DEFAULT_AUTH_HINT)
 
 
 def _error_fields(
