@@ -361,7 +361,7 @@ def _check(
     log.info("batch written: %s", _figures(written.counts, jobs=False))
     counts.add(written.counts)
     _note_pending_work(state, written)
-    state.type_ahead = written.counts.tasks_changed * 2 > written.counts.tasks_seen
+    state.type_ahead = _worth_typing_ahead(written.counts)
     if counts.rejects > options.max_rejects:
         raise ContractError(
             f"{counts.rejects} records rejected, more than --max-rejects {options.max_rejects}: "
@@ -524,6 +524,13 @@ class _Writer:
         if stopping.requested():
             raise stopping.Stopped("the run is stopping: the batch in progress is rolled back")
         self._run.lock.check(self._connection)
+
+
+def _worth_typing_ahead(counts: RunCounts) -> bool:
+    """Type the next batch's tasks while they are fetched, before the stored hashes are known,
+    when most of this batch changed: typing then overlaps the writer's database time, and
+    little of it is thrown away (README, Performance)."""
+    return counts.tasks_changed * 2 > counts.tasks_seen
 
 
 def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:

@@ -404,11 +404,16 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def _no_long_integer(body: bytes) -> bool:
+    """Whether the body holds no run of 19 or more digits, so orjson may read it: orjson reads
+    a page much faster than the standard library (README, Performance), but reads an integer
+    beyond 64 bits as a float (and refuses lone surrogates), which the standard library takes."""
+    return _LONG_DIGIT_RUN not in body.translate(_DIGITS_AS_ZERO)
+
+
 def _parse_json(body: bytes) -> Any:
     """Decode a JSON body; ValueError when it is not standard JSON."""
-    # orjson reads a page twice as fast, but reads an integer of 19 or more digits (beyond
-    # 64 bits) as a float and refuses lone surrogates; the standard library takes those.
-    if _LONG_DIGIT_RUN not in body.translate(_DIGITS_AS_ZERO):
+    if _no_long_integer(body):
         with suppress(orjson.JSONDecodeError):
             return orjson.loads(body)
     text = body.decode("utf-8")
