@@ -523,11 +523,31 @@ def report_command(
 
 
 SIMULATOR_OPTIONS: list[tuple[str, click.ParamType[Any], object, str]] = [
-    ("--jobs", click.IntRange(0), 20, "Jobs in the synthetic account."),
-    ("--tasks-per-job", click.IntRange(0), 10, "Tasks listed under each job."),
-    ("--checkpoints", click.IntRange(0), 20, "Checkpoints of a finished task."),
-    ("--seed", click.INT, 0, "Seed of the synthetic data (same seed, same data)."),
-    ("--latency-ms", click.FloatRange(0), 0.0, "Delay added to every response."),
+    ("--jobs", click.IntRange(0), SimulatorConfig.jobs, "Jobs in the synthetic account."),
+    (
+        "--tasks-per-job",
+        click.IntRange(0),
+        SimulatorConfig.tasks_per_job,
+        "Tasks listed under each job.",
+    ),
+    (
+        "--checkpoints",
+        click.IntRange(0),
+        SimulatorConfig.checkpoints,
+        "Checkpoints of a finished task.",
+    ),
+    (
+        "--seed",
+        click.INT,
+        SimulatorConfig.seed,
+        "Seed of the synthetic data (same seed, same data).",
+    ),
+    (
+        "--latency-ms",
+        click.FloatRange(0),
+        SimulatorConfig.latency_ms,
+        "Delay added to every response.",
+    ),
 ]
 
 
@@ -581,8 +601,14 @@ def simulate_command(
 ) -> None:
     from etl.simulator import Simulator  # here, so that production commands never load it
 
-    sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
-    sim_config.running_jobs = running_jobs
+    sim_config = SimulatorConfig(
+        jobs=jobs,
+        tasks_per_job=tasks_per_job,
+        checkpoints=checkpoints,
+        seed=seed,
+        latency_ms=latency_ms,
+        running_jobs=running_jobs,
+    )
     simulator = Simulator(sim_config)
     simulator.job_faults = _job_faults([job["jobId"] for job in simulator.jobs()], job_faults)
     server = simulator.serve(port=port)
@@ -617,7 +643,13 @@ def demo_command(
     from etl.simulator import Simulator  # here, so that production commands never load it
 
     setup_logging("text", 0, False)
-    sim_config = SimulatorConfig(jobs, tasks_per_job, checkpoints, seed, latency_ms)
+    sim_config = SimulatorConfig(
+        jobs=jobs,
+        tasks_per_job=tasks_per_job,
+        checkpoints=checkpoints,
+        seed=seed,
+        latency_ms=latency_ms,
+    )
     engine = engine_for(database_url)
     db.upgrade(engine)
     with (
