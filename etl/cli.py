@@ -1,5 +1,7 @@
 """The `qianfan-etl` command line: parse options, call the stages, map errors to exit codes."""
 
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -552,10 +554,33 @@ SIMULATOR_OPTIONS: list[tuple[str, click.ParamType[Any], object, str]] = [
 
 
 def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Dataset options shared by `simulate` and `demo`."""
+    """Dataset options shared by `simulate` and `demo`, handed to the command as one
+    `dataset` SimulatorConfig."""
+
+    @functools.wraps(func)
+    def with_dataset(
+        *args: Any,
+        jobs: int,
+        tasks_per_job: int,
+        checkpoints: int,
+        seed: int,
+        latency_ms: float,
+        **kwargs: Any,
+    ) -> Any:
+        dataset = SimulatorConfig(
+            jobs=jobs,
+            tasks_per_job=tasks_per_job,
+            checkpoints=checkpoints,
+            seed=seed,
+            latency_ms=latency_ms,
+        )
+        return func(*args, dataset=dataset, **kwargs)
+
+    command: Callable[..., Any] = with_dataset
     for name, kind, default, text in reversed(SIMULATOR_OPTIONS):
-        func = click.option(name, type=kind, default=default, show_default=True, help=text)(func)
-    return func
+        option = click.option(name, type=kind, default=default, show_default=True, help=text)
+        command = option(command)
+    return command
 
 
 SIMULATE_HELP = f"""Serve a Qianfan-compatible API with synthetic data on 127.0.0.1.
@@ -592,23 +617,12 @@ would; the first lines it prints are the exports that point qianfan-etl at it.
 def simulate_command(
     port: int,
     running_jobs: float | None,
-    jobs: int,
-    tasks_per_job: int,
-    checkpoints: int,
-    seed: int,
-    latency_ms: float,
+    dataset: SimulatorConfig,
     job_faults: tuple[str, ...],
 ) -> None:
     from etl.simulator import Simulator  # here, so that production commands never load it
 
-    sim_config = SimulatorConfig(
-        jobs=jobs,
-        tasks_per_job=tasks_per_job,
-        checkpoints=checkpoints,
-        seed=seed,
-        latency_ms=latency_ms,
-        running_jobs=running_jobs,
-    )
+    sim_config = dataclasses.replace(dataset, running_jobs=running_jobs)
     simulator = Simulator(sim_config)
     simulator.job_faults = _job_faults([job["jobId"] for job in simulator.jobs()], job_faults)
     server = simulator.serve(port=port)
@@ -636,25 +650,16 @@ def _job_faults(ids: list[str], specs: tuple[str, ...]) -> dict[str, str]:
 @cli.command("demo")
 @database_option(default="sqlite:///qianfan_demo.db")
 @simulator_options
-def demo_command(
-    database_url: str, jobs: int, tasks_per_job: int, checkpoints: int, seed: int, latency_ms: float
-) -> None:
+def demo_command(database_url: str, dataset: SimulatorConfig) -> None:
     """Start the simulator, migrate the demo database, sync into it, print a summary."""
     from etl.simulator import Simulator  # here, so that production commands never load it
 
     setup_logging("text", 0, False)
-    sim_config = SimulatorConfig(
-        jobs=jobs,
-        tasks_per_job=tasks_per_job,
-        checkpoints=checkpoints,
-        seed=seed,
-        latency_ms=latency_ms,
-    )
     engine = engine_for(database_url)
     db.upgrade(engine)
     with (
-        Simulator(sim_config).serve() as server,
-        QianfanClient(server.url, sim_config.access_key, sim_config.secret_key) as client,
+        Simulator(dataset).serve() as server,
+        QianfanClient(server.url, dataset.access_key, dataset.secret_key) as client,
     ):
         click.echo(f"simulator: {server.url}, database: {config.show_url(engine.url)}")
         result = sync(engine, client, SyncOptions())
