@@ -4,6 +4,7 @@ and JSON logs; then stdout, stderr and the database's own text are searched for 
 4 characters of each secret (raw, percent-encoded, or escaped as repr/JSON print it), and so
 are the metrics files and the report page."""
 
+import re
 import secrets
 import sqlite3
 import subprocess
@@ -30,11 +31,11 @@ from tests.harness import (
     free_port,
     run_status,
 )
-from tests.leaks import PASSWORD, assert_no_fragment
+from tests.leaks import PASSWORD, assert_no_fragment, fragments
 from tests.relay import ForwardProxy, self_signed, tls_front
 
 # Built as PASSWORD is: a fragment of it found anywhere is a leak
-SECRET_KEY = "Sk@:Tw/?Uz#%41Vj[]Wb \"X'\\Yé文Zm"
+SECRET_KEY = "Sk@:Tw/?Uz#%41Vj[]Wb \"X'\\Yé文Qm"
 # The issue's case: an `@` SQLAlchemy splits at, with nothing before it that fails to parse, so
 # that the rest would be taken for the host and database and printed.
 AT_PASSWORD = "Mwq@Rq9Zt/Ux8Pk"
@@ -155,6 +156,15 @@ def database_text(url: URL) -> str:
         check=True,
     )
     return dump.stdout
+
+
+def test_no_fragment_of_a_test_secret_is_text_every_run_prints() -> None:
+    """A fragment made only of what a timestamp or an id prints (`49.587Z`, a lower-case hex
+    uuid) would turn up in a clean run's log, and a leak test would fail on text that is not a
+    leak."""
+    printed = re.compile(r"[0-9:.TZ-]{4}|[0-9a-f-]{4}")
+    for secret in (PASSWORD, SECRET_KEY, AT_PASSWORD, PROXY_PASSWORD):
+        assert not [f for f in fragments(secret) if printed.fullmatch(f)], secret
 
 
 def test_api_failures_leak_no_key_or_password(
