@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import URL
 
 from etl import db, schema
@@ -296,6 +298,82 @@ def test_a_full_run_after_active_only_runs_equals_a_lone_full_run(
         assert etl.sync("--active-only")["mode"] == "full"
         assert lone.sync()["mode"] == "full"
         assert snapshot(etl.engine) == snapshot(lone.engine)
+        lone.engine.dispose()
+
+
+# What can happen upstream between two runs, on a job or task picked by number. Only changes a
+# lone full run at the end sees as the other history does: a task changes status at most once
+# (a new job's task stays Running), and only jobs no other change has touched are deleted, with
+# their tasks (a job that changed and then went is rightly stored as last seen, which the two
+# histories saw differently).
+CHANGES = ("finish", "progress", "new_job", "late_task", "delete_job", "delete_task", "rename")
+STEPS = st.lists(st.tuples(st.sampled_from((*CHANGES, "run")), st.integers(0, 99)), max_size=10)
+
+
+def change_upstream(sim: Simulator, step: int, change: str, pick: int, untouched: set[str]) -> None:
+    """Apply one change; a job it touches leaves `untouched`."""
+    jobs = [job["jobId"] for job in sim.jobs() if not job["jobId"].startswith("job-new-")]
+    running = [(j, t["taskId"]) for j in jobs for t in sim.tasks(j) if t["runStatus"] == "Running"]
+    quiet = [(j, t["taskId"]) for j in jobs if j in untouched for t in sim.tasks(j)]
+    if change == "new_job":
+        new_job(sim, f"job-new-{step}")
+        return
+    candidates = running if change in ("finish", "progress") else quiet
+    if change in ("late_task", "rename"):
+        candidates = [(j, "") for j in jobs]
+    if not candidates:
+        return
+    job_id, task_id = candidates[pick % len(candidates)]
+    untouched.discard(job_id)
+    if change == "finish":
+        sim.finish_task(task_id)
+    elif change == "progress":
+        sim.set_progress(task_id, f"{pick}%")
+    elif change == "late_task":
+        sim.put_task(job_id, {"taskId": f"task-late-{step}", "jobId": job_id, "runStatus": "Done"})
+    elif change == "rename":
+        sim.rename_job(job_id, f"renamed at step {step}")
+    elif change == "delete_job":
+        sim.delete_job(job_id)
+    else:
+        sim.delete_task(task_id)
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=STEPS)
+def test_any_sequence_of_active_only_runs_then_a_full_run_equals_a_lone_full_run(
+    kind: str,
+    steps: list[tuple[str, int]],
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    sim = Simulator(
+        SimulatorConfig(jobs=6, tasks_per_job=3, checkpoints=2, seed=5, running_jobs=0.5)
+    )
+    cwd = tmp_path_factory.mktemp("cwd")
+    with (
+        sim.serve() as server,
+        scratch_database(kind, request, tmp_path_factory) as etl_url,
+        scratch_database(kind, request, tmp_path_factory) as lone_url,
+    ):
+        etl, lone = Etl(sim, server, etl_url, cwd), Etl(sim, server, lone_url, cwd)
+        etl.sync()
+        lone.sync()
+        untouched = {job["jobId"] for job in sim.jobs()}
+        for step, (change, pick) in enumerate(steps):
+            if change == "run":
+                assert etl.sync("--active-only")["mode"] == "active"
+            else:
+                change_upstream(sim, step, change, pick, untouched)
+        etl.age_full_runs(hours=25)
+        everything = ("--max-delete-fraction", "1")  # a small account: the guard is not tested here
+        assert etl.sync("--active-only", *everything)["mode"] == "full"
+        assert lone.sync(*everything)["mode"] == "full"
+        assert snapshot(etl.engine) == snapshot(lone.engine)
+        etl.engine.dispose()
         lone.engine.dispose()
 
 
