@@ -244,7 +244,11 @@ finetune_tasks = sa.Table(
     sa.Column(
         "progress_at",
         Timestamp,
-        comment="When run_progress and vdl_link were fetched, UTC. NULL when never fetched.",
+        comment=(
+            "When a detail call last changed run_progress or vdl_link, UTC (one that returns the "
+            "same values leaves it). NULL when never fetched, and again once the task leaves "
+            "Running."
+        ),
     ),
     comment=(
         "Fine-tuning tasks (runs) of every job (DescribeFineTuningTasks), one row per task. A row "
@@ -359,8 +363,10 @@ etl_runs = sa.Table(
         sa.Text,
         nullable=False,
         comment=(
-            "running, succeeded, partial (some jobs could not be listed: see etl_failed_jobs), "
-            "failed (error says why), or abandoned (the process died; marked by the next run)."
+            "running, succeeded, partial (the run went through, but some jobs could not be "
+            "listed, see etl_failed_jobs, or its soft deletes were refused by "
+            "--max-delete-fraction, see error), failed (error says why), or abandoned (the "
+            "process died; marked by the next run)."
         ),
     ),
     sa.Column(
