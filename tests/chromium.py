@@ -9,12 +9,13 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,11 @@ class Page:
 @contextmanager
 def browser(binary: str, width: int = 1240, height: int = 900) -> Iterator[Page]:
     """A headless Chromium with the network blocked and one tab ready to drive."""
-    with tempfile.TemporaryDirectory(prefix="qfetl-chromium-") as profile:
+    # Helper processes can still be writing the profile as it is removed; they are stopped, and
+    # a file one of them left a moment later is no test failure.
+    with tempfile.TemporaryDirectory(
+        prefix="qfetl-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         process = subprocess.Popen(
             [
                 binary,
@@ -133,6 +138,7 @@ def browser(binary: str, width: int = 1240, height: int = 900) -> Iterator[Page]
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so its helpers stop with it
         )
         try:
             socket = websocket.create_connection(
@@ -143,12 +149,17 @@ def browser(binary: str, width: int = 1240, height: int = 900) -> Iterator[Page]
             finally:
                 socket.close()
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """End Chromium and every helper process it started (renderer, GPU, crash handler)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _devtools_url(profile: Path, timeout: float = 30) -> str:
