@@ -312,15 +312,21 @@ STEPS = st.lists(st.tuples(st.sampled_from((*CHANGES, "run")), st.integers(0, 99
 
 def change_upstream(sim: Simulator, step: int, change: str, pick: int, untouched: set[str]) -> None:
     """Apply one change; a job it touches leaves `untouched`."""
-    jobs = [job["jobId"] for job in sim.jobs() if not job["jobId"].startswith("job-new-")]
-    running = [(j, t["taskId"]) for j in jobs for t in sim.tasks(j) if t["runStatus"] == "Running"]
-    quiet = [(j, t["taskId"]) for j in jobs if j in untouched for t in sim.tasks(j)]
     if change == "new_job":
         new_job(sim, f"job-new-{step}")
         return
-    candidates = running if change in ("finish", "progress") else quiet
-    if change in ("late_task", "rename"):
-        candidates = [(j, "") for j in jobs]
+    jobs = [job["jobId"] for job in sim.jobs() if not job["jobId"].startswith("job-new-")]
+    running = [(j, t["taskId"]) for j in jobs for t in sim.tasks(j) if t["runStatus"] == "Running"]
+    quiet = [(j, t["taskId"]) for j in jobs if j in untouched for t in sim.tasks(j)]
+    any_job = [(j, "") for j in jobs]
+    candidates = {
+        "finish": running,
+        "progress": running,
+        "late_task": any_job,
+        "rename": any_job,
+        "delete_job": quiet,
+        "delete_task": quiet,
+    }[change]
     if not candidates:
         return
     job_id, task_id = candidates[pick % len(candidates)]
