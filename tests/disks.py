@@ -1,6 +1,7 @@
 """Real full disks for the tests: a small tmpfs mounted for one test, and a ballast file that
 fills it. Mounting needs root (CI runs as root); elsewhere the tests that need it skip."""
 
+import math
 import os
 import secrets
 import subprocess
@@ -70,7 +71,7 @@ def fill(directory: Path, leave: int = 0) -> Path:
         os.close(fd)
     assert free_bytes(directory) < PAGE, "the ballast did not fill the disk"
     if leave:
-        os.truncate(ballast, max(0, written - -(-leave // PAGE) * PAGE))
+        os.truncate(ballast, max(0, written - math.ceil(leave / PAGE) * PAGE))
     return ballast
 
 

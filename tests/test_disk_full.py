@@ -8,6 +8,7 @@ import pwd
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -47,19 +48,20 @@ def seeded(url: URL, cwd: Path) -> Engine:
     return engine
 
 
-def runs(engine: Engine) -> list[tuple[int, str, int | None, str | None]]:
+def runs(engine: Engine) -> list[tuple[Any, ...]]:
     """Every run: id, status, exit code, error."""
     with engine.connect() as connection:
         query = sa.text("SELECT run_id, status, exit_code, error FROM etl_runs ORDER BY run_id")
-        return [tuple(row) for row in connection.execute(query)]  # type: ignore[misc]
+        return [tuple(row) for row in connection.execute(query)]
 
 
-def metrics(path: Path) -> dict[str, float]:
-    """The metrics file's samples by name (and status label)."""
+def gauges(path: Path) -> dict[str, float]:
+    """The metrics file's samples by name, `name{status}` for the status gauge."""
     samples = {}
     for family in text_string_to_metric_families(path.read_text()):
         for sample in family.samples:
-            samples[sample.name + str(sample.labels.get("status", ""))] = sample.value
+            status = sample.labels.get("status")
+            samples[sample.name + (f"{{{status}}}" if status else "")] = sample.value
     return samples
 
 
@@ -79,10 +81,11 @@ def test_sqlite_disk_full_mid_run_exits_74_changes_no_row_and_records_the_run_fa
             expected = f"the database's disk is full: free space on the filesystem of {disk} ("
             assert expected in result.stderr and "SQLITE_FULL" in result.stderr
             assert snapshot(engine) == before
-            (_, *last) = runs(engine)[-1]
-            assert last[:2] == ["failed", 74] and last[2].startswith(expected)
-            assert metrics(tmp_path / "etl.prom")["qianfan_etl_last_run_exit_code"] == 74
-            assert metrics(tmp_path / "etl.prom")["qianfan_etl_last_run_statusfailed"] == 1
+            _, status, code, error = runs(engine)[-1]
+            assert (status, code) == ("failed", 74) and error.startswith(expected)
+            written = gauges(tmp_path / "etl.prom")
+            assert written["qianfan_etl_last_run_exit_code"] == 74
+            assert written["qianfan_etl_last_run_status{failed}"] == 1
             check = invoke_cli(["status", "--max-age", "1h"], etl.env(), cwd=tmp_path)
         engine.dispose()
     assert check.returncode == 69
@@ -134,6 +137,7 @@ def test_postgres_disk_full_exits_74_changes_no_row_and_records_the_run_failed(
     pg_disk: tuple[URL, Path], tmp_path: Path
 ) -> None:
     url, disk = pg_disk
+    url = url.set(password="full-disk-s3cret")  # the test server trusts; nothing may show it
     engine = seeded(url, tmp_path)
     before = snapshot(engine)
     fill(disk)
@@ -144,8 +148,9 @@ def test_postgres_disk_full_exits_74_changes_no_row_and_records_the_run_failed(
     expected = f"the database's disk is full: free space on {where} ("
     assert expected in result.stderr and "No space left on device" in result.stderr
     assert snapshot(engine) == before
-    (_, *last) = runs(engine)[-1]
-    assert last[:2] == ["failed", 74] and last[2].startswith(expected)
+    _, status, code, error = runs(engine)[-1]
+    assert (status, code) == ("failed", 74) and error.startswith(expected)
+    assert "s3cret" not in result.stderr + error
     engine.dispose()
 
 
