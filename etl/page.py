@@ -105,7 +105,9 @@ def _write_atomically(output: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)
             stream.flush()
-            os.fsync(stream.fileno())  # a full disk shows here at the latest, not after
+            # delayed allocation (ext4, XFS, NFS) may tell of a full disk only here: before
+            # the rename, so the old page stays
+            os.fsync(stream.fileno())
         os.replace(temp, output)
     except BaseException as exc:
         temp.unlink(missing_ok=True)
@@ -117,9 +119,9 @@ def _write_atomically(output: Path, data: bytes) -> None:
 def _write_error(output: Path, exc: OSError) -> EtlError:
     """What a failed write of the page tells the user: a full disk is 74, the rest 78."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = output.absolute().parent
         return DiskFullError(
-            f"the report's disk is full: free space on the filesystem of "
-            f"{output.absolute().parent} "
+            f"the report's disk is full: free space on the filesystem of {where} "
             f"({exc.strerror}), or choose another --output; {output.name} was left as it was"
         )
     return ConfigError(
