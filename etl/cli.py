@@ -2,7 +2,6 @@
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import signal
@@ -18,7 +17,7 @@ from click.core import ParameterSource
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import config, db, monitor, page, redact, report, stopping
+from etl import config, db, monitor, page, redact, report, stopping, terminal
 from etl.charts import Selection
 from etl.errors import EXIT_DATA, ContractError, EtlError, TransientError
 from etl.qianfan import QianfanClient, RetryPolicy
@@ -376,7 +375,7 @@ def _end(
 def emit_summary(result: SyncResult, log_format: str) -> None:
     """One line at the end of a run, for people and for log shippers alike."""
     if log_format == "json":
-        click.echo(json.dumps({"event": "sync_finished", **report.summary_fields(result)}))
+        click.echo(terminal.dumps({"event": "sync_finished", **report.summary_fields(result)}))
     else:
         click.echo(report.summary_line(result))
 
@@ -463,7 +462,7 @@ def status_command(
             click.echo(monitor.check_freshness(engine, *max_age))
             return
         status = report.status(engine, runs)
-    text = json.dumps(status, indent=2, default=report.json_default) if as_json else None
+    text = terminal.dumps(status, indent=2, default=report.json_default) if as_json else None
     click.echo(text or report.status_text(status))
 
 
@@ -611,7 +610,8 @@ would; the first lines it prints are the exports that point qianfan-etl at it.
     multiple=True,
     metavar="JOB=KIND",
     help="Break one job's task listing: JOB is a job id or 0-based position, KIND one of "
-    "500, 403, deleted_mid_listing, slow:SECONDS, or a pagination fault such as "
+    "500, 403 (500:MESSAGE, 403:MESSAGE with that error message), deleted_mid_listing, "
+    "slow:SECONDS, or a pagination fault such as "
     "missing_next_marker or oversized_page (repeatable).",
 )
 def simulate_command(
@@ -692,11 +692,7 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
     # -v is about this program: libraries stay at WARNING (SQLAlchemy at INFO logs every query)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(redact.RedactingFilter())
-    handler.setFormatter(
-        report.JsonFormatter()
-        if log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(report.JsonFormatter() if log_format == "json" else report.TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.WARNING))
