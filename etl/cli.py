@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ from click.core import ParameterSource
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import config, db, monitor, page, redact, report, stopping, terminal
+from etl import config, db, monitor, page, redact, report, stopping
 from etl.charts import Selection
 from etl.errors import EXIT_DATA, ContractError, EtlError, TransientError
 from etl.qianfan import QianfanClient, RetryPolicy
@@ -375,7 +376,7 @@ def _end(
 def emit_summary(result: SyncResult, log_format: str) -> None:
     """One line at the end of a run, for people and for log shippers alike."""
     if log_format == "json":
-        click.echo(terminal.dumps({"event": "sync_finished", **report.summary_fields(result)}))
+        click.echo(json.dumps({"event": "sync_finished", **report.summary_fields(result)}))
     else:
         click.echo(report.summary_line(result))
 
@@ -462,7 +463,7 @@ def status_command(
             click.echo(monitor.check_freshness(engine, *max_age))
             return
         status = report.status(engine, runs)
-    text = terminal.dumps(status, indent=2, default=report.json_default) if as_json else None
+    text = json.dumps(status, indent=2, default=report.json_default) if as_json else None
     click.echo(text or report.status_text(status))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 # C0 but tab, DEL, C1, and the two Unicode line breaks (which str.splitlines and many log
 # viewers honour): ESC starts terminal commands, CR and LF would let data forge a line.
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
-# The same characters bar the C0 ones, which json.dumps already escapes.
+# The same characters but the C0 ones, which json.dumps escapes itself.
 _JSON_UNESCAPED = re.compile("[\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r"}
 INDENT = "    "
@@ -32,9 +32,9 @@ def indented(block: str) -> str:
     return "\n".join(INDENT + safe(line) for line in block.rstrip("\n").split("\n"))
 
 
-def dumps(value: Any, **options: Any) -> str:
+def dumps(value: Any) -> str:
     """JSON text with non-ASCII kept readable, and DEL, C1 and line separators as `\\u`
     escapes: exact JSON still, and no raw control character reaches the terminal."""
-    text = json.dumps(value, ensure_ascii=False, **options)
+    text = json.dumps(value, ensure_ascii=False)
     # Outside strings JSON text is ASCII, so every match is inside a string, where \u is exact.
     return _JSON_UNESCAPED.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
