@@ -25,6 +25,8 @@ SECRET_KEY_VAR = "QIANFAN_SECRET_KEY"
 DATABASE_URL_VAR = "DATABASE_URL"
 DB_SCHEMA_VAR = "QIANFAN_ETL_DB_SCHEMA"
 ALLOW_PLAIN_HTTP_VAR = "QIANFAN_ETL_ALLOW_PLAIN_HTTP"
+# An opt-in must be the operator's own act, not one more line of a file in the directory.
+NOT_FROM_DOTENV = frozenset({ALLOW_PLAIN_HTTP_VAR})
 # The drivers qianfan-etl is built and tested with (a plain postgresql:// becomes the first).
 DRIVERS = frozenset({"postgresql+psycopg", "sqlite", "sqlite+pysqlite"})
 
@@ -74,10 +76,9 @@ def load_env_file(path: Path | None = None) -> EnvFile | None:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}; fix its permissions") from None
     new = {k: v for k, v in values.items() if v is not None and k not in os.environ}
-    # the opt-in must be the operator's own act, not one more line of a file in the directory
-    ignored = tuple(k for k in new if k == ALLOW_PLAIN_HTTP_VAR)
-    os.environ.update({k: v for k, v in new.items() if k not in ignored})
-    return EnvFile(path, tuple(k for k in new if k not in ignored), ignored)
+    used = {k: v for k, v in new.items() if k not in NOT_FROM_DOTENV}
+    os.environ.update(used)
+    return EnvFile(path, tuple(used), tuple(k for k in new if k not in used))
 
 
 def _check_env_file(path: Path) -> None:
