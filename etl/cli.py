@@ -635,7 +635,8 @@ would; the first lines it prints are the exports that point qianfan-etl at it.
     multiple=True,
     metavar="JOB=KIND",
     help="Break one job's task listing: JOB is a job id or 0-based position, KIND one of "
-    "500, 403, deleted_mid_listing, slow:SECONDS, or a pagination fault such as "
+    "500, 403 (500:MESSAGE, 403:MESSAGE with that error message), deleted_mid_listing, "
+    "slow:SECONDS, or a pagination fault such as "
     "missing_next_marker or oversized_page (repeatable).",
 )
 def simulate_command(
@@ -722,11 +723,7 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
     # -v is about this program: libraries stay at WARNING (SQLAlchemy at INFO logs every query)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(redact.RedactingFilter())
-    handler.setFormatter(
-        report.JsonFormatter()
-        if log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(report.JsonFormatter() if log_format == "json" else report.TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.WARNING))
