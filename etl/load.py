@@ -216,6 +216,13 @@ def start_run(connection: Connection, mode: str = "full") -> int:
     return int(result.scalar_one())
 
 
+def record_counts(connection: Connection, run_id: int, counts: RunCounts) -> None:
+    """Set the run's counts to what it has committed: part of each batch's transaction."""
+    connection.execute(
+        etl_runs.update().where(etl_runs.c.run_id == run_id).values(**counts.to_row())
+    )
+
+
 def finish_run(
     connection: Connection,
     run_id: int,

@@ -8,6 +8,7 @@ Soft deletes wait for the end of the run, where the mass-delete guard can refuse
 """
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +24,7 @@ from etl import db, load, redact, stopping
 from etl.errors import (
     EXIT_DATA,
     EXIT_OK,
+    EXIT_SIGINT,
     EXIT_TEMPFAIL,
     ContractError,
     EtlError,
@@ -129,6 +131,7 @@ class _Pending:
     untyped: list[tuple[str, list[PreparedTask]]]
     progress: list[dict[str, Any]]
     deletes: bool
+    jobs: int
 
 
 def sync(
@@ -149,13 +152,14 @@ def sync(
             log.info("run %d (%s) started%s", run_id, mode, " (dry run)" if options.dry_run else "")
             counts, stats = RunCounts(), WalkStats()
             state = _State(complete=mode == "full", deletes=mode != "active")
+            run = _Run(run_id, lock, RunCounts(), lambda: client.api_calls)
             try:
                 with db.translated_errors(engine.url):
                     outcome = _copy_account(
                         connection,
                         client,
                         options,
-                        _Run(run_id, lock),
+                        run,
                         counts,
                         progress,
                         state,
@@ -172,8 +176,10 @@ def sync(
                             exit_code=outcome.exit_code,
                         )
             except BaseException as exc:
-                counts.api_calls = client.api_calls
-                _record_failure(connection, run_id, counts, exc, options.dry_run)
+                # what the batches committed, not what was fetched: the rest was rolled back
+                run.committed.api_calls = client.api_calls
+                _record_failure(connection, run_id, run.committed, exc, options.dry_run)
+                _say_if_interrupted(exc, run)
                 raise
             if outer is not None:
                 outer.rollback()
@@ -212,10 +218,13 @@ def _mode(connection: Connection, options: SyncOptions) -> str:
 
 @dataclass(frozen=True)
 class _Run:
-    """The run's id and the lock it must still hold at each commit."""
+    """The run's id, the lock it must still hold at each commit, the counts its commits saved
+    so far (the writer's), and the API calls made so far."""
 
     run_id: int
     lock: load.RunLock
+    committed: RunCounts
+    api_calls: Callable[[], int]
 
 
 @contextmanager
@@ -343,7 +352,10 @@ def _add_failure(state: _State, failure: JobFailure) -> None:
 
 def _take(state: _State) -> _Pending:
     """Hand the batch so far to the writer and start a new one."""
-    pending = _Pending(state.batch, state.untyped, state.progress, state.deletes)
+    batch = state.batch
+    # each listed job is a job row, a job reject or a failed job, until the writer adds tasks'
+    jobs = len(batch.jobs) + len(batch.rejects) + len(batch.failed_jobs)
+    pending = _Pending(batch, state.untyped, state.progress, state.deletes, jobs)
     state.batch, state.untyped, state.untyped_tasks, state.progress = Batch(), [], 0, []
     return pending
 
@@ -512,11 +524,23 @@ class _Writer:
             _type_tasks(pending, stored)
             written = load.write_batch(connection, pending.batch, self._run.run_id, stored)
             written.counts.rows_written += load.save_progress(connection, pending.progress)
+            batch = RunCounts(jobs_seen=pending.jobs)
+            batch.add(written.counts)
+            self._record(batch)
             if not self._dry_run:
                 self._before_commit()
+        self._run.committed.add(batch)
         if not self._dry_run:
             fault_point("after_commit")
         return written
+
+    def _record(self, batch: RunCounts) -> None:
+        """Record the run's counts as they are once this batch commits, in its transaction."""
+        batch.api_calls = self._run.api_calls() - self._run.committed.api_calls
+        totals = RunCounts()
+        totals.add(self._run.committed)
+        totals.add(batch)
+        load.record_counts(self._connection, self._run.run_id, totals)
 
     def _before_commit(self) -> None:
         """Refuse to commit once the run is stopping or has lost its lock."""
@@ -574,6 +598,21 @@ def _figures(counts: RunCounts, jobs: bool = True) -> str:
     return (
         f"{seen}{counts.tasks_seen} tasks ({counts.tasks_changed} changed), "
         f"{counts.rows_written} rows, {counts.rejects} rejects"
+    )
+
+
+def _say_if_interrupted(exc: BaseException, run: _Run) -> None:
+    """One line on stderr for a signal: what the run committed, and what it rolled back."""
+    if not isinstance(exc, SystemExit | KeyboardInterrupt):
+        return
+    code = exc.code if isinstance(exc, SystemExit) else EXIT_SIGINT
+    names = {128 + signum: signum.name for signum in (signal.SIGINT, signal.SIGTERM)}
+    log.error(
+        "interrupted by %s: run %d committed %s; the batch in flight, if any, was rolled back "
+        "and the next run fetches it again",
+        names.get(code, "a signal") if isinstance(code, int) else "a signal",
+        run.run_id,
+        _figures(run.committed),
     )
 
 
