@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -677,10 +677,11 @@ def live_job_ids(connection: Connection) -> set[str]:
     return set(connection.execute(query).scalars())
 
 
-def jobs_to_relist(connection: Connection) -> set[str]:
+def jobs_to_relist(connection: Connection, young: timedelta) -> set[str]:
     """Jobs whose tasks an --active-only run lists again although stored: those with a live
-    task not in a terminal state or with no live task at all (a new job's first task comes
-    soon), and those a run since the last complete one failed to list."""
+    task not in a terminal state, those with no live task at all while younger than `young`
+    (by create time and first sighting: a new job's first task comes soon, an old empty job
+    waits for the next full run), and those a run since the last complete one failed to list."""
     tasks, jobs = finetune_tasks, finetune_jobs
     unfinished = sa.select(tasks.c.job_id).where(
         tasks.c.deleted_at.is_(None),
@@ -689,7 +690,13 @@ def jobs_to_relist(connection: Connection) -> set[str]:
     live_task = sa.select(tasks.c.task_id).where(
         tasks.c.job_id == jobs.c.job_id, tasks.c.deleted_at.is_(None)
     )
-    empty = sa.select(jobs.c.job_id).where(jobs.c.deleted_at.is_(None), ~live_task.exists())
+    born = now() - young
+    empty = sa.select(jobs.c.job_id).where(
+        jobs.c.deleted_at.is_(None),
+        ~live_task.exists(),
+        jobs.c.first_seen_at > born,
+        sa.or_(jobs.c.create_time.is_(None), jobs.c.create_time > born),
+    )
     failed = sa.select(etl_failed_jobs.c.job_id).where(
         etl_failed_jobs.c.run_id > _last_covering_run()
     )

@@ -254,7 +254,7 @@ def _copy_account(
 ) -> _Outcome:
     with _transaction(connection, options.dry_run):
         state.type_ahead = not load.has_tasks(connection)
-        select = None if state.deletes else _active_selection(connection)
+        select = None if state.deletes else _active_selection(connection, options.full_every)
     run_id = run.run_id
     writer = _Writer(connection, run, options.dry_run)
     try:
@@ -301,9 +301,10 @@ def _until_stopped(listings: Iterator[JobListing], state: _State) -> Iterator[Jo
         state.stopped = exc
 
 
-def _active_selection(connection: Connection) -> ActiveSelection:
+def _active_selection(connection: Connection, full_every: float) -> ActiveSelection:
     """The jobs stored, and those of them to list again, as the run starts."""
-    return ActiveSelection(load.live_job_ids(connection), load.jobs_to_relist(connection))
+    relist = load.jobs_to_relist(connection, timedelta(seconds=full_every))
+    return ActiveSelection(load.live_job_ids(connection), relist)
 
 
 def _count_skipped(counts: RunCounts, select: ActiveSelection) -> None:
