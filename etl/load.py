@@ -30,7 +30,7 @@ from etl.schema import (
     finetune_task_status_history,
     finetune_tasks,
 )
-from etl.transform import Reject, TaskRows, same_content
+from etl.transform import TERMINAL_STATUSES, Reject, TaskRows, same_content
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 ADVISORY_LOCK_KEY = 0x5A3F0E3C6B1D2E4F
 LOCK_POLL_SECONDS = 0.2
 ID_CHUNK = 1000
-# A task in any other status (`Running`, `Waiting`, `""`, NULL, one not yet known) may still
-# change, so an --active-only run lists its job again.
-TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
 RUNNING = "Running"
 # Written by their own UPDATEs, never by the content upsert: progress alone is no change.
 PROGRESS_COLUMNS = ("run_progress", "vdl_link", "progress_at")
@@ -297,6 +294,13 @@ def has_tasks(connection: Connection) -> bool:
 def stored_tasks(connection: Connection, ids: Sequence[str]) -> dict[str, sa.Row[Any]]:
     """What is stored for these task ids: content hash, status, deletion mark."""
     return _stored(connection, finetune_tasks, ids)
+
+
+def stored_hashes(connection: Connection, ids: Sequence[str]) -> dict[str, str]:
+    """The content hash stored for each of these task ids that is stored."""
+    query = sa.select(finetune_tasks.c.task_id, finetune_tasks.c.content_hash)
+    results = _for_ids(connection, query, finetune_tasks.c.task_id, ids)
+    return {row.task_id: row.content_hash for result in results for row in result}
 
 
 def write_batch(

@@ -34,6 +34,7 @@ from etl.extract import ActiveSelection, JobFailure, JobListing, WalkStats, fetc
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts, Written
 from etl.qianfan import QianfanClient
+from etl.qianfan.pagination import id_of
 from etl.transform import (
     PreparedTask,
     Reject,
@@ -86,6 +87,8 @@ class SyncResult:
     message: str | None = None
     failed_jobs: list[JobFailure] = field(default_factory=list)
     listing_warnings: int = 0
+    # lean-listed tasks whose metrics and checkpoints could not be fetched this run
+    enrichment_failed: int = 0
 
 
 @dataclass
@@ -100,6 +103,7 @@ class _State:
     deletes: bool = True
     progress: list[dict[str, Any]] = field(default_factory=list)
     progress_failed: int = 0
+    enrichment_failed: int = 0
     # Type tasks as they arrive on a first load, or when most of the last batch changed, so the
     # writer only writes; leave typing to the writer when most were unchanged (a no-op run).
     type_ahead: bool = True
@@ -197,6 +201,7 @@ def sync(
         outcome.message,
         state.failed,
         stats.listing_warnings,
+        state.enrichment_failed,
     )
 
 
@@ -265,6 +270,7 @@ def _copy_account(
             select=select,
             stats=stats,
             task_details=options.task_details,
+            stored_hashes=_hash_reader(connection.engine),
         )
         for listing in _until_stopped(listings, state):
             fault_point("after_fetch")
@@ -291,6 +297,17 @@ def _copy_account(
     if deleted:
         log.info("soft-deleted %d rows no longer listed upstream", deleted)
     return _outcome(state, run_id, deleted, refusal)
+
+
+def _hash_reader(engine: Engine) -> Callable[[list[str]], dict[str, str]]:
+    """Stored task hashes read on a connection of the caller's own (a fetch worker's), apart
+    from the writer's; a short read, with no transaction left open."""
+
+    def read(ids: list[str]) -> dict[str, str]:
+        with engine.connect() as connection:
+            return load.stored_hashes(connection, ids)
+
+    return read
 
 
 def _until_stopped(listings: Iterator[JobListing], state: _State) -> Iterator[JobListing]:
@@ -331,10 +348,21 @@ def _add_listing(state: _State, listing: JobListing) -> None:
     state.batch.jobs.append(job)
     # Hashing here, while the fetch workers wait on the network, keeps the writer short.
     ahead = job["job_id"] if state.type_ahead else None
-    state.untyped.append((job["job_id"], [prepare_task(raw, ahead) for raw in listing.tasks]))
+    state.untyped.append((job["job_id"], _prepared(listing, ahead)))
     state.untyped_tasks += len(listing.tasks)
     state.progress += [progress_to_row(key, raw) for key, raw in listing.details.items()]
     state.progress_failed += listing.details_failed
+    state.enrichment_failed += listing.enrichment_failed
+
+
+def _prepared(listing: JobListing, ahead: str | None) -> list[PreparedTask]:
+    """The listing's tasks prepared, each lean one under the hash its enrichment decided."""
+    digests = listing.digests
+    if not digests:
+        return [prepare_task(raw, ahead) for raw in listing.tasks]
+    return [
+        prepare_task(raw, ahead, digests.get(id_of(raw, "taskId") or "")) for raw in listing.tasks
+    ]
 
 
 def _add_failure(state: _State, failure: JobFailure) -> None:
