@@ -558,8 +558,8 @@ class _Writer:
             self._record(batch)
             if not self._dry_run:
                 self._before_commit()
-        self._run.committed.add(batch)
-        if not self._dry_run:
+        if not self._dry_run:  # a dry run commits nothing
+            self._run.committed.add(batch)
             fault_point("after_commit")
         return written
 
