@@ -18,7 +18,7 @@ from click.core import ParameterSource
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import config, db, monitor, page, redact, report, stopping
+from etl import config, db, monitor, page, progress, redact, report, stopping
 from etl.charts import Selection
 from etl.errors import EXIT_DATA, ContractError, EtlError, TransientError
 from etl.qianfan import QianfanClient, RetryPolicy
@@ -341,9 +341,9 @@ def sync_command(
             lock_timeout=db_lock_timeout,
             statement_timeout=db_statement_timeout,
         )
-        progress = report.Progress() if not quiet and sys.stderr.isatty() else None
         with (
             _terminate_as_exit(),
+            progress.on_terminal(not quiet) as bar,
             QianfanClient(
                 settings.base_url,
                 settings.access_key,
@@ -355,16 +355,12 @@ def sync_command(
             ) as client,
         ):
             metrics.client = client
-            result = sync(engine, client, options, progress.update if progress else None)
-        _end(result, progress, quiet, log_format)
+            result = sync(engine, client, options, bar.update if bar else None)
+        _end(result, quiet, log_format)
 
 
-def _end(
-    result: SyncResult, progress: report.Progress | None, quiet: bool, log_format: str
-) -> None:
-    """Close the progress line, print the summary; raise for a partial run's exit code."""
-    if progress:
-        progress.close()
+def _end(result: SyncResult, quiet: bool, log_format: str) -> None:
+    """Print the summary; raise for a partial run's exit code."""
     if not quiet:
         emit_summary(result, log_format)
     if result.exit_code:

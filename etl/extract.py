@@ -56,6 +56,12 @@ class WalkStats:
 
     job_list_warnings: int = 0
     task_warnings: int = 0
+    # For the progress display: jobs in the job list so far (all of it once its last page
+    # came), those of them passed over (not wanted, or carried over) and tasks fetched so far.
+    jobs_listed: int = 0
+    job_list_done: bool = False
+    jobs_passed: int = 0
+    tasks_listed: int = 0
 
     @property
     def listing_warnings(self) -> int:
@@ -103,11 +109,13 @@ def fetch_account(
         for job in _listed_jobs(client, stats):
             job_id = id_of(job, "jobId") or None  # "" is no id either: the job is rejected
             if wanted is not None and job_id not in wanted:
+                stats.jobs_passed += 1
                 continue
             if job_id is None:
                 yield JobListing(job, [])
                 continue
             if select is not None and not select(job_id):
+                stats.jobs_passed += 1
                 continue
             found.add(job_id)
             pending.add(pool.submit(_fetch_listing, client, job, job_id, task_details))
@@ -128,6 +136,8 @@ def _listed_jobs(client: QianfanClient, stats: WalkStats) -> Iterator[Any]:
     for page in fetch_job_pages(client, paginator):
         stats.job_list_warnings = paginator.warnings
         listed += len(page)
+        stats.jobs_listed = listed
+        stats.job_list_done = not paginator.has_next_page
         yield from page
     log.info("listed %d jobs", listed)
 
@@ -183,6 +193,7 @@ def _completed(
         pending.discard(future)
         listing = future.result()
         stats.task_warnings += listing.warnings
+        stats.tasks_listed += len(listing.tasks)
         yield listing
         breaker.note(listing.failure)
 

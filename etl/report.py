@@ -2,8 +2,6 @@
 
 import json
 import logging
-import sys
-import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -11,11 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from etl.load import RunCounts
 from etl.schema import CONTENT_TABLES, etl_failed_jobs, etl_rejects, etl_runs
 from etl.sync import SyncResult
 
-PROGRESS_INTERVAL = 0.2
 COUNTED_TABLES = (*CONTENT_TABLES, etl_rejects)
 # failed jobs shown per run in the summary and `status`, and their messages' length
 FAILED_JOBS_SHOWN = 5
@@ -85,30 +81,6 @@ def _skipped(jobs: int) -> str:
 
 def _failed_progress(tasks: int) -> str:
     return f"progress of {tasks} Running tasks not fetched (kept), " if tasks else ""
-
-
-class Progress:
-    """A one-line progress display on a terminal, redrawn at most every PROGRESS_INTERVAL."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def update(self, counts: RunCounts) -> None:
-        """Redraw with the latest counts, unless drawn very recently."""
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_INTERVAL:
-            self.last = now
-            sys.stderr.write(
-                f"\r{counts.jobs_seen} jobs, {counts.tasks_seen} tasks, "
-                f"{counts.api_calls} API calls"
-            )
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        """Clear the progress line, so the summary takes its place."""
-        if self.last:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
 
 
 def status(engine: Engine, runs: int) -> dict[str, Any]:

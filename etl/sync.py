@@ -135,7 +135,7 @@ def sync(
     engine: Engine,
     client: QianfanClient,
     options: SyncOptions,
-    progress: Callable[[RunCounts], None] | None = None,
+    progress: Callable[[RunCounts, WalkStats], None] | None = None,
 ) -> SyncResult:
     """Copy every job and task the account lists into the database."""
     started = time.monotonic()
@@ -239,7 +239,7 @@ def _copy_account(
     options: SyncOptions,
     run: _Run,
     counts: RunCounts,
-    progress: Callable[[RunCounts], None] | None,
+    progress: Callable[[RunCounts, WalkStats], None] | None,
     state: _State,
     stats: WalkStats,
 ) -> _Outcome:
@@ -265,7 +265,7 @@ def _copy_account(
                 _check(state, counts, writer.submit(_take(state)), options, run_id)
             if progress:
                 counts.api_calls = client.api_calls
-                progress(counts)
+                progress(counts, stats)
         _check(state, counts, writer.submit(_take(state)), options, run_id)
         _check(state, counts, writer.finish(), options, run_id)
     except BaseException:
