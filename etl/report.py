@@ -16,6 +16,8 @@ COUNTED_TABLES = (*CONTENT_TABLES, etl_rejects)
 # failed jobs shown per run in the summary and `status`, and their messages' length
 FAILED_JOBS_SHOWN = 5
 MESSAGE_CHARS = 160
+# a run's error in the text `status` table (`status --json` has it whole)
+ERROR_CHARS = 60
 
 
 def summary_fields(result: SyncResult) -> dict[str, Any]:
@@ -120,8 +122,13 @@ def _counts(connection: sa.Connection) -> dict[str, dict[str, int]]:
     return counts
 
 
+NO_RUNS = "no runs yet: load the account with `qianfan-etl sync` (see `qianfan-etl sync --help`)"
+
+
 def status_text(status: dict[str, Any]) -> str:
-    """`status` for people: a runs table, then counts."""
+    """`status` for people: a runs table (or how to make the first run), then counts."""
+    if not status["runs"]:
+        return "\n".join([NO_RUNS, "", *_counts_text(status)])
     lines = [
         "run  status      mode      started                    jobs  skipped  tasks  changed  "
         "rows  rejects  calls  error"
@@ -132,7 +139,7 @@ def status_text(status: dict[str, Any]) -> str:
             f"{run['run_id']:<4} {run['status']:<11} {run['mode']:<9} {started:<26} "
             f"{run['jobs_seen']:>4} {run['jobs_skipped']:>8} "
             f"{run['tasks_seen']:>6} {run['tasks_changed']:>8} {run['rows_written']:>5} "
-            f"{run['rejects']:>8} {run['api_calls']:>6}  {(run['error'] or '')[:60]}"
+            f"{run['rejects']:>8} {run['api_calls']:>6}  {clip(run['error'] or '', ERROR_CHARS)}"
         )
     for run in status["runs"]:
         if run["jobs_failed"]:
@@ -141,11 +148,25 @@ def status_text(status: dict[str, Any]) -> str:
                 + _failed_text(run["failed_jobs"])
                 + (" (see etl_failed_jobs)" if run["jobs_failed"] > FAILED_JOBS_SHOWN else "")
             )
-    lines.append("")
+    return "\n".join([*lines, "", *_counts_text(status)])
+
+
+def _counts_text(status: dict[str, Any]) -> list[str]:
+    """One line per table: rows, and soft-deleted ones."""
+    lines = []
     for name, count in status["tables"].items():
         deleted = f" ({count['deleted']} deleted)" if "deleted" in count else ""
         lines.append(f"{name:<30} {count['rows']:>9}{deleted}")
-    return "\n".join(lines)
+    return lines
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` within `limit` characters, cut at a word boundary with "…" when longer."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip() + "…"
 
 
 def sample_text(engine: Engine, limit: int = 5) -> str:

@@ -5,6 +5,7 @@ Kept apart from the server (`etl.simulator`) so the CLI builds the options and h
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 
 PAGINATION_FAULTS = frozenset(
     {
@@ -39,3 +40,7 @@ class SimulatorConfig:
     # A steady state: this share of the jobs (spread evenly) has a Running first task and the
     # others only finished tasks. None: every task's status is drawn on its own.
     running_jobs: float | None = None
+    # The moment the account's history ends: every job and task is created (and finished)
+    # before it, the newest within about a day. None: dated from 2024-01-01 on. Either way
+    # the same config gives the same data; `demo` and `simulate` pass the real now.
+    now: datetime | None = None

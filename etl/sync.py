@@ -145,7 +145,7 @@ def sync(
             outer = connection.begin() if options.dry_run else None
             with _transaction(connection, options.dry_run):
                 mode = _mode(connection, options)
-                run_id = load.start_run(connection, mode)
+                run_id = load.start_run(connection, mode, dry_run=options.dry_run)
             log.info("run %d (%s) started%s", run_id, mode, " (dry run)" if options.dry_run else "")
             counts, stats = RunCounts(), WalkStats()
             state = _State(complete=mode == "full", deletes=mode != "active")
