@@ -46,7 +46,7 @@ class EtlGroup(click.Group):
         try:
             return super().invoke(ctx)
         except click.BadParameter as exc:
-            exc.param_hint = _param_hint(exc)
+            exc.param_hint = _param_hint(exc) or exc.param_hint
             raise
         except EtlError as exc:
             log.error("%s", exc)
@@ -61,7 +61,7 @@ def _param_hint(exc: click.BadParameter) -> str | None:
     the variable whatever the source)."""
     param, ctx = exc.param, exc.ctx
     if not isinstance(param, click.Option) or ctx is None or param.name is None:
-        return exc.param_hint if isinstance(exc.param_hint, str) else None
+        return None
     hint = " / ".join(f"'{opt}'" for opt in param.opts)
     if ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
         hint += f" (from env var '{param.envvar}')"
@@ -512,8 +512,8 @@ class IsoMoment(click.ParamType[datetime]):
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 date or date-time such as 2024-01-01 or "
-                      "2024-01-01T12:00:00Z", param, ctx)  # fmt: skip
+            example = "such as 2024-01-01 or 2024-01-01T12:00:00Z"
+            self.fail(f"{value!r} is not an ISO 8601 date or date-time {example}", param, ctx)
         zone = moment.tzinfo or UTC
         return moment.replace(tzinfo=zone).astimezone(UTC)
 
