@@ -135,11 +135,12 @@ def status_text(status: dict[str, Any]) -> str:
     ]
     for run in status["runs"]:
         started = str(run["started_at"])[:19]
+        error = _cut_at_word(run["error"] or "", ERROR_CHARS)
         lines.append(
             f"{run['run_id']:<4} {run['status']:<11} {run['mode']:<9} {started:<26} "
             f"{run['jobs_seen']:>4} {run['jobs_skipped']:>8} "
             f"{run['tasks_seen']:>6} {run['tasks_changed']:>8} {run['rows_written']:>5} "
-            f"{run['rejects']:>8} {run['api_calls']:>6}  {clip(run['error'] or '', ERROR_CHARS)}"
+            f"{run['rejects']:>8} {run['api_calls']:>6}  {error}"
         )
     for run in status["runs"]:
         if run["jobs_failed"]:
@@ -160,7 +161,7 @@ def _counts_text(status: dict[str, Any]) -> list[str]:
     return lines
 
 
-def clip(text: str, limit: int) -> str:
+def _cut_at_word(text: str, limit: int) -> str:
     """`text` within `limit` characters, cut at a word boundary with "…" when longer."""
     if len(text) <= limit:
         return text
