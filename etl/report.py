@@ -1,4 +1,4 @@
-"""What people and log shippers read: the summary line, `status`, progress, log lines."""
+"""What people and log shippers read: the summary line, `status`, log lines."""
 
 import logging
 from dataclasses import asdict
