@@ -45,3 +45,6 @@ class SimulatorConfig:
     # before it, the newest within about a day. None: dated from 2024-01-01 on. Either way
     # the same config gives the same data; `demo` and `simulate` pass the real now.
     now: datetime | None = None
+    # List tasks without `metrics` and `checkpointList`, as the SDK's mock and the 2025 doc do;
+    # only the detail call (DescribeFineTuningTask) carries them.
+    lean_listings: bool = False

@@ -102,7 +102,9 @@ def test_ctrl_c_clears_the_bar_before_the_run_stops(
     code, _ = terminal.finish()
     assert code == 130, terminal.screen_bytes
     screen = terminal.screen()
-    assert not [line for line in screen if "API calls" in line or "jobs" in line], screen
+    assert not [line for line in screen if "API calls" in line or " jobs [" in line], screen
+    said = [line for line in screen if "interrupted by SIGINT" in line]
+    assert len(said) == 1 and re.match(r"\d{4}-\d\d-\d\d .* ERROR ", said[0]), screen
 
 
 def test_a_warning_is_written_whole_above_the_bar(
