@@ -621,8 +621,11 @@ etl_rejects = sa.Table(
     sa.Column(
         "resolved_run_id",
         sa.Integer,
-        sa.ForeignKey("etl_runs.run_id"),
-        comment="The run that found it gone (etl_runs.run_id). NULL while open.",
+        # no foreign key: a second one would make SQLite's table copies order them at random
+        comment=(
+            "The run that found it gone (etl_runs.run_id, no foreign key). NULL while open, and "
+            "for those revision 0007 resolved."
+        ),
     ),
     sa.Index(
         "ux_etl_rejects_open_key",

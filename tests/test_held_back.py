@@ -10,8 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import schema
+from etl import db, schema
+from etl.load import now, reject_key
 from etl.simulator import Simulator, SimulatorServer
+from etl.transform import Reject, content_hash, task_to_rows
 from tests.harness import cli_env, invoke_cli, scalar, sync
 
 NUMERIC_JOB = 31337
@@ -20,9 +22,7 @@ NUMERIC_JOB = 31337
 def _live(engine: Engine, table: sa.Table, record_id: str) -> bool:
     key = next(iter(table.primary_key.columns))
     with engine.connect() as connection:
-        deleted = connection.execute(
-            sa.select(table.c.deleted_at).where(key == record_id)
-        ).one()
+        deleted = connection.execute(sa.select(table.c.deleted_at).where(key == record_id)).one()
     return deleted[0] is None
 
 
@@ -30,8 +30,9 @@ def _held_back(engine: Engine) -> list[tuple[Any, ...]]:
     table = schema.etl_held_back_scopes
     with engine.connect() as connection:
         rows = connection.execute(
-            sa.select(table.c.run_id, table.c.scope_kind, table.c.scope_id, table.c.held_back)
-            .order_by(table.c.run_id)
+            sa.select(
+                table.c.run_id, table.c.scope_kind, table.c.scope_id, table.c.held_back
+            ).order_by(table.c.run_id)
         ).all()
     return [tuple(row) for row in rows]
 
@@ -203,3 +204,46 @@ def test_a_reject_is_stored_once_and_resolved_once_gone(
     assert all(rejects[source][2:] == (4, True) for source in resolved)
     assert rejects["task-bad-149"][0] == 1 and rejects["task-bad-149"][1] != before[1]
     assert rejects["task-bad-100"] == (1, before[1], None, False)  # untouched
+
+
+def test_revision_0007_keeps_open_only_the_latest_reject_a_run_can_match(
+    sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
+) -> None:
+    job_id = sim.jobs()[0]["jobId"]
+    bad = {"taskId": "task-bad-000", "jobId": job_id, "metrics": ["x"]}
+    reject = task_to_rows(bad, job_id)
+    assert isinstance(reject, Reject)
+    db.downgrade(engine, "0006")
+    stored = [
+        (1, "task-bad-000", bad, reject.reason),  # an older copy of the one below
+        (2, "task-bad-000", bad, reject.reason),
+        (2, None, {"jobId": job_id}, "taskId is missing"),  # no identity a run can match
+        (2, "t" * 200 + "...", {"taskId": "t" * 3000}, "taskId is 3000 bytes long"),  # cut
+    ]
+    with engine.begin() as connection:
+        for _ in (1, 2):
+            connection.execute(
+                schema.etl_runs.insert().values(started_at=now(), status="succeeded")
+            )
+        for run_id, source_id, raw, reason in stored:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO etl_rejects (run_id, entity, source_id, reason, raw, rejected_at) "
+                    "VALUES (:run, 'task', :source, :reason, :raw, :at)"
+                ).bindparams(sa.bindparam("raw", type_=schema.etl_rejects.c.raw.type)),
+                {"run": run_id, "source": source_id, "reason": reason, "raw": raw, "at": now()},
+            )
+    db.upgrade(engine)
+    table = schema.etl_rejects
+    with engine.connect() as connection:
+        still_open = connection.execute(
+            sa.select(
+                table.c.reject_id, table.c.reject_key, table.c.scope_id, table.c.raw_hash
+            ).where(table.c.resolved_at.is_(None))
+        ).all()
+    key = reject_key("task", "task-bad-000", None, "")
+    assert [tuple(row) for row in still_open] == [(2, key, job_id, content_hash(bad))]
+    sim.put_task(job_id, bad)
+    run = sync(sim, server, db_url, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert scalar(engine, "SELECT count(*) FROM etl_rejects") == 4  # matched, not stored again

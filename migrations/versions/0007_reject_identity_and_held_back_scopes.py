@@ -85,12 +85,6 @@ def upgrade() -> None:
     with op.batch_alter_table("etl_rejects", schema=None) as batch_op:
         for column in _reject_columns():
             batch_op.add_column(column)
-        batch_op.create_foreign_key(
-            batch_op.f("fk_etl_rejects_resolved_run_id_etl_runs"),
-            "etl_runs",
-            ["resolved_run_id"],
-            ["run_id"],
-        )
     _backfill(op.get_bind())
     with op.batch_alter_table("etl_rejects", schema=None) as batch_op:
         batch_op.alter_column("reject_key", existing_type=sa.Text(), nullable=False)
@@ -108,9 +102,6 @@ def downgrade() -> None:
     _describe(COMMENTS_0006, COMMENTS, REJECTS_COMMENT_0006, REJECTS_COMMENT)
     with op.batch_alter_table("etl_rejects", schema=None) as batch_op:
         batch_op.drop_index(OPEN_KEY_INDEX)
-        batch_op.drop_constraint(
-            batch_op.f("fk_etl_rejects_resolved_run_id_etl_runs"), type_="foreignkey"
-        )
         for name in ("resolved_run_id", "resolved_at", "raw_hash", "scope_id", "reject_key"):
             batch_op.drop_column(name)
     op.drop_table("etl_held_back_scopes")
@@ -209,7 +200,11 @@ def _reject_columns() -> list[sa.Column[Any]]:
             "resolved_run_id",
             sa.Integer(),
             nullable=True,
-            comment="The run that found it gone (etl_runs.run_id). NULL while open.",
+            # no foreign key: a second one would make SQLite's table copies order them at random
+            comment=(
+                "The run that found it gone (etl_runs.run_id, no foreign key). NULL while open, "
+                "and for those revision 0007 resolved."
+            ),
         ),
     ]
 
