@@ -248,7 +248,6 @@ def _copy_account(
     with _transaction(connection, options.dry_run):
         state.type_ahead = not load.has_tasks(connection)
         select = None if state.ledger.deletes else _active_selection(connection)
-    run_id = run.run_id
     writer = _Writer(connection, run, options.dry_run, options.max_rejects)
     try:
         listings = fetch_account(
@@ -277,9 +276,23 @@ def _copy_account(
         raise state.stopped
     if select is not None:
         _count_skipped(counts, select)
+    return _settle(connection, options, run, counts, state, full=select is None)
+
+
+def _settle(
+    connection: Connection,
+    options: SyncOptions,
+    run: _Run,
+    counts: RunCounts,
+    state: _State,
+    full: bool,
+) -> _Outcome:
+    """The end of a run that went through, in one transaction: deferred owners, what the
+    ledger lets go, resolved rejects, held-back scopes; then how the run ended."""
+    run_id = run.run_id
     with _transaction(connection, options.dry_run, run.lock):
-        counts.add(_write_deferred(connection, state, run.run_id))
-        if select is None and not options.job_ids:
+        counts.add(_write_deferred(connection, state, run_id))
+        if full and not options.job_ids:
             _list_account(connection, state.ledger)
         deleted, refusal = _delete_absent(connection, state.ledger, options.max_delete_fraction)
         counts.rows_written += _settle_rejects(connection, state, run_id)

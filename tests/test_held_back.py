@@ -214,7 +214,7 @@ def test_revision_0007_keeps_open_only_the_latest_reject_a_run_can_match(
     reject = task_to_rows(bad, job_id)
     assert isinstance(reject, Reject)
     db.downgrade(engine, "0006")
-    stored = [
+    stored = [  # run, source_id, raw, reason, as releases before 0007 stored them
         (1, "task-bad-000", bad, reject.reason),  # an older copy of the one below
         (2, "task-bad-000", bad, reject.reason),
         (2, None, {"jobId": job_id}, "taskId is missing"),  # no identity a run can match
@@ -241,7 +241,7 @@ def test_revision_0007_keeps_open_only_the_latest_reject_a_run_can_match(
                 table.c.reject_id, table.c.reject_key, table.c.scope_id, table.c.raw_hash
             ).where(table.c.resolved_at.is_(None))
         ).all()
-    key = reject_key("task", "task-bad-000", None, "")
+    key = reject_key("task", "task-bad-000", None, "")  # what a run computes for it
     assert [tuple(row) for row in still_open] == [(2, key, job_id, content_hash(bad))]
     sim.put_task(job_id, bad)
     run = sync(sim, server, db_url, tmp_path)
