@@ -51,6 +51,7 @@ class Fault:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     interval: float = 0.1
+    message: str | None = None  # a "status" fault's error message (hostile text in tests)
 
 
 @dataclass
@@ -558,9 +559,9 @@ class Simulator:
         if kind == "slow":
             time.sleep(float(arg or 1))  # outside the lock: other jobs are served meanwhile
         if kind == "500":
-            raise ApiError(500, "InternalError", "simulated failure of this job's listing")
+            raise ApiError(500, "InternalError", arg or "simulated failure of this job's listing")
         if kind == "403":
-            raise ApiError(403, "AccessDenied", "no permission on this job")
+            raise ApiError(403, "AccessDenied", arg or "no permission on this job")
         with self._lock:
             if body.get("marker") and self._data.find_job(job_id) is None:
                 raise ApiError(404, "ResourceNotFound", f"job {job_id} not found")
@@ -571,6 +572,8 @@ class Simulator:
             )
             if kind == "deleted_mid_listing" and page["pageInfo"]["isTruncated"] is True:
                 self._data.delete_job(job_id)
+            if self.config.lean_listings:
+                page["taskList"] = [_lean(task) for task in page["taskList"]]
             return page
 
     def _list(
@@ -600,7 +603,9 @@ class Simulator:
         task = self._data.find_task(task_id)
         if not isinstance(task, dict):
             raise ApiError(404, "ResourceNotFound", f"task {task_id} not found")
-        detail = {**task, "vdlLink": f"https://console.bce.baidu.com/qianfan/vdl/{task_id}"}
+        # the SDK's defaults: a detail always carries both, lean listing or not
+        detail = {"metrics": {}, "checkpointList": [], **task}
+        detail["vdlLink"] = f"https://console.bce.baidu.com/qianfan/vdl/{task_id}"
         if task.get("runStatus") == "Running":
             done = len(task.get("checkpointList") or [])
             percent = f"{min(99, done * 100 // max(1, self.config.checkpoints))}%"
@@ -613,6 +618,13 @@ class Simulator:
 
 
 # --- HTTP ---
+
+
+def _lean(task: Any) -> Any:
+    """A listed task as a lean listing gives it: without `metrics` and `checkpointList`."""
+    if not isinstance(task, dict):
+        return task
+    return {k: v for k, v in task.items() if k not in ("metrics", "checkpointList")}
 
 
 def _parse_body(payload: bytes) -> dict[str, Any] | None:
@@ -735,7 +747,8 @@ class _Handler(BaseHTTPRequestHandler):
         name = fault.code or ("TooManyRequests" if fault.status == 429 else "InternalError")
         data = fault.body
         if data is None:
-            data = _error_body(self._request_id, str(name), f"simulated HTTP {fault.status}")
+            message = fault.message or f"simulated HTTP {fault.status}"
+            data = _error_body(self._request_id, str(name), message)
         self._send(fault.status, data, fault.headers)
 
     def _send_error(self, error: ApiError) -> None:

@@ -18,7 +18,8 @@ PAGINATION_FAULTS = frozenset(
     }
 )
 # Faults of one job's task listing (Simulator.job_faults): "500" answers every request with
-# HTTP 500, "403" with AccessDenied (a policy scoped to some jobs); "deleted_mid_listing"
+# HTTP 500, "403" with AccessDenied (a policy scoped to some jobs), "500:MESSAGE" and
+# "403:MESSAGE" with that error message (hostile upstream text); "deleted_mid_listing"
 # deletes the job once its first page is served, so a later page answers 404; "slow:SECONDS"
 # delays each response; a PAGINATION_FAULTS name breaks that job's paging alone.
 JOB_FAULTS = frozenset({"500", "403", "deleted_mid_listing", "slow"}) | PAGINATION_FAULTS
@@ -39,3 +40,6 @@ class SimulatorConfig:
     # A steady state: this share of the jobs (spread evenly) has a Running first task and the
     # others only finished tasks. None: every task's status is drawn on its own.
     running_jobs: float | None = None
+    # List tasks without `metrics` and `checkpointList`, as the SDK's mock and the 2025 doc do;
+    # only the detail call (DescribeFineTuningTask) carries them.
+    lean_listings: bool = False

@@ -10,6 +10,7 @@ them all. Rejects never stop the run: more than --max-rejects are seen, and it e
 """
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +26,7 @@ from etl import db, load, redact, stopping
 from etl.errors import (
     EXIT_DATA,
     EXIT_OK,
+    EXIT_SIGINT,
     EXIT_TEMPFAIL,
     EtlError,
     exit_code_of,
@@ -33,6 +35,7 @@ from etl.extract import ActiveSelection, JobFailure, JobListing, WalkStats, fetc
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts, Written
 from etl.qianfan import QianfanClient
+from etl.qianfan.pagination import id_of
 from etl.scopes import ACCOUNT, ACCOUNT_KIND, JOB_KIND, HeldBack, Ledger, Scope, job_scope
 from etl.transform import (
     PreparedTask,
@@ -86,6 +89,8 @@ class SyncResult:
     message: str | None = None
     failed_jobs: list[JobFailure] = field(default_factory=list)
     listing_warnings: int = 0
+    # lean-listed tasks whose metrics and checkpoints could not be fetched this run
+    enrichment_failed: int = 0
     held_back: list[HeldBack] = field(default_factory=list)
 
 
@@ -101,6 +106,7 @@ class _State:
     reject_keys: set[str] = field(default_factory=set)
     progress: list[dict[str, Any]] = field(default_factory=list)
     progress_failed: int = 0
+    enrichment_failed: int = 0
     # Type tasks as they arrive on a first load, or when most of the last batch changed, so the
     # writer only writes; leave typing to the writer when most were unchanged (a no-op run).
     type_ahead: bool = True
@@ -130,6 +136,7 @@ class _Pending:
     untyped: list[tuple[str, list[PreparedTask]]]
     progress: list[dict[str, Any]]
     deletes: bool
+    jobs: int
 
 
 def sync(
@@ -150,13 +157,14 @@ def sync(
             log.info("run %d (%s) started%s", run_id, mode, " (dry run)" if options.dry_run else "")
             counts, stats = RunCounts(), WalkStats()
             state = _State(ledger=Ledger(deletes=mode != "active"))
+            run = _Run(run_id, lock, RunCounts(), lambda: client.api_calls)
             try:
                 with db.translated_errors(engine.url):
                     outcome = _copy_account(
                         connection,
                         client,
                         options,
-                        _Run(run_id, lock),
+                        run,
                         counts,
                         progress,
                         state,
@@ -173,8 +181,10 @@ def sync(
                             exit_code=outcome.exit_code,
                         )
             except BaseException as exc:
-                counts.api_calls = client.api_calls
-                _record_failure(connection, run_id, counts, exc, options.dry_run)
+                # what the batches committed, not what was fetched: the rest was rolled back
+                run.committed.api_calls = client.api_calls
+                _record_failure(connection, run_id, run.committed, exc, options.dry_run)
+                _say_if_interrupted(exc, run)
                 raise
             if outer is not None:
                 outer.rollback()
@@ -192,6 +202,7 @@ def sync(
         outcome.message,
         state.failed,
         stats.listing_warnings,
+        state.enrichment_failed,
         held_back=outcome.held_back,
     )
 
@@ -214,10 +225,13 @@ def _mode(connection: Connection, options: SyncOptions) -> str:
 
 @dataclass(frozen=True)
 class _Run:
-    """The run's id and the lock it must still hold at each commit."""
+    """The run's id, the lock it must still hold at each commit, the counts its commits saved
+    so far (the writer's), and the API calls made so far."""
 
     run_id: int
     lock: load.RunLock
+    committed: RunCounts
+    api_calls: Callable[[], int]
 
 
 @contextmanager
@@ -247,7 +261,7 @@ def _copy_account(
 ) -> _Outcome:
     with _transaction(connection, options.dry_run):
         state.type_ahead = not load.has_tasks(connection)
-        select = None if state.ledger.deletes else _active_selection(connection)
+        select = None if state.ledger.deletes else _active_selection(connection, options.full_every)
     writer = _Writer(connection, run, options.dry_run, options.max_rejects)
     try:
         listings = fetch_account(
@@ -257,6 +271,7 @@ def _copy_account(
             select=select,
             stats=stats,
             task_details=options.task_details,
+            stored_hashes=_hash_reader(connection.engine),
         )
         for listing in _until_stopped(listings, state):
             fault_point("after_fetch")
@@ -303,6 +318,17 @@ def _settle(
     return _outcome(state, run_id, deleted, refusal, _too_many_rejects(counts, options, run_id))
 
 
+def _hash_reader(engine: Engine) -> Callable[[list[str]], dict[str, str]]:
+    """Stored task hashes read on a connection of the caller's own (a fetch worker's), apart
+    from the writer's; a short read, with no transaction left open."""
+
+    def read(ids: list[str]) -> dict[str, str]:
+        with engine.connect() as connection:
+            return load.stored_hashes(connection, ids)
+
+    return read
+
+
 def _until_stopped(listings: Iterator[JobListing], state: _State) -> Iterator[JobListing]:
     """The listings until an error ends the walk; the error is kept for after the commit."""
     try:
@@ -311,9 +337,10 @@ def _until_stopped(listings: Iterator[JobListing], state: _State) -> Iterator[Jo
         state.stopped = exc
 
 
-def _active_selection(connection: Connection) -> ActiveSelection:
+def _active_selection(connection: Connection, full_every: float) -> ActiveSelection:
     """The jobs stored, and those of them to list again, as the run starts."""
-    return ActiveSelection(load.live_job_ids(connection), load.jobs_to_relist(connection))
+    relist = load.jobs_to_relist(connection, timedelta(seconds=full_every))
+    return ActiveSelection(load.live_job_ids(connection), relist)
 
 
 def _count_skipped(counts: RunCounts, select: ActiveSelection) -> None:
@@ -340,12 +367,23 @@ def _add_listing(state: _State, listing: JobListing) -> None:
     state.batch.jobs.append(job)
     # Hashing here, while the fetch workers wait on the network, keeps the writer short.
     ahead = job_id if state.type_ahead else None
-    tasks = [prepare_task(raw, ahead) for raw in listing.tasks]
+    tasks = _prepared(listing, ahead)
     _note_ids(state.ledger, job_scope(job_id), [task.task_id for task in tasks])
     state.untyped.append((job_id, tasks))
     state.untyped_tasks += len(listing.tasks)
     state.progress += [progress_to_row(key, raw) for key, raw in listing.details.items()]
     state.progress_failed += listing.details_failed
+    state.enrichment_failed += listing.enrichment_failed
+
+
+def _prepared(listing: JobListing, ahead: str | None) -> list[PreparedTask]:
+    """The listing's tasks prepared, each lean one under the hash its enrichment decided."""
+    digests = listing.digests
+    if not digests:
+        return [prepare_task(raw, ahead) for raw in listing.tasks]
+    return [
+        prepare_task(raw, ahead, digests.get(id_of(raw, "taskId") or "")) for raw in listing.tasks
+    ]
 
 
 def _add_failure(state: _State, failure: JobFailure) -> None:
@@ -372,7 +410,10 @@ def _note_ids(ledger: Ledger, scope: Scope, ids: list[str | None]) -> None:
 
 def _take(state: _State) -> _Pending:
     """Hand the batch so far to the writer and start a new one."""
-    pending = _Pending(state.batch, state.untyped, state.progress, state.ledger.deletes)
+    batch = state.batch
+    # each listed job is a job row, a job reject or a failed job, until the writer adds tasks'
+    jobs = len(batch.jobs) + len(batch.rejects) + len(batch.failed_jobs)
+    pending = _Pending(batch, state.untyped, state.progress, state.ledger.deletes, jobs)
     state.batch, state.untyped, state.untyped_tasks, state.progress = Batch(), [], 0, []
     return pending
 
@@ -582,12 +623,24 @@ class _Writer:
             pending.batch.reject_room = self._reject_room
             written = load.write_batch(connection, pending.batch, self._run.run_id, stored)
             written.counts.rows_written += load.save_progress(connection, pending.progress)
+            batch = RunCounts(jobs_seen=pending.jobs)
+            batch.add(written.counts)
+            self._record(batch)
             if not self._dry_run:
                 self._before_commit()
-        if not self._dry_run:
+        if not self._dry_run:  # a dry run commits nothing
+            self._run.committed.add(batch)
             fault_point("after_commit")
         self._reject_room -= written.rejects_recorded
         return written
+
+    def _record(self, batch: RunCounts) -> None:
+        """Record the run's counts as they are once this batch commits, in its transaction."""
+        batch.api_calls = self._run.api_calls() - self._run.committed.api_calls
+        totals = RunCounts()
+        totals.add(self._run.committed)
+        totals.add(batch)
+        load.record_counts(self._connection, self._run.run_id, totals)
 
     def _before_commit(self) -> None:
         """Refuse to commit once the run is stopping or has lost its lock."""
@@ -645,6 +698,21 @@ def _figures(counts: RunCounts, jobs: bool = True) -> str:
     return (
         f"{seen}{counts.tasks_seen} tasks ({counts.tasks_changed} changed), "
         f"{counts.rows_written} rows, {counts.rejects} rejects"
+    )
+
+
+def _say_if_interrupted(exc: BaseException, run: _Run) -> None:
+    """One line on stderr for a signal: what the run committed, and what it rolled back."""
+    if not isinstance(exc, SystemExit | KeyboardInterrupt):
+        return
+    code = exc.code if isinstance(exc, SystemExit) else EXIT_SIGINT
+    names = {128 + signum: signum.name for signum in (signal.SIGINT, signal.SIGTERM)}
+    log.error(
+        "interrupted by %s: run %d committed %s; the batch in flight, if any, was rolled back "
+        "and the next run fetches it again",
+        names.get(code, "a signal") if isinstance(code, int) else "a signal",
+        run.run_id,
+        _figures(run.committed),
     )
 
 
