@@ -73,6 +73,20 @@ def test_loss_curves_keep_real_points_first_and_last(loaded: Connection, sim: Si
         assert steps == [every[0], every[3], every[-1]]
 
 
+def test_running_tasks_are_the_latest_started(loaded: Connection, sim: Simulator) -> None:
+    running = [t for t in sim_tasks(sim) if t["runStatus"] == "Running"]
+    latest = sorted(running, key=lambda t: (-when(t, "create").timestamp(), t["taskId"]))[:2]  # type: ignore[union-attr]
+    tasks, total = charts.running_tasks(loaded, Selection(), limit=2)
+    assert total == len(running) > 2
+    assert [row["task_id"] for row in tasks] == [t["taskId"] for t in latest]
+    curves = charts.training_curves(loaded, tasks)
+    by_place = {place: [r for r in curves if r["place"] == place] for place in (0, 1)}
+    for place, task in enumerate(latest):
+        steps = [p["step"] for p in task["checkpointList"]]
+        assert [r["step"] for r in by_place[place]] == steps
+        assert [r["share"] for r in by_place[place]][-1:] == ([100.0] if steps else [])
+
+
 def test_metric_means_by_model_and_scale(loaded: Connection, sim: Simulator) -> None:
     values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for task in sim_tasks(sim):
@@ -218,7 +232,8 @@ def test_nulls_read_as_unknown_and_are_left_out_of_figures(engine: Engine) -> No
             }
         ]
         curve = charts.loss_curves(connection, selection)
-        assert curve == [{"task": "job-1 · done", "step": 1, "loss": None, "perplexity": None}]
+        point = {"task": "job-1 · done", "step": 1, "loss": None, "perplexity": None}
+        assert curve == [point | {"share": 100.0}]
 
 
 def test_an_empty_database_gives_empty_rows(engine: Engine) -> None:
