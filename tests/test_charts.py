@@ -270,3 +270,18 @@ def test_long_curves_are_thinned_to_the_limit(engine: Engine) -> None:
         )
         steps = [row["step"] for row in charts.loss_curves(connection, Selection(), max_points=100)]
     assert steps == [*range(1, 1001, 10), 1000]
+
+
+def test_category_charts_keep_the_largest_categories(engine: Engine) -> None:
+    """More error codes or parameter scales than a chart keeps: the most frequent stay."""
+    codes = [*range(charts.MAX_CATEGORIES + 5), 999, 999]
+    with engine.begin() as connection:
+        for n, code in enumerate(codes):
+            times = {"create_time": NOW, "finish_time": NOW + timedelta(hours=1)}
+            insert_task(connection, f"f{n}", run_status="Failed", error_code=code, **times)
+            insert_task(connection, f"d{n}", run_status="Done", parameter_scale=f"s{code}", **times)
+        failures = charts.failures_by_code(connection, Selection())
+        scales = charts.durations_by_scale(connection, Selection())
+    assert len(failures) == len(scales) == charts.MAX_CATEGORIES
+    assert failures[0] == {"code": "999", "tasks": 2}
+    assert [s["tasks"] for s in scales if s["scale"] == "s999"] == [2]
