@@ -381,11 +381,21 @@ def test_training_now_shows_running_tasks_with_progress_eta_curve_and_link(
     assert panels == 20  # one loss curve so far per task shown
 
 
-def test_nothing_training_says_so(chromium: Page, sqlite_url: URL, tmp_path: Path) -> None:
+def test_training_now_says_when_nothing_runs_or_no_curve_is_in_yet(
+    chromium: Page, sqlite_url: URL, tmp_path: Path
+) -> None:
     output = tmp_path / "idle.html"
     assert report(sqlite_url, output).exit_code == 0
     rendered(chromium, output)
     assert "Nothing is training" in training_state(chromium)["text"]
+    with sa.create_engine(sqlite_url).begin() as connection:
+        insert_task(connection, "queued", run_status="Running", create_time=NOW)
+    assert report(sqlite_url, output).exit_code == 0
+    state = rendered(chromium, output)
+    training = training_state(chromium)
+    assert [row[1] for row in training["rows"]] == ["queued"]
+    assert "None of them has a checkpoint yet" in training["text"]
+    assert "chart-training" not in state["charts"]
 
 
 @pytest.mark.parametrize(
