@@ -1,80 +1,16 @@
-"""The BI views as SQL text with their descriptions: the current definitions (revision 0005).
+"""The BI views as the code knows them now: their SQL, and their descriptions.
 
-Views are replaced, not altered: a revision that changes one drops and re-creates it. Before
-changing a definition here, copy this module to views_NNNN.py and point the revisions that use
-it at the copy, so they stay reproducible (views_0001.py holds those of revisions 0001-0004).
+The SQL is that of the newest revision that changed a view (0005): revisions never import this
+module, which reads etl/schema.py; each one creates its views from a frozen copy named for it
+(migrations/frozen/views_NNNN.py). A revision that changes a view writes its own copy, and
+this module then points at it. The descriptions are made from etl/schema.py's comments.
 """
-
-from alembic import op
 
 from etl.schema import metadata
-from migrations.views_0001 import METRIC_COLUMNS, metrics_wide_sql
+from migrations.frozen.views_0001 import METRIC_COLUMNS
+from migrations.frozen.views_0005 import LIVE_VIEWS, VIEW_NAMES, statements
 
-# Whole milliseconds: SQLite's julianday arithmetic leaves float noise in the microseconds.
-DURATION_SECONDS = {
-    "postgresql": "ROUND(CAST(EXTRACT(EPOCH FROM (w.finish_time - w.create_time)) AS numeric), 3)",
-    "sqlite": "ROUND((julianday(w.finish_time) - julianday(w.create_time)) * 86400.0, 3)",
-}
-# The table behind each *_live view: its rows of live tasks, plus the task's job and model.
-LIVE_VIEWS = {
-    "finetune_task_metrics_live": "finetune_task_metrics",
-    "finetune_task_checkpoints_live": "finetune_task_checkpoints",
-}
-VIEW_NAMES = ("finetune_task_metrics_wide", "finetune_task_overview", *LIVE_VIEWS)
-
-
-def overview_sql(dialect: str) -> str:
-    """One row per live task: status, duration, checkpoint summary, metrics, error, job."""
-    return f"""
-CREATE VIEW finetune_task_overview AS
-WITH cp AS (
-    SELECT task_id, COUNT(*) AS checkpoint_count, MAX(step) AS last_step,
-           MIN(perplexity) AS min_perplexity
-    FROM finetune_task_checkpoints
-    GROUP BY task_id
-)
-SELECT
-    w.task_id, w.job_id, w.job_name, w.model, w.train_mode, w.parameter_scale, w.run_status,
-    w.create_time, w.finish_time,
-    {DURATION_SECONDS[dialect]} AS duration_seconds,
-    COALESCE(cp.checkpoint_count, 0) AS checkpoint_count,
-    cp.last_step,
-    (SELECT c.training_loss FROM finetune_task_checkpoints c
-      WHERE c.task_id = w.task_id AND c.step = cp.last_step) AS final_training_loss,
-    cp.min_perplexity,
-    w.bleu_4, w.rouge_1, w.rouge_2, w.rouge_l,
-    t.error_code, t.error_message, w.job_description
-FROM finetune_task_metrics_wide w
-JOIN finetune_tasks t ON t.task_id = w.task_id
-LEFT JOIN cp ON cp.task_id = w.task_id
-"""
-
-
-def live_sql(view: str) -> str:
-    """The child table's rows whose task is live, with the task's job and model."""
-    table = metadata.tables[LIVE_VIEWS[view]]
-    columns = ", ".join(f"x.{column.name}" for column in table.columns)
-    return f"""
-CREATE VIEW {view} AS
-SELECT {columns}, t.job_id, t.model
-FROM {table.name} x
-JOIN finetune_tasks t ON t.task_id = x.task_id
-WHERE t.deleted_at IS NULL
-"""
-
-
-def create_all(dialect: str) -> None:
-    """Create the views (the overview reads the wide view, so it comes after it)."""
-    op.execute(metrics_wide_sql())
-    op.execute(overview_sql(dialect))
-    for view in LIVE_VIEWS:
-        op.execute(live_sql(view))
-
-
-def drop_all() -> None:
-    """Drop the views, dependants first."""
-    for view in reversed(VIEW_NAMES):
-        op.execute(f"DROP VIEW IF EXISTS {view}")
+__all__ = ["VIEW_DESCRIPTIONS", "VIEW_NAMES", "statements"]
 
 
 # -- descriptions (COMMENT ON VIEW / COLUMN; the README's Tables section is made from them) --

@@ -33,6 +33,7 @@ from etl.qianfan import QianfanClient
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
 from etl.sync import SyncOptions
 from etl.sync import sync as sync_in_process
+from migrations.views import VIEW_DESCRIPTIONS
 from tests.faulty_cli import FAULT_VAR
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -398,3 +399,36 @@ def bi_session(url: URL, *statements: str) -> Iterator[None]:
             connection.execute(statement)  # type: ignore[arg-type]
         yield
         connection.rollback()
+
+
+# -- the schema's descriptions -----------------------------------------------------------
+
+Description = tuple[str, str, str, str | None, str | None]
+
+DESCRIPTIONS = """
+SELECT c.relname, c.relkind, a.attname, obj_description(c.oid, 'pg_class') AS about,
+       col_description(c.oid, a.attnum) AS column_about
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v') AND c.relname <> 'alembic_version'
+"""
+
+
+def descriptions(engine: Engine) -> set[Description]:
+    """(relation, r or v, column, the relation's description, the column's) on Postgres."""
+    with engine.connect() as connection:
+        return {tuple(row) for row in connection.execute(sa.text(DESCRIPTIONS))}
+
+
+def code_descriptions() -> set[Description]:
+    """The same, as etl/schema.py and migrations/views.py say they are."""
+    return {
+        (table.name, "r", column.name, table.comment, column.comment)
+        for table in schema.metadata.tables.values()
+        for column in table.columns
+    } | {
+        (view, "v", column, about, text)
+        for view, (about, columns) in VIEW_DESCRIPTIONS.items()
+        for column, text in columns.items()
+    }

@@ -14,6 +14,7 @@ from etl.sync import SyncOptions, sync
 from etl.transform import parse_percent
 from migrations import readme
 from migrations.views import VIEW_DESCRIPTIONS
+from tests.harness import code_descriptions, descriptions
 
 OVERVIEW_0004 = [
     "task_id",
@@ -53,31 +54,13 @@ def all_tasks(sim: Simulator) -> list[dict[str, Any]]:
 
 # -- descriptions --------------------------------------------------------------------------
 
-DESCRIPTIONS = """
-SELECT c.relname, c.relkind, a.attname, obj_description(c.oid, 'pg_class') AS about,
-       col_description(c.oid, a.attnum) AS column_about
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v') AND c.relname <> 'alembic_version'
-"""
-
 
 def test_every_table_column_and_view_is_described_on_postgres(pg_engine: Engine) -> None:
     """What `\\d+` shows: every relation and column of the schema has its description."""
-    found = rows(pg_engine, DESCRIPTIONS)
-    expected = {
-        (table.name, "r", column.name, table.comment, column.comment)
-        for table in metadata.tables.values()
-        for column in table.columns
-    } | {
-        (view, "v", column, about, text)
-        for view, (about, columns) in VIEW_DESCRIPTIONS.items()
-        for column, text in columns.items()
-    }
-    assert {tuple(row) for row in found} == expected
-    assert all(row.about and row.column_about for row in found)
-    assert {"etl_failed_jobs", "finetune_task_checkpoints_live"} <= {row.relname for row in found}
+    found = descriptions(pg_engine)
+    assert found == code_descriptions()
+    assert all(about and column_about for *_, about, column_about in found)
+    assert {"etl_failed_jobs", "finetune_task_checkpoints_live"} <= {row[0] for row in found}
 
 
 def test_view_descriptions_name_every_view_column_in_order(engine: Engine) -> None:
@@ -89,16 +72,16 @@ def test_view_descriptions_name_every_view_column_in_order(engine: Engine) -> No
 
 def test_downgrade_to_0004_removes_descriptions_and_new_views(pg_engine: Engine) -> None:
     db.downgrade(pg_engine, "0004")
-    found = rows(pg_engine, DESCRIPTIONS)
-    assert found and not any(row.about or row.column_about for row in found)
-    assert {row.relname for row in found if row.relkind == "v"} == {
+    found = descriptions(pg_engine)
+    assert found and not any(about or column_about for *_, about, column_about in found)
+    assert {name for name, kind, *_ in found if kind == "v"} == {
         "finetune_task_metrics_wide",
         "finetune_task_overview",
     }
     overview = [c["name"] for c in sa.inspect(pg_engine).get_columns("finetune_task_overview")]
     assert overview == OVERVIEW_0004
     db.upgrade(pg_engine)
-    assert all(row.column_about for row in rows(pg_engine, DESCRIPTIONS))
+    assert all(column_about for *_, column_about in descriptions(pg_engine))
 
 
 def test_readme_reference_is_generated_from_the_descriptions() -> None:

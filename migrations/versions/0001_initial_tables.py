@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from migrations import views_0001 as views
+from migrations.frozen import views_0001 as views
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from migrations import views_0001 as views
+from migrations.frozen import views_0001 as views
 
 revision: str = "0002"
 down_revision: str | None = "0001"

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from migrations import views_0001 as views
+from migrations.frozen import views_0001 as views
 
 revision: str = "0004"
 down_revision: str | None = "0003"

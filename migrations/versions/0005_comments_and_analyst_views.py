@@ -2,7 +2,8 @@
 
 - `COMMENT ON` every table, column and view, and every view column (Postgres; SQLite has no
   comments): units, meaning, NULL rules. The texts below are a copy as of this revision; the
-  current ones live in etl/schema.py (`comment=`) and migrations/views.py.
+  current ones live in etl/schema.py (`comment=`) and migrations/views.py. The views' SQL is
+  frozen in migrations/frozen/views_0005.py.
 - `finetune_task_metrics_live` and `finetune_task_checkpoints_live`: the child rows of live
   tasks only.
 - `finetune_task_overview` gains `error_code`, `error_message` and `job_description` (at the
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from migrations import views, views_0001
+from migrations.frozen import views_0001, views_0005
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -29,7 +30,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
     views_0001.drop_all()
-    views.create_all(dialect)
+    views_0005.create_all(dialect)
     if dialect == "postgresql":
         describe(TABLES, "TABLE")
         describe(VIEWS, "VIEW")
@@ -37,7 +38,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     dialect = op.get_bind().dialect.name
-    views.drop_all()
+    views_0005.drop_all()
     views_0001.create_all(dialect)
     if dialect == "postgresql":
         describe({name: (None, dict.fromkeys(columns)) for name, (_, columns) in TABLES.items()})

@@ -1,6 +1,6 @@
 """The BI views as revisions 0001-0004 made them (frozen: those revisions stay reproducible).
 
-The current definitions are in migrations/views.py.
+The current definitions are read through migrations/views.py.
 """
 
 from alembic import op
