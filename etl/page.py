@@ -81,11 +81,40 @@ class Section:
     build: Callable[[], dict[str, Any]]
     tables: list[str] = field(default_factory=list)
     tables_first: bool = False
+    # Curves repeat their task's label on every point: sent once each, as a lookup (`labelled`).
+    labelled: bool = False
 
     @property
     def chart(self) -> dict[str, Any] | None:
         """The chart's spec with its rows, or None when there are none to draw."""
-        return {**self.build(), "datasets": {self.key: self.rows}} if self.rows else None
+        if not self.rows:
+            return None
+        if not self.labelled:
+            return {**self.build(), "datasets": {self.key: self.rows}}
+        rows, labels = numbered_labels(self.rows)
+        return {**self.build(), "datasets": {self.key: rows, f"{self.key}-labels": labels}}
+
+
+def numbered_labels(
+    rows: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows with each `task` label replaced by its number `n`, and the labels once each."""
+    numbers: dict[str, int] = {}
+    compact = [
+        {key: value for key, value in row.items() if key != "task"}
+        | {"n": numbers.setdefault(row["task"], len(numbers))}
+        for row in rows
+    ]
+    return compact, [{"n": number, "task": label} for label, number in numbers.items()]
+
+
+def with_labels(chart: "alt.Chart", key: str) -> "alt.Chart":
+    """The chart with each row's `task` label looked up by its number (see numbered_labels)."""
+    import altair as alt
+
+    labels = alt.LookupData(alt.NamedData(f"{key}-labels"), key="n", fields=["task"])
+    result: alt.Chart = chart.transform_lookup(lookup="n", from_=labels)
+    return result
 
 
 def write_report(
@@ -228,6 +257,7 @@ def training_section(connection: Connection, selection: Selection, now: datetime
         empty=empty,
         rows=charts.training_curves(connection, tasks),
         build=training_chart,
+        labelled=True,
         tables=[training_table(tasks, total, now)] if tasks else [],
         tables_first=True,
     )
@@ -260,7 +290,7 @@ def training_chart() -> dict[str, Any]:
     import altair as alt
 
     return spec(
-        alt.Chart(alt.NamedData("training"), width=200, height=110)
+        with_labels(alt.Chart(alt.NamedData("training"), width=200, height=110), "training")
         .mark_line(point=alt.OverlayMarkDef(size=10), color=STATUS_COLOURS["Running"])
         .encode(
             x=alt.X("step:Q", title="step"),
@@ -364,6 +394,7 @@ def loss_section(connection: Connection, selection: Selection) -> Section:
         "with a checkpointList.",
         rows=charts.loss_curves(connection, selection),
         build=loss_chart,
+        labelled=True,
     )
 
 
@@ -376,7 +407,7 @@ def loss_chart() -> dict[str, Any]:
 
     def line(field_name: str, title: str) -> alt.Chart:
         chart: alt.Chart = (
-            alt.Chart(alt.NamedData("loss"), width=460, height=280)
+            with_labels(alt.Chart(alt.NamedData("loss"), width=460, height=280), "loss")
             .mark_line(point=alt.OverlayMarkDef(size=12))
             .encode(
                 x=alt.X("share:Q", title="% of the task's steps", scale=alt.Scale(domain=[0, 100])),

@@ -282,7 +282,7 @@ def huge_rows(engine: Engine) -> None:
             )
             connection.execute(
                 finetune_task_checkpoints.insert(),
-                [{"task_id": task_id, "step": s, "training_loss": 3.0 / s} for s in (1, 2, 3)],
+                [{"task_id": task_id, "step": s, "training_loss": 3.0 / s} for s in range(1, 2001)],
             )
         connection.execute(
             sa.text("INSERT INTO etl_runs (started_at, status, error) VALUES (:t, 'failed', :e)"),
