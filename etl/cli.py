@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL
 
 from etl import config, db, monitor, page, redact, report, stopping
 from etl.charts import Selection
-from etl.errors import EXIT_DATA, ContractError, EtlError, TransientError
+from etl.errors import EXIT_DATA, ConfigError, ContractError, EtlError, TransientError
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.qianfan.client import DEFAULT_DEADLINE
 from etl.simulator_config import JOB_FAULTS, SimulatorConfig
@@ -277,6 +277,12 @@ def parse_database_url(database_url: str | None) -> URL:
     envvar="QIANFAN_ETL_METRICS_FILE",
     help="After every run, also failed ones, write Prometheus metrics here (textfile collector).",
 )
+@click.option(
+    "--allow-plain-http",
+    is_flag=True,
+    envvar=config.ALLOW_PLAIN_HTTP_VAR,
+    help="Allow an http:// API base URL whose host is not loopback (never taken from .env).",
+)
 @budget_options
 @database_option()
 @db_schema_option
@@ -292,6 +298,7 @@ def sync_command(
     full_every: tuple[float, str],
     task_details: bool,
     metrics_file: Path | None,
+    allow_plain_http: bool,
     database_url: str | None,
     db_schema: str | None,
     log_format: str,
@@ -315,6 +322,8 @@ def sync_command(
         qianfan-etl sync --active-only --full-every 24h    # every few minutes
     """
     setup_logging(log_format, verbose, quiet)
+    env_file = click.get_current_context().obj
+    _note_env_file(env_file)
     if active_only and job_ids:
         raise click.UsageError("--active-only and --job-id do not combine: choose one")
     options = SyncOptions(
@@ -333,7 +342,7 @@ def sync_command(
         max_attempts=api_attempts, base_wait=api_retry_wait, retry_after_cap=api_retry_after_cap
     )
     with monitor.RunMetrics(metrics_file, dry_run) as metrics:
-        settings = config.api_settings()
+        settings = config.api_settings(allow_plain_http=allow_plain_http, env_file=env_file)
         engine = metrics.engine = engine_for(
             database_url,
             db_schema,
@@ -357,6 +366,21 @@ def sync_command(
             metrics.client = client
             result = sync(engine, client, options, progress.update if progress else None)
         _end(result, progress, quiet, log_format)
+
+
+def _note_env_file(env_file: config.EnvFile | None) -> None:
+    """Name the settings a `.env` gave this run (never their values), and those it may not."""
+    if env_file is None:
+        return
+    if env_file.keys:
+        log.info("settings from %s: %s", env_file.path, ", ".join(env_file.keys))
+    if env_file.ignored:
+        log.warning(
+            "%s sets %s, which is ignored there: the opt-in is taken only from the command "
+            "line or the environment",
+            env_file.path,
+            ", ".join(env_file.ignored),
+        )
 
 
 def _end(
@@ -611,7 +635,8 @@ would; the first lines it prints are the exports that point qianfan-etl at it.
     multiple=True,
     metavar="JOB=KIND",
     help="Break one job's task listing: JOB is a job id or 0-based position, KIND one of "
-    "500, 403, deleted_mid_listing, slow:SECONDS, or a pagination fault such as "
+    "500, 403 (500:MESSAGE, 403:MESSAGE with that error message), deleted_mid_listing, "
+    "slow:SECONDS, or a pagination fault such as "
     "missing_next_marker or oversized_page (repeatable).",
 )
 def simulate_command(
@@ -625,7 +650,13 @@ def simulate_command(
     sim_config = dataclasses.replace(dataset, running_jobs=running_jobs)
     simulator = Simulator(sim_config)
     simulator.job_faults = _job_faults([job["jobId"] for job in simulator.jobs()], job_faults)
-    server = simulator.serve(port=port)
+    try:
+        server = simulator.serve(port=port)
+    except OSError as exc:
+        raise ConfigError(
+            f"the simulator cannot listen on 127.0.0.1:{port}: {exc.strerror}; pick another "
+            "port with --port N, or --port 0 for any free one"
+        ) from None
     keys = f"{config.ACCESS_KEY_VAR}={sim_config.access_key} "
     keys += f"{config.SECRET_KEY_VAR}={sim_config.secret_key}"
     click.echo(f"Qianfan simulator on {server.url}; point qianfan-etl at it with:")
@@ -692,11 +723,7 @@ def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
     # -v is about this program: libraries stay at WARNING (SQLAlchemy at INFO logs every query)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(redact.RedactingFilter())
-    handler.setFormatter(
-        report.JsonFormatter()
-        if log_format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(report.JsonFormatter() if log_format == "json" else report.TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.WARNING))
@@ -711,16 +738,26 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackTy
 
 def main() -> None:
     """Console-script entry point: `.env` first, then click."""
-    config.load_env_file()
+    env_file = _read_env_file()
     sys.excepthook = _log_uncaught
     if not logging.getLogger().handlers:
         setup_logging(os.environ.get("QIANFAN_ETL_LOG_FORMAT", "text"), 0, False)
     try:
-        cli(prog_name="qianfan-etl")
+        cli(prog_name="qianfan-etl", obj=env_file)
     except SystemExit as exc:
         if stopping.requested():
             _exit_now(exc.code)
         raise
+
+
+def _read_env_file() -> config.EnvFile | None:
+    """The `.env` read, or exit 78 saying why it is refused."""
+    try:
+        return config.load_env_file()
+    except ConfigError as exc:
+        setup_logging(os.environ.get("QIANFAN_ETL_LOG_FORMAT", "text"), 0, False)
+        log.error("%s", exc)
+        sys.exit(exc.exit_code)
 
 
 def _exit_now(code: object) -> NoReturn:

@@ -1,5 +1,7 @@
 """Settings from options, the environment and `.env`, resolved once at the edge."""
 
+import ipaddress
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -7,19 +9,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from dotenv import load_dotenv
+from dotenv import dotenv_values
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from etl import redact
 from etl.errors import ConfigError
+from etl.qianfan.client import BASE_URL_VAR as BASE_URL_VAR  # named where its messages are
 from etl.qianfan.client import split_base_url
+
+log = logging.getLogger("etl.config")
 
 ACCESS_KEY_VAR = "QIANFAN_ACCESS_KEY"
 SECRET_KEY_VAR = "QIANFAN_SECRET_KEY"
-BASE_URL_VAR = "QIANFAN_CONSOLE_API_BASE_URL"
 DATABASE_URL_VAR = "DATABASE_URL"
 DB_SCHEMA_VAR = "QIANFAN_ETL_DB_SCHEMA"
+ALLOW_PLAIN_HTTP_VAR = "QIANFAN_ETL_ALLOW_PLAIN_HTTP"
+# An opt-in must be the operator's own act, not one more line of a file in the directory.
+NOT_FROM_DOTENV = frozenset({ALLOW_PLAIN_HTTP_VAR})
+# The drivers qianfan-etl is built and tested with (a plain postgresql:// becomes the first).
+DRIVERS = frozenset({"postgresql+psycopg", "sqlite", "sqlite+pysqlite"})
 
 DEFAULT_BASE_URL = "https://qianfan.baidubce.com"
 DEFAULT_DATABASE_URL = "sqlite:///qianfan_etl.db"
@@ -42,12 +51,62 @@ class ApiSettings:
     secret_key: str = field(repr=False)
 
 
-def load_env_file(path: Path | None = None) -> None:
-    """Honour a `.env` file in the working directory, as the official SDK does."""
-    load_dotenv(path or Path.cwd() / ".env", override=False)
+@dataclass(frozen=True)
+class EnvFile:
+    """A `.env` that was read: the keys it set (never their values) and those it may not."""
+
+    path: Path
+    keys: tuple[str, ...]
+    ignored: tuple[str, ...] = ()
+
+    def origin(self, name: str) -> str:
+        """The variable's name, with this file when the value came from it."""
+        return f"{name} (from {self.path})" if name in self.keys else name
 
 
-def api_settings(env: Mapping[str, str] = os.environ) -> ApiSettings:
+def load_env_file(path: Path | None = None) -> EnvFile | None:
+    """Honour a `.env` file in the working directory, as the official SDK does, without
+    overriding the environment; refuse one that someone else could have written."""
+    path = path or Path.cwd() / ".env"
+    if not path.is_file():
+        return None
+    _check_env_file(path)
+    try:
+        values = dotenv_values(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}; fix its permissions") from None
+    new = {k: v for k, v in values.items() if v is not None and k not in os.environ}
+    used = {k: v for k, v in new.items() if k not in NOT_FROM_DOTENV}
+    os.environ.update(used)
+    return EnvFile(path, tuple(used), tuple(k for k in new if k not in used))
+
+
+def _check_env_file(path: Path) -> None:
+    """Refuse a `.env` another user owns or one that group or others may write: whoever can
+    write it can point the run at another API or database."""
+    stat = path.stat()
+    if stat.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"{path} is owned by uid {stat.st_uid}, not by this user (uid {os.geteuid()}) or "
+            "root, and whoever can write it can point the run at another API or database: "
+            f"`chown {os.geteuid()} {path}` if its content is yours, or remove it"
+        )
+    if stat.st_mode & 0o022:
+        writers = " and ".join(
+            w for w, bit in (("group", 0o020), ("others", 0o002)) if stat.st_mode & bit
+        )
+        raise ConfigError(
+            f"{path} is writable by {writers} (mode {stat.st_mode & 0o777:o}), and whoever can "
+            f"write it can point the run at another API or database: `chmod go-w {path}`"
+        )
+
+
+def api_settings(
+    env: Mapping[str, str] = os.environ,
+    *,
+    allow_plain_http: bool = False,
+    env_file: EnvFile | None = None,
+) -> ApiSettings:
     """Read the API settings, failing with what to set when something is missing."""
     access_key = env.get(ACCESS_KEY_VAR, "").strip()
     secret_key = env.get(SECRET_KEY_VAR, "").strip()
@@ -65,17 +124,39 @@ def api_settings(env: Mapping[str, str] = os.environ) -> ApiSettings:
             "account with QianfanReadAccessPolicy (or put them in .env). "
             "QIANFAN_AK/QIANFAN_SK are inference keys and do not work here."
         )
-    return ApiSettings(base_url(env.get(BASE_URL_VAR)), access_key, secret_key)
+    source = env_file.origin(BASE_URL_VAR) if env_file else BASE_URL_VAR
+    url = base_url(env.get(BASE_URL_VAR), allow_plain_http, source)
+    return ApiSettings(url, access_key, secret_key)
 
 
-def base_url(value: str | None) -> str:
-    """Validate the console API base URL (scheme and host, no trailing slash)."""
+def base_url(value: str | None, allow_plain_http: bool = False, source: str = BASE_URL_VAR) -> str:
+    """Validate the console API base URL (scheme and host, no trailing slash); plain http://
+    only to a loopback host unless allowed."""
     url = (value or DEFAULT_BASE_URL).strip().rstrip("/")
     try:
-        split_base_url(url)  # the client's own check, run before anything else starts
+        parts = split_base_url(url)  # the client's own check, run before anything else starts
     except ConfigError as exc:
-        raise ConfigError(f"{BASE_URL_VAR}: {exc}; leave it unset for {DEFAULT_BASE_URL}") from None
+        raise ConfigError(f"{source}: {exc}; leave it unset for {DEFAULT_BASE_URL}") from None
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        if not allow_plain_http:
+            raise ConfigError(
+                f"{source} is {url}: plain http:// to a host that is not loopback carries the "
+                "account's data unencrypted, and anyone on the path could answer instead of the "
+                "API; use https://, or pass --allow-plain-http (or set "
+                f"{ALLOW_PLAIN_HTTP_VAR}=1 in the environment, not in .env) if it is meant"
+            )
+        log.warning("plain HTTP to %s, allowed by --allow-plain-http", parts.netloc)
     return url
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the host is this machine by name or address (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def proxy_settings(env: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -146,10 +227,10 @@ def database_url(value: str | None, source: str | None = None) -> URL:
         _check_userinfo(text, url, source)
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
-    if url.get_backend_name() not in ("postgresql", "sqlite"):
+    if url.drivername not in DRIVERS:
         raise ConfigError(
-            f"{source} names {url.get_backend_name()!r}; "
-            "qianfan-etl supports postgresql:// and sqlite:/// URLs"
+            f"{source} asks for {url.drivername}://, which qianfan-etl does not drive: "
+            "use postgresql:// (psycopg 3) for Postgres, or sqlite:///FILE"
         )
     return url
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etl import stopping
-from etl.errors import EXIT_TEMPFAIL, JOB_LEVEL_ERRORS, EtlError, TransientError
+from etl.errors import (
+    EXIT_TEMPFAIL,
+    JOB_LEVEL_ERRORS,
+    ConfigError,
+    EtlError,
+    TransientError,
+)
 from etl.qianfan import QianfanClient, fetch_job_pages, fetch_tasks
 from etl.qianfan.pagination import id_of, job_paginator, task_paginator
 
@@ -94,22 +100,20 @@ def fetch_account(
     `select`, if given, says which identified jobs to list the tasks of; the others are left out.
     """
     stats = stats if stats is not None else WalkStats()
-    wanted = None if job_ids is None else frozenset(job_ids)
-    found: set[str] = set()
+    jobs: Iterable[Any] = _listed_jobs(client, stats)
+    if job_ids is not None:
+        jobs = _wanted_jobs(jobs, frozenset(job_ids))
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qianfan-tasks")
     pending: set[Future[JobListing]] = set()
     breaker = _Breaker()
     try:
-        for job in _listed_jobs(client, stats):
+        for job in jobs:
             job_id = id_of(job, "jobId") or None  # "" is no id either: the job is rejected
-            if wanted is not None and job_id not in wanted:
-                continue
             if job_id is None:
                 yield JobListing(job, [])
                 continue
             if select is not None and not select(job_id):
                 continue
-            found.add(job_id)
             pending.add(pool.submit(_fetch_listing, client, job, job_id, task_details))
             full = len(pending) >= 2 * concurrency
             yield from _completed(pending, full, stats, breaker)
@@ -118,7 +122,6 @@ def fetch_account(
     finally:
         # A run that is stopping does not wait for a worker blocked in a slow read.
         pool.shutdown(wait=not stopping.requested(), cancel_futures=True)
-    _warn_missing(wanted, found)
 
 
 def _listed_jobs(client: QianfanClient, stats: WalkStats) -> Iterator[Any]:
@@ -215,8 +218,16 @@ class _Breaker:
             )
 
 
-def _warn_missing(wanted: frozenset[str] | None, found: set[str]) -> None:
-    """Log job ids that were asked for but not listed."""
-    missing = sorted((wanted or frozenset()) - found)
+def _wanted_jobs(jobs: Iterable[Any], wanted: frozenset[str]) -> list[Any]:
+    """The listed jobs --job-id asks for, once the whole job list is read (only those are kept):
+    an id it does not hold is a ConfigError before any task is listed or row written (README,
+    "Exit codes")."""
+    chosen = [job for job in jobs if id_of(job, "jobId") in wanted]
+    missing = sorted(wanted - {id_of(job, "jobId") for job in chosen})
     if missing:
-        log.warning("job ids not found in the listing: %s", ", ".join(missing))
+        raise ConfigError(
+            f"--job-id {', '.join(missing)}: not in the account's job list (a typo, another "
+            "account, or a job deleted upstream), so no task was listed and no row changed: "
+            "check the id in the Qianfan console or in finetune_jobs, and run again"
+        )
+    return chosen

@@ -1,7 +1,8 @@
 """A test-only fault hook: `fault_point(name)` does nothing unless a fault plan was armed.
 
-A plan reads `POINT[:HIT]:ACTION[:ARG]`, e.g. `before_commit:sigkill`, `after_fetch:2:sigterm`
-or `before_commit:pause:/tmp/f` (touch /tmp/f.reached, wait for /tmp/f.release). Only test
+A plan reads `POINT[:HIT]:ACTION[:ARG]`, e.g. `before_commit:sigkill`, `after_fetch:2:sigterm`,
+`before_commit:pause:/tmp/f` (touch /tmp/f.reached, wait for /tmp/f.release) or
+`after_fetch:raise:MESSAGE` (an unexpected error with that message). Only test
 code arms it: `tests/faulty_cli.py` starts the CLI with the plan in QIANFAN_ETL_FAULT, while
 `qianfan-etl` never reads that variable, so no environment can make a production run kill
 itself. A module-level plan keeps test plumbing out of every stage's signature, and an unarmed
@@ -50,10 +51,12 @@ def parse(spec: str) -> FaultPlan:
     if head.isdigit():
         hit = int(head)
         head, _, tail = tail.partition(":")
-    if point not in POINTS or head not in ACTIONS or hit < 1 or (head == "pause") != bool(tail):
+    wrong_arg = (head == "pause") != bool(tail) and head != "raise"
+    if point not in POINTS or head not in ACTIONS or hit < 1 or wrong_arg:
         raise ConfigError(
             f"bad fault plan {spec!r}: expected POINT[:HIT]:ACTION[:ARG], POINT one of "
-            f"{sorted(POINTS)}, ACTION one of {sorted(ACTIONS)} (pause takes a path)"
+            f"{sorted(POINTS)}, ACTION one of {sorted(ACTIONS)} (pause takes a path, "
+            "raise may take a message)"
         )
     return FaultPlan(point, hit, head, tail)
 
@@ -76,7 +79,7 @@ def fault_point(name: str) -> None:
 
 def _act(plan: FaultPlan) -> None:
     if plan.action == "raise":
-        raise InjectedFault(f"injected fault at {plan.point} (hit {plan.hit})")
+        raise InjectedFault(plan.arg or f"injected fault at {plan.point} (hit {plan.hit})")
     if plan.action == "pause":
         _pause(plan.arg)
         return

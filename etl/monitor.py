@@ -1,7 +1,10 @@
 """What monitors read: the freshness check of `status --max-age` and the metrics file of `sync`."""
 
 import logging
+import os
+import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,7 +12,7 @@ from types import TracebackType
 from typing import Any
 
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
@@ -118,15 +121,27 @@ class RunMetrics:
             duration=time.monotonic() - self._monotonic,
             api_calls=getattr(self.client, "api_calls", 0),
         )
+        try:
+            self._write(self.path, outcome)
+        except Exception as error:  # monitoring never changes the run's outcome: warn, go on
+            log.warning(
+                "could not write the metrics file %s (%s: %s); the run's exit code stays %d. "
+                "Check that its directory exists and is writable",
+                self.path,
+                type(error).__name__,
+                error,
+                outcome.exit_code,
+                exc_info=not isinstance(error, OSError),  # anything else is a bug: show where
+            )
+
+    def _write(self, path: Path, outcome: RunOutcome) -> None:
+        """Complete the outcome from the run record (or the previous file), then write it."""
         outcome.status = "succeeded" if outcome.exit_code == EXIT_OK else "failed"
         if self.engine is not None:
             _read_run(self.engine, self.started, outcome)
         if outcome.last_success is None:
-            outcome.last_success = previous_last_success(self.path)
-        try:
-            write_metrics(self.path, outcome)
-        except OSError as error:
-            log.error("could not write the metrics file %s: %s", self.path, error)
+            outcome.last_success = previous_last_success(path)
+        write_metrics(path, outcome)
 
 
 def _read_run(engine: Engine, started: float, outcome: RunOutcome) -> None:
@@ -160,14 +175,22 @@ def _as_datetime(value: Any) -> datetime:
 
 
 def previous_last_success(path: Path) -> float | None:
-    """The last success time an earlier run wrote to the metrics file, if any."""
+    """The last success time an earlier run wrote to the metrics file, if any; a file that
+    cannot be read or parsed (a power cut, another writer) is warned about and replaced."""
     try:
-        text = path.read_text()
-    except OSError:
-        return None
-    for family in text_string_to_metric_families(text):
-        if family.name == "qianfan_etl_last_success_timestamp_seconds" and family.samples:
-            return float(family.samples[0].value)
+        for family in text_string_to_metric_families(path.read_text(encoding="utf-8")):
+            if family.name == "qianfan_etl_last_success_timestamp_seconds" and family.samples:
+                return float(family.samples[0].value)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8, or not the text format
+        log.warning(
+            "metrics: the previous metrics file %s could not be read (%s: %s); it is replaced, "
+            "without the last success time it may have held",
+            path,
+            type(error).__name__,
+            error,
+        )
     return None
 
 
@@ -202,4 +225,32 @@ def write_metrics(path: Path, outcome: RunOutcome) -> None:
     for column, value in outcome.counts.items():
         name, text = COUNT_METRICS[column]
         gauge(name, text, value)
-    write_to_textfile(str(path), registry)
+    replace_file(path, generate_latest(registry))
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, rename it into place, then
+    fsync the directory: a power cut leaves the old file or the new one, never a torn one."""
+    # Not *.prom, so node_exporter's textfile collector never reads it half-written.
+    temp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        with temp.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable where the platform and filesystem allow it."""
+    with suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

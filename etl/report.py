@@ -1,6 +1,5 @@
-"""What people and log shippers read: the summary line, `status`, progress, JSON log lines."""
+"""What people and log shippers read: the summary line, `status`, progress, log lines."""
 
-import json
 import logging
 import sys
 import time
@@ -11,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from etl import terminal
 from etl.load import RunCounts
 from etl.schema import CONTENT_TABLES, etl_failed_jobs, etl_rejects, etl_runs
 from etl.sync import SyncResult
@@ -65,7 +65,7 @@ def summary_line(result: SyncResult) -> str:
                 for f in result.failed_jobs
             ]
         )
-    return line
+    return terminal.safe(line)
 
 
 def _failed_text(failed: list[dict[str, Any]]) -> str:
@@ -173,7 +173,7 @@ def status_text(status: dict[str, Any]) -> str:
     for name, count in status["tables"].items():
         deleted = f" ({count['deleted']} deleted)" if "deleted" in count else ""
         lines.append(f"{name:<30} {count['rows']:>9}{deleted}")
-    return "\n".join(lines)
+    return "\n".join(terminal.safe(line) for line in lines)
 
 
 def sample_text(engine: Engine, limit: int = 5) -> str:
@@ -190,7 +190,7 @@ def sample_text(engine: Engine, limit: int = 5) -> str:
         f"final_loss={_num(r.final_training_loss)}  bleu_4={_num(r.bleu_4)}"
         for r in rows
     ]
-    return "\n".join(lines)
+    return "\n".join(terminal.safe(line) for line in lines)
 
 
 def _num(value: float | None) -> str:
@@ -229,4 +229,21 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exception"] = record.exc_text
-        return json.dumps(entry, ensure_ascii=False)
+        return terminal.dumps(entry)
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message` on one line whatever the message holds; a traceback
+    follows, its lines indented (see etl.terminal)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        lines = [terminal.safe(self.formatMessage(record))]
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        lines += [terminal.indented(text) for text in (record.exc_text, record.stack_info) if text]
+        return "\n".join(lines)

@@ -51,6 +51,7 @@ class Fault:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     interval: float = 0.1
+    message: str | None = None  # a "status" fault's error message (hostile text in tests)
 
 
 @dataclass
@@ -546,9 +547,9 @@ class Simulator:
         if kind == "slow":
             time.sleep(float(arg or 1))  # outside the lock: other jobs are served meanwhile
         if kind == "500":
-            raise ApiError(500, "InternalError", "simulated failure of this job's listing")
+            raise ApiError(500, "InternalError", arg or "simulated failure of this job's listing")
         if kind == "403":
-            raise ApiError(403, "AccessDenied", "no permission on this job")
+            raise ApiError(403, "AccessDenied", arg or "no permission on this job")
         with self._lock:
             if body.get("marker") and self._data.find_job(job_id) is None:
                 raise ApiError(404, "ResourceNotFound", f"job {job_id} not found")
@@ -723,7 +724,8 @@ class _Handler(BaseHTTPRequestHandler):
         name = fault.code or ("TooManyRequests" if fault.status == 429 else "InternalError")
         data = fault.body
         if data is None:
-            data = _error_body(self._request_id, str(name), f"simulated HTTP {fault.status}")
+            message = fault.message or f"simulated HTTP {fault.status}"
+            data = _error_body(self._request_id, str(name), message)
         self._send(fault.status, data, fault.headers)
 
     def _send_error(self, error: ApiError) -> None:

@@ -18,7 +18,8 @@ PAGINATION_FAULTS = frozenset(
     }
 )
 # Faults of one job's task listing (Simulator.job_faults): "500" answers every request with
-# HTTP 500, "403" with AccessDenied (a policy scoped to some jobs); "deleted_mid_listing"
+# HTTP 500, "403" with AccessDenied (a policy scoped to some jobs), "500:MESSAGE" and
+# "403:MESSAGE" with that error message (hostile upstream text); "deleted_mid_listing"
 # deletes the job once its first page is served, so a later page answers 404; "slow:SECONDS"
 # delays each response; a PAGINATION_FAULTS name breaks that job's paging alone.
 JOB_FAULTS = frozenset({"500", "403", "deleted_mid_listing", "slow"}) | PAGINATION_FAULTS

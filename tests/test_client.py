@@ -175,8 +175,9 @@ def test_connection_refused_is_retried_then_transient() -> None:
     assert caught.value.exit_code == 75
 
 
-def test_untrusted_certificate_is_an_auth_error_without_retry(tmp_path: Path) -> None:
-    """TLS is always verified: a server with a self-signed certificate gets one attempt."""
+def test_untrusted_certificate_is_a_config_error_without_retry(tmp_path: Path) -> None:
+    """TLS is always verified: a server with a self-signed certificate gets one attempt, and the
+    error names the settings that fix it."""
     cert, key = self_signed(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -185,7 +186,7 @@ def test_untrusted_certificate_is_an_auth_error_without_retry(tmp_path: Path) ->
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with client_for(f"https://127.0.0.1:{server.server_port}") as client:
-            with pytest.raises(AuthError, match="TLS verification failed"):
+            with pytest.raises(ConfigError, match=r"not trusted.*REQUESTS_CA_BUNDLE"):
                 client.call("DescribeFineTuningJobs", {})
             assert client.api_calls == 1
     finally:
@@ -636,7 +637,7 @@ def test_https_proxy_and_ca_bundle_from_the_environment(
     """REQUESTS_CA_BUNDLE trusts a self-signed server; HTTPS_PROXY tunnels to it (CONNECT)."""
     cert, key = self_signed(tmp_path)
     with tls_front(cert, key, int(url.rsplit(":", 1)[1])) as https_url:
-        with client_for(https_url, attempts=1) as client, pytest.raises(AuthError):
+        with client_for(https_url, attempts=1) as client, pytest.raises(ConfigError):
             client.call(JOBS, {})
         no_proxy_env.setenv("REQUESTS_CA_BUNDLE", str(cert))
         with client_for(https_url, attempts=1) as client:

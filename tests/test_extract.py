@@ -1,13 +1,12 @@
 """fetch_account: every job with all its tasks, concurrently, against the simulator."""
 
-import logging
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
 import pytest
 
-from etl.errors import AuthError, TransientError
+from etl.errors import AuthError, ConfigError, TransientError
 from etl.extract import (
     BREAKER_FAILURES,
     JobListing,
@@ -70,17 +69,22 @@ def test_every_job_and_task_equals_the_oracle(
     assert client.api_calls == len(sim.requests)
 
 
-def test_job_ids_restrict_the_jobs(
-    sim: Simulator, client: QianfanClient, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Only the asked-for jobs are fetched; an unknown id is warned about."""
+def test_job_ids_restrict_the_jobs(sim: Simulator, client: QianfanClient) -> None:
+    """Only the asked-for jobs are fetched."""
     wanted = [sim.jobs()[1]["jobId"], sim.jobs()[7]["jobId"]]
-    with caplog.at_level(logging.WARNING, logger="etl.extract"):
-        listings = list(fetch_account(client, job_ids=[*wanted, "job-nope"], concurrency=2))
+    listings = list(fetch_account(client, job_ids=wanted, concurrency=2))
     assert by_job(listings) == {job_id: sim.tasks(job_id) for job_id in wanted}
     asked = {r.body.get("jobId") for r in sim.requests if r.action == TASKS}
     assert asked == set(wanted)
-    assert "job-nope" in caplog.text
+
+
+def test_a_job_id_not_listed_stops_the_walk_before_any_task_listing(
+    sim: Simulator, client: QianfanClient
+) -> None:
+    wanted = [sim.jobs()[1]["jobId"], "job-nope"]
+    with pytest.raises(ConfigError, match="--job-id job-nope: not in the account's job list"):
+        list(fetch_account(client, job_ids=wanted, concurrency=2))
+    assert [r.action for r in sim.requests if r.action == TASKS] == []
 
 
 def test_jobs_without_a_string_id_come_with_no_tasks(sim: Simulator, client: QianfanClient) -> None:

@@ -1,6 +1,8 @@
 """Monitoring: `status --max-age`, `db current`'s exit code, and the metrics file of `sync`."""
 
+import os
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -295,3 +297,104 @@ def test_metrics_after_an_interrupted_or_crashed_run(
     assert values["qianfan_etl_last_run_exit_code"] == code
     assert values["qianfan_etl_last_run_status{failed}"] == 1
     assert values["qianfan_etl_last_run_id"] == 1 and values["qianfan_etl_last_run_jobs"] >= 1
+
+
+DOWN = "postgresql://etl:pw@127.0.0.1:{port}/qianfan"
+
+
+@pytest.mark.parametrize(
+    "garble",
+    [b"\xff\xfe\x00 not UTF-8", b"qianfan_etl_last_success_timestamp_seconds soon\n", b'x{a="\n'],
+    ids=["binary", "bad-value", "torn"],
+)
+def test_a_garbled_metrics_file_is_replaced_and_the_run_keeps_its_exit_code(
+    garble: bytes, sim: Simulator, server: SimulatorServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "qianfan_etl.prom"
+    path.write_bytes(garble)
+    down = make_url(DOWN.format(port=free_port()))
+    # a subprocess, as cron runs it: what went wrong was a traceback out of the process
+    env = cli_env(sim, server, down, **FAST)
+    result = run_cli(["sync", "--metrics-file", str(path)], env, cwd=tmp_path)
+    assert result.returncode == 75, result.stderr
+    assert f"WARNING etl.monitor: metrics: the previous metrics file {path}" in result.stderr
+    assert "it is replaced" in result.stderr and "Traceback" not in result.stderr
+    values = read_metrics(path)
+    assert values["qianfan_etl_last_run_exit_code"] == 75
+    assert "qianfan_etl_last_success_timestamp_seconds" not in values
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temp file left
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a read-only filesystem (a tmpfs mounted ro): even root cannot write."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root (CI runs as root)")
+    directory = tmp_path / "read-only"
+    directory.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(directory)], check=True
+    )
+    yield directory
+    subprocess.run(["umount", str(directory)], check=True)
+
+
+@pytest.mark.parametrize("where", ["missing", "a file", "read-only"])
+@pytest.mark.parametrize("database", ["up", "down"])
+def test_a_metrics_file_that_cannot_be_written_is_a_warning_never_the_exit_code(
+    where: str,
+    database: str,
+    sim: Simulator,
+    server: SimulatorServer,
+    sqlite_url: URL,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    directory = tmp_path / "textfile"
+    if where == "a file":
+        directory.write_text("not a directory\n")
+    if where == "read-only":
+        directory = request.getfixturevalue("read_only_dir")
+    path = directory / "qianfan_etl.prom"
+    url = sqlite_url if database == "up" else make_url(DOWN.format(port=free_port()))
+    result = cli(["sync", "--metrics-file", str(path)], sim, server, url, tmp_path)
+    code = 0 if database == "up" else 75
+    assert result.returncode == code, result.stderr
+    assert f"WARNING etl.monitor: could not write the metrics file {path}" in result.stderr
+    assert f"the run's exit code stays {code}" in result.stderr
+    assert "Traceback" not in result.stderr and not path.exists()
+
+
+def test_the_metrics_file_is_fsynced_before_its_rename_and_the_directory_after(
+    sim: Simulator,
+    server: SimulatorServer,
+    sqlite_url: URL,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "textfile" / "qianfan_etl.prom"
+    path.parent.mkdir()
+    calls: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def spy_replace(source: Any, target: Any) -> None:
+        calls.append(("replace", f"{source} -> {target}"))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    result = cli(["sync", "--metrics-file", str(path)], sim, server, sqlite_url, tmp_path)
+    assert result.returncode == 0, result.stderr
+    monkeypatch.undo()
+    mine = [call for call in calls if str(path.parent) in call[1]]
+    (temp,) = {name for kind, name in mine if kind == "fsync" and name != str(path.parent)}
+    assert mine == [
+        ("fsync", temp),
+        ("replace", f"{temp} -> {path}"),
+        ("fsync", str(path.parent)),
+    ]
+    assert read_metrics(path)["qianfan_etl_last_run_exit_code"] == 0

@@ -186,7 +186,7 @@ def test_api_failures_leak_no_key_or_password(
     runs.run(["sync"], {75}, "could not connect", QIANFAN_CONSOLE_API_BASE_URL=dead)
     runs.run(["sync"], {75}, "proxy", HTTP_PROXY=proxy, HTTPS_PROXY=proxy, ALL_PROXY=proxy)
     runs.run(["sync"], {78}, "percent-encode", HTTP_PROXY=raw_proxy, https_proxy=raw_proxy)
-    runs.run(["sync"], {77}, "TLS verification failed", QIANFAN_CONSOLE_API_BASE_URL=tls_url)
+    runs.run(["sync"], {78}, "not trusted", QIANFAN_CONSOLE_API_BASE_URL=tls_url)
     with ForwardProxy().running() as live:
         through = live.url.replace("://", f"://etl:{quote(PROXY_PASSWORD, safe='')}@")
         runs.run(["sync"], {0}, "sync", HTTP_PROXY=through)

@@ -398,6 +398,19 @@ def test_status_fault_with_an_html_body(start: Start) -> None:
     assert response.headers["Content-Type"] == "text/html"
 
 
+def test_faults_serve_the_error_message_a_test_chooses(start: Start) -> None:
+    sim, server = start(jobs=1)
+    hostile = "x\x1b]0;title\x07\r\nFORGED \x9b"
+    sim.inject(Fault(kind="status", action=TASK, status=404, message=hostile))
+    assert post(server, TASK, {"taskId": "task-x"}).json()["message"] == hostile
+    job_id = sim.jobs()[0]["jobId"]
+    sim.job_faults[job_id] = f"500:{hostile}"
+    response = post(server, TASKS, {"jobId": job_id})
+    assert response.status_code == 500 and response.json()["message"] == hostile
+    sim.job_faults[job_id] = "403"
+    assert post(server, TASKS, {"jobId": job_id}).json()["message"] == "no permission on this job"
+
+
 def test_faults_hit_before_auth(start: Start) -> None:
     sim, server = start()
     sim.inject(Fault(kind="status", status=503, code="ServiceUnavailable"))

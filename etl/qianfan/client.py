@@ -6,6 +6,7 @@ import logging
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Container, Iterator, Mapping
@@ -32,6 +33,7 @@ from etl.qianfan import signing
 
 log = logging.getLogger("etl.qianfan")
 
+BASE_URL_VAR = "QIANFAN_CONSOLE_API_BASE_URL"
 API_PATH = "/v2/finetuning"
 USER_AGENT = f"qianfan-etl/{__version__}"
 SIGNED_HEADERS = ("content-type", "host", "x-bce-date")
@@ -272,17 +274,33 @@ class QianfanClient:
         except RetriableAPIError as exc:
             raise RetriableAPIError(f"{action}: {exc} ({self._deadline:g} s)") from None
         except requests.exceptions.SSLError as exc:
-            reason = redact.scrub(str(exc))
-            raise AuthError(
-                f"{action}: TLS verification failed for {self._host}: {reason}"
-            ) from None
+            raise ConfigError(f"{action}: {_tls_failure(exc)} ({self._host}); {TLS_HINT}") from None
         except (requests.RequestException, OSError) as exc:
             if time.monotonic() > deadline:
                 raise RetriableAPIError(
                     f"{action}: {DEADLINE_PASSED} ({self._deadline:g} s)"
                 ) from None
-            what = _transport_failure(exc)
-            raise RetriableAPIError(f"{action}: {what} talking to {self._host}") from None
+            raise RetriableAPIError(f"{action}: {_transport_failure(exc, self._host)}") from None
+
+
+# OpenSSL's reasons for a handshake that met something other than TLS: a plain-HTTP server.
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST"})
+TLS_HINT = (
+    f"check that {BASE_URL_VAR} names the API with the right scheme (http:// for a server "
+    "without TLS, such as the simulator), and for a certificate a private or company CA signed, "
+    "set REQUESTS_CA_BUNDLE to that CA's PEM file"
+)
+
+
+def _tls_failure(exc: BaseException) -> str:
+    """Why the TLS handshake failed, in words, with OpenSSL's own short reason."""
+    cause = _causes(exc)[-1]
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"the server's certificate is not trusted ({cause.verify_message})"
+    reason = getattr(cause, "reason", None)
+    if reason in _NOT_TLS_REASONS:
+        return f"the server does not speak TLS ({reason}: plain HTTP?)"
+    return f"the TLS handshake failed ({reason or type(cause).__name__})"
 
 
 def _session(concurrency: int) -> requests.Session:
@@ -302,6 +320,7 @@ def _session(concurrency: int) -> requests.Session:
 # what happened; checked in order, since a failed connect is also a ConnectionError.
 _TRANSPORT_FAILURES: tuple[tuple[str, str], ...] = (
     ("ProxyError", "the proxy failed"),
+    ("NameResolutionError", "could not resolve the host name"),
     ("NewConnectionError", "could not connect"),
     ("ConnectTimeout", "connecting timed out"),
     ("ReadTimeout", "no response within the read timeout"),
@@ -311,12 +330,17 @@ _TRANSPORT_FAILURES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _transport_failure(exc: BaseException) -> str:
+# Failures to reach the host at all (no proxy between): most often the base URL is wrong.
+_UNREACHED = frozenset({"NameResolutionError", "NewConnectionError", "ConnectTimeout"})
+
+
+def _transport_failure(exc: BaseException, host: str) -> str:
     """What went wrong on the wire, in words, with the name of the innermost cause."""
     chain = _causes(exc)
     names = {kind.__name__ for cause in chain for kind in type(cause).__mro__}
-    what = next((text for name, text in _TRANSPORT_FAILURES if name in names), "failed")
-    return f"{what} ({type(chain[-1]).__name__})"
+    found = next((pair for pair in _TRANSPORT_FAILURES if pair[0] in names), ("", "failed"))
+    hint = f" (is {BASE_URL_VAR} right?)" if found[0] in _UNREACHED else ""
+    return f"{found[1]} ({type(chain[-1]).__name__}) talking to {host}{hint}"
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -482,8 +506,9 @@ class ResponseRule:
 
 # What a response that carries no result means: the first rule that matches decides, and one
 # that no rule matches broke the contract (65). Beside the table, the client retries a 2xx body
-# that is not JSON (cut short on the way) and a failed connection; a failed TLS verification is
-# not allowed (77); a body over MAX_BODY_BYTES breaks the contract.
+# that is not JSON (cut short on the way) and a failed connection; a failed TLS handshake or
+# verification is configuration (78: the URL's scheme or the CA bundle); a body over
+# MAX_BODY_BYTES breaks the contract.
 RESPONSE_POLICY: tuple[ResponseRule, ...] = (
     # Rate limit and server trouble; old style: 18 QPS limit, 336100 high load, 500000 internal.
     ResponseRule(
@@ -546,8 +571,7 @@ def _redirected(action: str, status: int, location: str | None) -> str:
     shown = f"{parts.scheme}://{parts.hostname}{parts.path}" if parts.hostname else parts.path
     return (
         f"{action}: HTTP {status} redirect to {shown or '(no Location)'}: the API does not "
-        "redirect, so QIANFAN_CONSOLE_API_BASE_URL does not point at it (https rather than "
-        "http? a proxy?)"
+        f"redirect, so {BASE_URL_VAR} does not point at it (https rather than http? a proxy?)"
     )
 
 
