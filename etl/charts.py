@@ -1,7 +1,7 @@
 """The queries behind the charts of `qianfan-etl report`: plain rows on both backends."""
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -220,7 +220,17 @@ def metric_means(connection: Connection, selection: Selection) -> list[dict[str,
                     {"model": _label(model), "scale": _label(scale), "metric": name}
                     | {"mean": float(mean), "tasks": count}
                 )
-    return rows
+    return _largest(_largest(rows, "model"), "scale")
+
+
+def _largest(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The rows of the MAX_CATEGORIES values of `key` with the most tasks (ties by name)."""
+    totals: Counter[str] = Counter()
+    for row in rows:
+        totals[row[key]] += row["tasks"]
+    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+    kept = {value for value, _ in ranked[:MAX_CATEGORIES]}
+    return [row for row in rows if row[key] in kept]
 
 
 def best_tasks(
@@ -284,7 +294,7 @@ def tasks_per_period(connection: Connection, selection: Selection) -> dict[str, 
         {"period": _period_text(start, unit), "status": _label(status), "tasks": count}
         for start, status, count in connection.execute(query)
     ]
-    return {"unit": unit, "rows": rows, "undated": undated or 0}
+    return {"unit": unit, "rows": _largest(rows, "status"), "undated": undated or 0}
 
 
 def failures_by_code(connection: Connection, selection: Selection) -> list[dict[str, Any]]:

@@ -273,15 +273,29 @@ def test_long_curves_are_thinned_to_the_limit(engine: Engine) -> None:
 
 
 def test_category_charts_keep_the_largest_categories(engine: Engine) -> None:
-    """More error codes or parameter scales than a chart keeps: the most frequent stay."""
+    """More error codes, parameter scales, models or statuses than a chart keeps: the most
+    frequent stay."""
     codes = [*range(charts.MAX_CATEGORIES + 5), 999, 999]
     with engine.begin() as connection:
         for n, code in enumerate(codes):
             times = {"create_time": NOW, "finish_time": NOW + timedelta(hours=1)}
             insert_task(connection, f"f{n}", run_status="Failed", error_code=code, **times)
-            insert_task(connection, f"d{n}", run_status="Done", parameter_scale=f"s{code}", **times)
-        failures = charts.failures_by_code(connection, Selection())
-        scales = charts.durations_by_scale(connection, Selection())
-    assert len(failures) == len(scales) == charts.MAX_CATEGORIES
+            insert_task(connection, f"s{n}", run_status=f"status {code}", **times)
+            done = {"parameter_scale": f"s{code}", "model": f"m{code}"}
+            insert_task(connection, f"d{n}", run_status="Done", **done, **times)
+            connection.execute(
+                finetune_task_metrics.insert().values(
+                    task_id=f"d{n}", metric_name="BLEU-4", value_percent=1.0
+                )
+            )
+        selection = Selection()
+        failures = charts.failures_by_code(connection, selection)
+        scales = charts.durations_by_scale(connection, selection)
+        means = charts.metric_means(connection, selection)
+        statuses = {row["status"] for row in charts.tasks_per_period(connection, selection)["rows"]}
+    assert len(failures) == len(scales) == len(statuses) == charts.MAX_CATEGORIES
     assert failures[0] == {"code": "999", "tasks": 2}
     assert [s["tasks"] for s in scales if s["scale"] == "s999"] == [2]
+    assert {"Done", "Failed", "status 999"} <= statuses
+    assert len({row["model"] for row in means}) == charts.MAX_CATEGORIES
+    assert [row["tasks"] for row in means if row["model"] == "m999"] == [2]
