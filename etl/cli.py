@@ -628,6 +628,12 @@ would; the first lines it prints are the exports that point qianfan-etl at it.
     type=click.FloatRange(0, 1),
     help="A steady state: this share of jobs has a Running task, the rest only finished ones.",
 )
+@click.option(
+    "--lean-listings",
+    is_flag=True,
+    help="List tasks without metrics and checkpointList (as the 2025 doc and the SDK's mock "
+    "do); only DescribeFineTuningTask carries them.",
+)
 @simulator_options
 @click.option(
     "--job-fault",
@@ -642,12 +648,15 @@ would; the first lines it prints are the exports that point qianfan-etl at it.
 def simulate_command(
     port: int,
     running_jobs: float | None,
+    lean_listings: bool,
     dataset: SimulatorConfig,
     job_faults: tuple[str, ...],
 ) -> None:
     from etl.simulator import Simulator  # here, so that production commands never load it
 
-    sim_config = dataclasses.replace(dataset, running_jobs=running_jobs)
+    sim_config = dataclasses.replace(
+        dataset, running_jobs=running_jobs, lean_listings=lean_listings
+    )
     simulator = Simulator(sim_config)
     simulator.job_faults = _job_faults([job["jobId"] for job in simulator.jobs()], job_faults)
     try:

@@ -22,6 +22,7 @@ from etl.errors import (
 )
 from etl.qianfan import QianfanClient, fetch_job_pages, fetch_tasks
 from etl.qianfan.pagination import id_of, job_paginator, task_paginator
+from etl.transform import TERMINAL_STATUSES, enriched, is_lean, lean_hash
 
 log = logging.getLogger("etl.extract")
 
@@ -54,6 +55,27 @@ class JobListing:
     details_failed: int = 0
     failure: JobFailure | None = None
     warnings: int = 0
+    # lean tasks: the content hash each stands for, by taskId; enrichments that failed
+    digests: dict[str, str] = field(default_factory=dict)
+    enrichment_failed: int = 0
+
+
+# The content hashes stored for some task ids (a lean listing's enrichment asks for them).
+StoredHashes = Callable[[list[str]], dict[str, str]]
+
+
+@dataclass
+class _Enrichment:
+    """Lean tasks enriched by taskId, the content hash some stand for, the calls that failed."""
+
+    merged: dict[str, Any] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+    failed: int = 0
+
+    def keep_stored(self, task_id: str, stored: dict[str, str]) -> None:
+        """A task left without its children stands for its stored hash: kept as stored."""
+        if task_id in stored:
+            self.digests[task_id] = stored[task_id]
 
 
 @dataclass
@@ -94,11 +116,14 @@ def fetch_account(
     select: Callable[[str], bool] | None = None,
     stats: WalkStats | None = None,
     task_details: bool = True,
+    stored_hashes: StoredHashes | None = None,
 ) -> Iterator[JobListing]:
     """Yield each wanted job with its tasks, in completion order, 2x workers in flight at most.
 
     `select`, if given, says which identified jobs to list the tasks of; the others are left out.
+    `stored_hashes` tells which lean tasks are stored as enriched already (none, if not given).
     """
+    stored = stored_hashes or (lambda _ids: {})
     stats = stats if stats is not None else WalkStats()
     jobs: Iterable[Any] = _listed_jobs(client, stats)
     if job_ids is not None:
@@ -114,7 +139,7 @@ def fetch_account(
                 continue
             if select is not None and not select(job_id):
                 continue
-            pending.add(pool.submit(_fetch_listing, client, job, job_id, task_details))
+            pending.add(pool.submit(_fetch_listing, client, job, job_id, task_details, stored))
             full = len(pending) >= 2 * concurrency
             yield from _completed(pending, full, stats, breaker)
         while pending:
@@ -135,9 +160,11 @@ def _listed_jobs(client: QianfanClient, stats: WalkStats) -> Iterator[Any]:
     log.info("listed %d jobs", listed)
 
 
-def _fetch_listing(client: QianfanClient, job: Any, job_id: str, task_details: bool) -> JobListing:
-    """Fetch one job's tasks, and the detail of its Running ones (runs in a worker thread);
-    a failure of the job's own listing is returned, not raised."""
+def _fetch_listing(
+    client: QianfanClient, job: Any, job_id: str, task_details: bool, stored: StoredHashes
+) -> JobListing:
+    """Fetch one job's tasks, the detail of its Running ones and of lean ones (runs in a worker
+    thread); a failure of the job's own listing is returned, not raised."""
     paginator = task_paginator(job_id)
     try:
         tasks = fetch_tasks(client, job_id, paginator)
@@ -149,7 +176,82 @@ def _fetch_listing(client: QianfanClient, job: Any, job_id: str, task_details: b
     log.debug("job %s: %d tasks", job_id, len(tasks))
     running = running_task_ids(tasks) if task_details else []
     details, failed = fetch_details(client, running)
-    return JobListing(job, tasks, details, failed, warnings=paginator.warnings)
+    tasks, lean = enrich_lean(client, tasks, details, stored, task_details)
+    return JobListing(
+        job,
+        tasks,
+        details,
+        failed,
+        warnings=paginator.warnings,
+        digests=lean.digests,
+        enrichment_failed=lean.failed,
+    )
+
+
+def enrich_lean(
+    client: QianfanClient,
+    tasks: list[Any],
+    details: dict[str, Any],
+    stored_hashes: StoredHashes,
+    task_details: bool = True,
+) -> tuple[list[Any], _Enrichment]:
+    """Give lean tasks (README, "Lean listings") the children of their detail: a
+    Running one from its progress call, a finished one by a call of its own unless it is
+    stored as enriched from this very listing. One left without (its call failed) stands for
+    its stored hash, so it stays as stored this run and the next run tries again."""
+    lean = {key: task for task in tasks if is_lean(task) and (key := id_of(task, "taskId"))}
+    result = _Enrichment()
+    if not lean:
+        return tasks, result
+    stored = stored_hashes(list(lean))
+    for task_id, task in lean.items():
+        status = task.get("runStatus")
+        if status in TERMINAL_STATUSES:
+            _enrich_finished(client, task_id, task, stored, result)
+        elif status == "Running" and task_id in details:
+            result.merged[task_id] = enriched(task, details[task_id])
+        elif status == "Running":
+            result.failed += task_details  # its progress call failed (or was turned off)
+            result.keep_stored(task_id, stored)
+    merged = result.merged
+    return [merged.get(id_of(task, "taskId") or "", task) for task in tasks], result
+
+
+def _enrich_finished(
+    client: QianfanClient,
+    task_id: str,
+    task: dict[str, Any],
+    stored: dict[str, str],
+    result: _Enrichment,
+) -> None:
+    """A finished lean task: stored under its lean hash once a call succeeded, so that an
+    unchanged listing needs no call again."""
+    digest = lean_hash(task)
+    if digest is None:
+        return  # it cannot be hashed: it is set aside when typed
+    if stored.get(task_id) != digest:
+        detail = _children_detail(client, task_id)
+        if detail is None:
+            result.failed += 1
+            result.keep_stored(task_id, stored)
+            return
+        result.merged[task_id] = enriched(task, detail)
+    result.digests[task_id] = digest
+
+
+def _children_detail(client: QianfanClient, task_id: str) -> Any:
+    """A finished lean task's detail, for its metrics and checkpoints; None if the call failed
+    (warned: the task is kept as stored, and the next run tries again)."""
+    try:
+        return client.call(DETAIL_ACTION, {"taskId": task_id})
+    except EtlError as exc:
+        log.warning(
+            "no metrics or checkpoints for task %s this run (its listing is lean; kept as "
+            "stored, the next run tries again): %s",
+            task_id,
+            exc,
+        )
+        return None
 
 
 def running_task_ids(tasks: Iterable[Any]) -> list[str]:

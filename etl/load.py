@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from etl.schema import (
     finetune_task_status_history,
     finetune_tasks,
 )
-from etl.transform import Reject, TaskRows, same_content
+from etl.transform import TERMINAL_STATUSES, Reject, TaskRows, same_content
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 ADVISORY_LOCK_KEY = 0x5A3F0E3C6B1D2E4F
 LOCK_POLL_SECONDS = 0.2
 ID_CHUNK = 1000
-# A task in any other status (`Running`, `Waiting`, `""`, NULL, one not yet known) may still
-# change, so an --active-only run lists its job again.
-TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
 RUNNING = "Running"
 # Written by their own UPDATEs, never by the content upsert: progress alone is no change.
 PROGRESS_COLUMNS = ("run_progress", "vdl_link", "progress_at")
@@ -216,6 +213,13 @@ def start_run(connection: Connection, mode: str = "full") -> int:
     return int(result.scalar_one())
 
 
+def record_counts(connection: Connection, run_id: int, counts: RunCounts) -> None:
+    """Set the run's counts to what it has committed: part of each batch's transaction."""
+    connection.execute(
+        etl_runs.update().where(etl_runs.c.run_id == run_id).values(**counts.to_row())
+    )
+
+
 def finish_run(
     connection: Connection,
     run_id: int,
@@ -290,6 +294,13 @@ def has_tasks(connection: Connection) -> bool:
 def stored_tasks(connection: Connection, ids: Sequence[str]) -> dict[str, sa.Row[Any]]:
     """What is stored for these task ids: content hash, status, deletion mark."""
     return _stored(connection, finetune_tasks, ids)
+
+
+def stored_hashes(connection: Connection, ids: Sequence[str]) -> dict[str, str]:
+    """The content hash stored for each of these task ids that is stored."""
+    query = sa.select(finetune_tasks.c.task_id, finetune_tasks.c.content_hash)
+    results = _for_ids(connection, query, finetune_tasks.c.task_id, ids)
+    return {row.task_id: row.content_hash for result in results for row in result}
 
 
 def write_batch(
@@ -670,10 +681,11 @@ def live_job_ids(connection: Connection) -> set[str]:
     return set(connection.execute(query).scalars())
 
 
-def jobs_to_relist(connection: Connection) -> set[str]:
+def jobs_to_relist(connection: Connection, young: timedelta) -> set[str]:
     """Jobs whose tasks an --active-only run lists again although stored: those with a live
-    task not in a terminal state or with no live task at all (a new job's first task comes
-    soon), and those a run since the last complete one failed to list."""
+    task not in a terminal state, those with no live task at all while younger than `young`
+    (by create time and first sighting: a new job's first task comes soon, an old empty job
+    waits for the next full run), and those a run since the last complete one failed to list."""
     tasks, jobs = finetune_tasks, finetune_jobs
     unfinished = sa.select(tasks.c.job_id).where(
         tasks.c.deleted_at.is_(None),
@@ -682,7 +694,13 @@ def jobs_to_relist(connection: Connection) -> set[str]:
     live_task = sa.select(tasks.c.task_id).where(
         tasks.c.job_id == jobs.c.job_id, tasks.c.deleted_at.is_(None)
     )
-    empty = sa.select(jobs.c.job_id).where(jobs.c.deleted_at.is_(None), ~live_task.exists())
+    born = now() - young
+    empty = sa.select(jobs.c.job_id).where(
+        jobs.c.deleted_at.is_(None),
+        ~live_task.exists(),
+        jobs.c.first_seen_at > born,
+        sa.or_(jobs.c.create_time.is_(None), jobs.c.create_time > born),
+    )
     failed = sa.select(etl_failed_jobs.c.job_id).where(
         etl_failed_jobs.c.run_id > _last_covering_run()
     )

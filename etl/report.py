@@ -32,6 +32,7 @@ def summary_fields(result: SyncResult) -> dict[str, Any]:
         "exit_code": result.exit_code,
         **asdict(result.counts),
         "progress_failed": result.progress_failed,
+        "enrichment_failed": result.enrichment_failed,
         "soft_deleted": result.deleted,
         "listing_warnings": result.listing_warnings,
         "failed_jobs": [
@@ -56,6 +57,11 @@ def summary_line(result: SyncResult) -> str:
     )
     if result.listing_warnings:
         line += f", {result.listing_warnings} listing warnings"
+    if result.enrichment_failed:
+        line += (
+            f", metrics and checkpoints of {result.enrichment_failed} lean-listed tasks not "
+            "fetched (kept as stored; the next run tries again)"
+        )
     if result.status != "succeeded":
         line += f"; {result.status} (exit {result.exit_code})"
     if result.failed_jobs:

@@ -560,6 +560,8 @@ class Simulator:
             )
             if kind == "deleted_mid_listing" and page["pageInfo"]["isTruncated"] is True:
                 self._data.delete_job(job_id)
+            if self.config.lean_listings:
+                page["taskList"] = [_lean(task) for task in page["taskList"]]
             return page
 
     def _list(
@@ -589,7 +591,9 @@ class Simulator:
         task = self._data.find_task(task_id)
         if not isinstance(task, dict):
             raise ApiError(404, "ResourceNotFound", f"task {task_id} not found")
-        detail = {**task, "vdlLink": f"https://console.bce.baidu.com/qianfan/vdl/{task_id}"}
+        # the SDK's defaults: a detail always carries both, lean listing or not
+        detail = {"metrics": {}, "checkpointList": [], **task}
+        detail["vdlLink"] = f"https://console.bce.baidu.com/qianfan/vdl/{task_id}"
         if task.get("runStatus") == "Running":
             done = len(task.get("checkpointList") or [])
             percent = f"{min(99, done * 100 // max(1, self.config.checkpoints))}%"
@@ -602,6 +606,13 @@ class Simulator:
 
 
 # --- HTTP ---
+
+
+def _lean(task: Any) -> Any:
+    """A listed task as a lean listing gives it: without `metrics` and `checkpointList`."""
+    if not isinstance(task, dict):
+        return task
+    return {k: v for k, v in task.items() if k not in ("metrics", "checkpointList")}
 
 
 def _parse_body(payload: bytes) -> dict[str, Any] | None:

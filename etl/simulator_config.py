@@ -40,3 +40,6 @@ class SimulatorConfig:
     # A steady state: this share of the jobs (spread evenly) has a Running first task and the
     # others only finished tasks. None: every task's status is drawn on its own.
     running_jobs: float | None = None
+    # List tasks without `metrics` and `checkpointList`, as the SDK's mock and the 2025 doc do;
+    # only the detail call (DescribeFineTuningTask) carries them.
+    lean_listings: bool = False

@@ -8,6 +8,7 @@ Soft deletes wait for the end of the run, where the mass-delete guard can refuse
 """
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +24,7 @@ from etl import db, load, redact, stopping
 from etl.errors import (
     EXIT_DATA,
     EXIT_OK,
+    EXIT_SIGINT,
     EXIT_TEMPFAIL,
     ContractError,
     EtlError,
@@ -32,6 +34,7 @@ from etl.extract import ActiveSelection, JobFailure, JobListing, WalkStats, fetc
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts, Written
 from etl.qianfan import QianfanClient
+from etl.qianfan.pagination import id_of
 from etl.transform import (
     PreparedTask,
     Reject,
@@ -84,6 +87,8 @@ class SyncResult:
     message: str | None = None
     failed_jobs: list[JobFailure] = field(default_factory=list)
     listing_warnings: int = 0
+    # lean-listed tasks whose metrics and checkpoints could not be fetched this run
+    enrichment_failed: int = 0
 
 
 @dataclass
@@ -98,6 +103,7 @@ class _State:
     deletes: bool = True
     progress: list[dict[str, Any]] = field(default_factory=list)
     progress_failed: int = 0
+    enrichment_failed: int = 0
     # Type tasks as they arrive on a first load, or when most of the last batch changed, so the
     # writer only writes; leave typing to the writer when most were unchanged (a no-op run).
     type_ahead: bool = True
@@ -129,6 +135,7 @@ class _Pending:
     untyped: list[tuple[str, list[PreparedTask]]]
     progress: list[dict[str, Any]]
     deletes: bool
+    jobs: int
 
 
 def sync(
@@ -149,13 +156,14 @@ def sync(
             log.info("run %d (%s) started%s", run_id, mode, " (dry run)" if options.dry_run else "")
             counts, stats = RunCounts(), WalkStats()
             state = _State(complete=mode == "full", deletes=mode != "active")
+            run = _Run(run_id, lock, RunCounts(), lambda: client.api_calls)
             try:
                 with db.translated_errors(engine.url):
                     outcome = _copy_account(
                         connection,
                         client,
                         options,
-                        _Run(run_id, lock),
+                        run,
                         counts,
                         progress,
                         state,
@@ -172,8 +180,10 @@ def sync(
                             exit_code=outcome.exit_code,
                         )
             except BaseException as exc:
-                counts.api_calls = client.api_calls
-                _record_failure(connection, run_id, counts, exc, options.dry_run)
+                # what the batches committed, not what was fetched: the rest was rolled back
+                run.committed.api_calls = client.api_calls
+                _record_failure(connection, run_id, run.committed, exc, options.dry_run)
+                _say_if_interrupted(exc, run)
                 raise
             if outer is not None:
                 outer.rollback()
@@ -191,6 +201,7 @@ def sync(
         outcome.message,
         state.failed,
         stats.listing_warnings,
+        state.enrichment_failed,
     )
 
 
@@ -212,10 +223,13 @@ def _mode(connection: Connection, options: SyncOptions) -> str:
 
 @dataclass(frozen=True)
 class _Run:
-    """The run's id and the lock it must still hold at each commit."""
+    """The run's id, the lock it must still hold at each commit, the counts its commits saved
+    so far (the writer's), and the API calls made so far."""
 
     run_id: int
     lock: load.RunLock
+    committed: RunCounts
+    api_calls: Callable[[], int]
 
 
 @contextmanager
@@ -245,7 +259,7 @@ def _copy_account(
 ) -> _Outcome:
     with _transaction(connection, options.dry_run):
         state.type_ahead = not load.has_tasks(connection)
-        select = None if state.deletes else _active_selection(connection)
+        select = None if state.deletes else _active_selection(connection, options.full_every)
     run_id = run.run_id
     writer = _Writer(connection, run, options.dry_run)
     try:
@@ -256,6 +270,7 @@ def _copy_account(
             select=select,
             stats=stats,
             task_details=options.task_details,
+            stored_hashes=_hash_reader(connection.engine),
         )
         for listing in _until_stopped(listings, state):
             fault_point("after_fetch")
@@ -284,6 +299,17 @@ def _copy_account(
     return _outcome(state, run_id, deleted, refusal)
 
 
+def _hash_reader(engine: Engine) -> Callable[[list[str]], dict[str, str]]:
+    """Stored task hashes read on a connection of the caller's own (a fetch worker's), apart
+    from the writer's; a short read, with no transaction left open."""
+
+    def read(ids: list[str]) -> dict[str, str]:
+        with engine.connect() as connection:
+            return load.stored_hashes(connection, ids)
+
+    return read
+
+
 def _until_stopped(listings: Iterator[JobListing], state: _State) -> Iterator[JobListing]:
     """The listings until an error ends the walk; the error is kept for after the commit."""
     try:
@@ -292,9 +318,10 @@ def _until_stopped(listings: Iterator[JobListing], state: _State) -> Iterator[Jo
         state.stopped = exc
 
 
-def _active_selection(connection: Connection) -> ActiveSelection:
+def _active_selection(connection: Connection, full_every: float) -> ActiveSelection:
     """The jobs stored, and those of them to list again, as the run starts."""
-    return ActiveSelection(load.live_job_ids(connection), load.jobs_to_relist(connection))
+    relist = load.jobs_to_relist(connection, timedelta(seconds=full_every))
+    return ActiveSelection(load.live_job_ids(connection), relist)
 
 
 def _count_skipped(counts: RunCounts, select: ActiveSelection) -> None:
@@ -321,10 +348,21 @@ def _add_listing(state: _State, listing: JobListing) -> None:
     state.batch.jobs.append(job)
     # Hashing here, while the fetch workers wait on the network, keeps the writer short.
     ahead = job["job_id"] if state.type_ahead else None
-    state.untyped.append((job["job_id"], [prepare_task(raw, ahead) for raw in listing.tasks]))
+    state.untyped.append((job["job_id"], _prepared(listing, ahead)))
     state.untyped_tasks += len(listing.tasks)
     state.progress += [progress_to_row(key, raw) for key, raw in listing.details.items()]
     state.progress_failed += listing.details_failed
+    state.enrichment_failed += listing.enrichment_failed
+
+
+def _prepared(listing: JobListing, ahead: str | None) -> list[PreparedTask]:
+    """The listing's tasks prepared, each lean one under the hash its enrichment decided."""
+    digests = listing.digests
+    if not digests:
+        return [prepare_task(raw, ahead) for raw in listing.tasks]
+    return [
+        prepare_task(raw, ahead, digests.get(id_of(raw, "taskId") or "")) for raw in listing.tasks
+    ]
 
 
 def _add_failure(state: _State, failure: JobFailure) -> None:
@@ -343,7 +381,10 @@ def _add_failure(state: _State, failure: JobFailure) -> None:
 
 def _take(state: _State) -> _Pending:
     """Hand the batch so far to the writer and start a new one."""
-    pending = _Pending(state.batch, state.untyped, state.progress, state.deletes)
+    batch = state.batch
+    # each listed job is a job row, a job reject or a failed job, until the writer adds tasks'
+    jobs = len(batch.jobs) + len(batch.rejects) + len(batch.failed_jobs)
+    pending = _Pending(batch, state.untyped, state.progress, state.deletes, jobs)
     state.batch, state.untyped, state.untyped_tasks, state.progress = Batch(), [], 0, []
     return pending
 
@@ -512,11 +553,23 @@ class _Writer:
             _type_tasks(pending, stored)
             written = load.write_batch(connection, pending.batch, self._run.run_id, stored)
             written.counts.rows_written += load.save_progress(connection, pending.progress)
+            batch = RunCounts(jobs_seen=pending.jobs)
+            batch.add(written.counts)
+            self._record(batch)
             if not self._dry_run:
                 self._before_commit()
-        if not self._dry_run:
+        if not self._dry_run:  # a dry run commits nothing
+            self._run.committed.add(batch)
             fault_point("after_commit")
         return written
+
+    def _record(self, batch: RunCounts) -> None:
+        """Record the run's counts as they are once this batch commits, in its transaction."""
+        batch.api_calls = self._run.api_calls() - self._run.committed.api_calls
+        totals = RunCounts()
+        totals.add(self._run.committed)
+        totals.add(batch)
+        load.record_counts(self._connection, self._run.run_id, totals)
 
     def _before_commit(self) -> None:
         """Refuse to commit once the run is stopping or has lost its lock."""
@@ -574,6 +627,21 @@ def _figures(counts: RunCounts, jobs: bool = True) -> str:
     return (
         f"{seen}{counts.tasks_seen} tasks ({counts.tasks_changed} changed), "
         f"{counts.rows_written} rows, {counts.rejects} rejects"
+    )
+
+
+def _say_if_interrupted(exc: BaseException, run: _Run) -> None:
+    """One line on stderr for a signal: what the run committed, and what it rolled back."""
+    if not isinstance(exc, SystemExit | KeyboardInterrupt):
+        return
+    code = exc.code if isinstance(exc, SystemExit) else EXIT_SIGINT
+    names = {128 + signum: signum.name for signum in (signal.SIGINT, signal.SIGTERM)}
+    log.error(
+        "interrupted by %s: run %d committed %s; the batch in flight, if any, was rolled back "
+        "and the next run fetches it again",
+        names.get(code, "a signal") if isinstance(code, int) else "a signal",
+        run.run_id,
+        _figures(run.committed),
     )
 
 

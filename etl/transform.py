@@ -27,6 +27,14 @@ EXCERPT_CHARS = 2000
 SOURCE_ID_CHARS = 200
 # Content hashes carry this prefix; a stored hash without one is a legacy (marshal) hash.
 HASH_PREFIX = "j1:"
+# A finished task of a lean listing, enriched from its detail call, is stored under its
+# listing's hash with this prefix instead: a hash stored without enrichment never matches it.
+LEAN_PREFIX = "l1:"
+# Statuses a task does not leave; any other (`Running`, `Waiting`, `""`, NULL, one not yet
+# known) may still change.
+TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
+# The keys a lean listing leaves out of a task; only DescribeFineTuningTask carries them.
+CHILD_KEYS = ("metrics", "checkpointList")
 
 # ASCII digits only: float()/int() would also take "1_000" and non-Latin digits.
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
@@ -122,7 +130,28 @@ def same_content(stored: str | None, digest: str, raw: Any) -> bool:
         return False
     if stored == digest:
         return True
-    return not stored.startswith(HASH_PREFIX) and legacy_hash(raw) == stored
+    legacy = not stored.startswith((HASH_PREFIX, LEAN_PREFIX))
+    return legacy and legacy_hash(raw) == stored
+
+
+def is_lean(raw: Any) -> bool:
+    """Whether a listed task says nothing of its children: both keys absent (not empty)."""
+    return isinstance(raw, dict) and not any(key in raw for key in CHILD_KEYS)
+
+
+def lean_hash(raw: Any) -> str | None:
+    """The hash a finished lean task is stored under once enriched from this listing; None
+    for a record that cannot be hashed (it is set aside when typed)."""
+    try:
+        return LEAN_PREFIX + content_hash(raw).removeprefix(HASH_PREFIX)
+    except _Untypable:
+        return None
+
+
+def enriched(raw: dict[str, Any], detail: Any) -> dict[str, Any]:
+    """A lean task with the children its detail carries (the SDK's defaults when absent)."""
+    detail = detail if isinstance(detail, dict) else {}
+    return {**raw, **{key: detail.get(key, {} if key == "metrics" else []) for key in CHILD_KEYS}}
 
 
 def _orjson_canonical(value: Any) -> bytes | None:
@@ -283,14 +312,15 @@ class PreparedTask:
     typed: "TaskRows | Reject | None" = None
 
 
-def prepare_task(raw: Any, job_id: str | None = None) -> PreparedTask:
+def prepare_task(raw: Any, job_id: str | None = None, digest: str | None = None) -> PreparedTask:
     """The cheap first step: enough to tell whether a task changed since it was stored.
 
     Given the listed job's id, the task is typed now too: worth it when most tasks change.
+    A `digest` given stands for the record's own (a lean listing's enrichment decides it).
     """
     task_id = _readable_id(raw, "taskId")
     try:
-        digest = content_hash(raw)
+        digest = digest or content_hash(raw)
     except _Untypable as exc:
         return PreparedTask(raw, task_id, "", _reject("task", raw, "taskId", exc))
     prepared = PreparedTask(raw, task_id, digest)

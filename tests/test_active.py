@@ -7,7 +7,7 @@ process with click's CliRunner, against the simulator over HTTP, on Postgres and
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,43 @@ def test_a_job_without_tasks_is_listed_again_for_its_first_task(etl: Etl) -> Non
 
     assert (summary["mode"], summary["jobs_skipped"]) == ("active", 6)
     assert etl.task("task-first").run_status == "Waiting"
+
+
+def task_listings_of(sim: Simulator, job_id: str) -> int:
+    """The task-listing calls the simulator received for one job."""
+    return sum(
+        r.action == "DescribeFineTuningTasks" and r.body.get("jobId") == job_id
+        for r in sim.requests
+    )
+
+
+def test_an_empty_job_is_listed_again_only_while_younger_than_full_every(etl: Etl) -> None:
+    sim, now = etl.sim, datetime.now(UTC)
+    created = {
+        "job-young": now - timedelta(hours=1),
+        "job-old": now - timedelta(days=3),
+        "job-undated": None,  # no createTime: its age is its first_seen_at's
+    }
+    for job_id, moment in created.items():
+        stamp = {"createTime": moment.strftime("%Y-%m-%dT%H:%M:%SZ")} if moment else {}
+        sim.put_job({"jobId": job_id, "name": job_id, "trainMode": "SFT", **stamp})
+    etl.sync()
+    sim.requests.clear()
+
+    assert etl.sync("--active-only", "--full-every", "24h")["mode"] == "active"
+    calls = {job_id: task_listings_of(sim, job_id) for job_id in created}
+    assert calls == {"job-young": 1, "job-old": 0, "job-undated": 1}
+
+    with etl.engine.begin() as connection:
+        connection.execute(
+            jobs.update()
+            .where(jobs.c.job_id == "job-undated")
+            .values(first_seen_at=now - timedelta(hours=25))
+        )
+    sim.requests.clear()
+    assert etl.sync("--active-only", "--full-every", "24h")["mode"] == "active"
+    assert task_listings_of(sim, "job-undated") == 0, "it waits for the next full run"
+    assert task_listings_of(sim, "job-young") == 1
 
 
 def test_full_every_elapsed_makes_the_run_full_and_it_catches_up(etl: Etl) -> None:
