@@ -18,7 +18,7 @@ from click.core import ParameterSource
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import config, db, monitor, page, redact, report, stopping
+from etl import config, db, monitor, page, progress, redact, report, stopping
 from etl.charts import Selection
 from etl.errors import EXIT_DATA, ConfigError, ContractError, EtlError, TransientError
 from etl.qianfan import QianfanClient, RetryPolicy
@@ -38,17 +38,34 @@ class EtlGroup(click.Group):
         command = super().get_command(ctx, name)
         if command is not None:
             _show_envvars(command)
+            # the command list shows each first sentence whole (click cuts it with "...")
+            command.short_help = command.get_short_help_str(limit=sys.maxsize)
         return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.BadParameter as exc:
+            exc.param_hint = _param_hint(exc) or exc.param_hint
+            raise
         except EtlError as exc:
             log.error("%s", exc)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             log.error("interrupted")
             ctx.exit(EXIT_SIGINT)
+
+
+def _param_hint(exc: click.BadParameter) -> str | None:
+    """The bad option, and its env var only when the value came from there (click names
+    the variable whatever the source)."""
+    param, ctx = exc.param, exc.ctx
+    if not isinstance(param, click.Option) or ctx is None or param.name is None:
+        return None
+    hint = " / ".join(f"'{opt}'" for opt in param.opts)
+    if ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT:
+        hint += f" (from env var '{param.envvar}')"
+    return hint
 
 
 def _show_envvars(command: click.Command) -> None:
@@ -214,7 +231,24 @@ def parse_database_url(database_url: str | None) -> URL:
     return config.database_url(database_url, "--database-url" if given else None)
 
 
-@cli.command("sync")
+SYNC_HELP = f"""Fetch every job and task of the account and load them into the database.
+
+\b
+Environment (a .env file in the working directory is read too):
+    {config.ACCESS_KEY_VAR}            IAM access key (required)
+    {config.SECRET_KEY_VAR}            IAM secret key (required)
+    {config.BASE_URL_VAR}  the API (default {config.DEFAULT_BASE_URL})
+    {config.DATABASE_URL_VAR}                  the database, as --database-url
+
+\b
+Example:
+    export {config.ACCESS_KEY_VAR}=... {config.SECRET_KEY_VAR}=...
+    qianfan-etl sync --database-url postgresql://etl@db/analytics
+    qianfan-etl sync --active-only --full-every 24h    # every few minutes
+"""
+
+
+@cli.command("sync", help=SYNC_HELP)
 @job_id_option
 @click.option(
     "--concurrency",
@@ -313,14 +347,6 @@ def sync_command(
     batch_tasks: int,
     max_delete_fraction: float,
 ) -> None:
-    """Fetch every job and task of the account and load them into the database.
-
-    \b
-    Example:
-        export QIANFAN_ACCESS_KEY=... QIANFAN_SECRET_KEY=...
-        qianfan-etl sync --database-url postgresql://etl@db/analytics
-        qianfan-etl sync --active-only --full-every 24h    # every few minutes
-    """
     setup_logging(log_format, verbose, quiet)
     env_file = click.get_current_context().obj
     _note_env_file(env_file)
@@ -350,9 +376,9 @@ def sync_command(
             lock_timeout=db_lock_timeout,
             statement_timeout=db_statement_timeout,
         )
-        progress = report.Progress() if not quiet and sys.stderr.isatty() else None
         with (
             _terminate_as_exit(),
+            progress.on_terminal(not quiet) as bar,
             QianfanClient(
                 settings.base_url,
                 settings.access_key,
@@ -364,8 +390,8 @@ def sync_command(
             ) as client,
         ):
             metrics.client = client
-            result = sync(engine, client, options, progress.update if progress else None)
-        _end(result, progress, quiet, log_format)
+            result = sync(engine, client, options, bar.update if bar else None)
+        _end(result, quiet, log_format)
 
 
 def _note_env_file(env_file: config.EnvFile | None) -> None:
@@ -383,12 +409,8 @@ def _note_env_file(env_file: config.EnvFile | None) -> None:
         )
 
 
-def _end(
-    result: SyncResult, progress: report.Progress | None, quiet: bool, log_format: str
-) -> None:
-    """Close the progress line, print the summary; raise for a partial run's exit code."""
-    if progress:
-        progress.close()
+def _end(result: SyncResult, quiet: bool, log_format: str) -> None:
+    """Print the summary; raise for a partial run's exit code."""
     if not quiet:
         emit_summary(result, log_format)
     if result.exit_code:
@@ -501,6 +523,25 @@ def _duration(value: str | None) -> tuple[float, str] | None:
         raise click.BadParameter(str(exc)) from None
 
 
+class IsoMoment(click.ParamType[datetime]):
+    """An ISO 8601 date or date-time, as an aware UTC datetime (naive means UTC)."""
+
+    name = "DATETIME"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            example = "such as 2024-01-01 or 2024-01-01T12:00:00Z"
+            self.fail(f"{value!r} is not an ISO 8601 date or date-time {example}", param, ctx)
+        zone = moment.tzinfo or UTC
+        return moment.replace(tzinfo=zone).astimezone(UTC)
+
+
 @cli.command("report")
 @click.option(
     "--output",
@@ -512,8 +553,9 @@ def _duration(value: str | None) -> tuple[float, str] | None:
 @job_id_option
 @click.option(
     "--since",
-    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-    help="Only tasks created at or after this UTC date/time.",
+    type=IsoMoment(),
+    help="Only tasks created at or after this date/time: ISO 8601, UTC unless it carries a "
+    "Z or an offset (2024-01-01, 2024-01-01T12:00:00Z, 2024-01-01T20:00+08:00).",
 )
 @click.option(
     "--tasks",
@@ -541,7 +583,6 @@ def report_command(
     page.require_extra()
     engine = engine_for(database_url, db_schema)
     db.require_head(engine)
-    since = since.replace(tzinfo=UTC) if since else None
     selection = Selection(job_ids=job_ids, since=since, tasks=tasks)
     with db.translated_errors(engine.url):
         size = page.write_report(engine, output, selection)
@@ -655,7 +696,7 @@ def simulate_command(
     from etl.simulator import Simulator  # here, so that production commands never load it
 
     sim_config = dataclasses.replace(
-        dataset, running_jobs=running_jobs, lean_listings=lean_listings
+        dataset, running_jobs=running_jobs, lean_listings=lean_listings, now=datetime.now(UTC)
     )
     simulator = Simulator(sim_config)
     simulator.job_faults = _job_faults([job["jobId"] for job in simulator.jobs()], job_faults)
@@ -697,6 +738,7 @@ def demo_command(database_url: str, dataset: SimulatorConfig) -> None:
     setup_logging("text", 0, False)
     engine = engine_for(database_url)
     db.upgrade(engine)
+    dataset = dataclasses.replace(dataset, now=datetime.now(UTC))  # so "this week" finds rows
     with (
         Simulator(dataset).serve() as server,
         QianfanClient(server.url, dataset.access_key, dataset.secret_key) as client,

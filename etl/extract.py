@@ -84,6 +84,12 @@ class WalkStats:
 
     job_list_warnings: int = 0
     task_warnings: int = 0
+    # For the progress display: jobs in the job list so far (all of it once its last page
+    # came), those of them passed over (not wanted, or carried over) and tasks fetched so far.
+    jobs_listed: int = 0
+    job_list_done: bool = False
+    jobs_passed: int = 0
+    tasks_listed: int = 0
 
     @property
     def listing_warnings(self) -> int:
@@ -127,7 +133,9 @@ def fetch_account(
     stats = stats if stats is not None else WalkStats()
     jobs: Iterable[Any] = _listed_jobs(client, stats)
     if job_ids is not None:
-        jobs = _wanted_jobs(jobs, frozenset(job_ids))
+        chosen = _wanted_jobs(jobs, frozenset(job_ids))
+        stats.jobs_passed = stats.jobs_listed - len(chosen)
+        jobs = chosen
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qianfan-tasks")
     pending: set[Future[JobListing]] = set()
     breaker = _Breaker()
@@ -138,6 +146,7 @@ def fetch_account(
                 yield JobListing(job, [])
                 continue
             if select is not None and not select(job_id):
+                stats.jobs_passed += 1
                 continue
             pending.add(pool.submit(_fetch_listing, client, job, job_id, task_details, stored))
             full = len(pending) >= 2 * concurrency
@@ -156,6 +165,8 @@ def _listed_jobs(client: QianfanClient, stats: WalkStats) -> Iterator[Any]:
     for page in fetch_job_pages(client, paginator):
         stats.job_list_warnings = paginator.warnings
         listed += len(page)
+        stats.jobs_listed = listed
+        stats.job_list_done = not paginator.has_next_page
         yield from page
     log.info("listed %d jobs", listed)
 
@@ -288,6 +299,7 @@ def _completed(
         pending.discard(future)
         listing = future.result()
         stats.task_warnings += listing.warnings
+        stats.tasks_listed += len(listing.tasks)
         yield listing
         breaker.note(listing.failure)
 

@@ -157,9 +157,15 @@ def _file_lock(engine: Engine, wait: float) -> Iterator[None]:
 
 
 def _busy_message(wait: float) -> str:
+    advice = (
+        "Let it finish, or pass --lock-wait SECONDS to wait for it."
+        if wait == 0
+        else f"It was still running after --lock-wait {wait:g}: let it finish; if runs often "
+        "overlap, schedule them further apart or give a longer --lock-wait."
+    )
     return (
         f"another qianfan-etl run holds the lock on this database (waited {wait:g}s); "
-        "nothing was fetched. Let it finish, or pass --lock-wait SECONDS to wait for it."
+        f"nothing was fetched. {advice}"
     )
 
 
@@ -198,18 +204,20 @@ class RunCounts:
         }
 
 
-def start_run(connection: Connection, mode: str = "full") -> int:
-    """Mark runs that died without finishing as abandoned, then record a new running one."""
+def start_run(connection: Connection, mode: str = "full", *, dry_run: bool = False) -> int:
+    """Mark runs that died without finishing as abandoned, then record a new running one.
+    A dry run, rolled back, takes the number after the latest run rather than the sequence's
+    next (Postgres never gives that back): it uses up no run number."""
     connection.execute(
         etl_runs.update()
         .where(etl_runs.c.status == "running")
         .values(status="abandoned", error="the process ended without finishing its run")
     )
-    result = connection.execute(
-        etl_runs.insert()
-        .values(started_at=now(), status="running", mode=mode)
-        .returning(etl_runs.c.run_id)
-    )
+    values: dict[str, Any] = {"started_at": now(), "status": "running", "mode": mode}
+    if dry_run:
+        latest = sa.select(sa.func.coalesce(sa.func.max(etl_runs.c.run_id), 0))
+        values["run_id"] = latest.scalar_subquery() + 1
+    result = connection.execute(etl_runs.insert().values(values).returning(etl_runs.c.run_id))
     return int(result.scalar_one())
 
 

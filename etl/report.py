@@ -1,8 +1,6 @@
-"""What people and log shippers read: the summary line, `status`, progress, log lines."""
+"""What people and log shippers read: the summary line, `status`, log lines."""
 
 import logging
-import sys
-import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -11,15 +9,15 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from etl import terminal
-from etl.load import RunCounts
 from etl.schema import CONTENT_TABLES, etl_failed_jobs, etl_rejects, etl_runs
 from etl.sync import SyncResult
 
-PROGRESS_INTERVAL = 0.2
 COUNTED_TABLES = (*CONTENT_TABLES, etl_rejects)
 # failed jobs shown per run in the summary and `status`, and their messages' length
 FAILED_JOBS_SHOWN = 5
 MESSAGE_CHARS = 160
+# a run's error in the text `status` table (`status --json` has it whole)
+ERROR_CHARS = 60
 
 
 def summary_fields(result: SyncResult) -> dict[str, Any]:
@@ -93,30 +91,6 @@ def _failed_progress(tasks: int) -> str:
     return f"progress of {tasks} Running tasks not fetched (kept), " if tasks else ""
 
 
-class Progress:
-    """A one-line progress display on a terminal, redrawn at most every PROGRESS_INTERVAL."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def update(self, counts: RunCounts) -> None:
-        """Redraw with the latest counts, unless drawn very recently."""
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_INTERVAL:
-            self.last = now
-            sys.stderr.write(
-                f"\r{counts.jobs_seen} jobs, {counts.tasks_seen} tasks, "
-                f"{counts.api_calls} API calls"
-            )
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        """Clear the progress line, so the summary takes its place."""
-        if self.last:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
 def status(engine: Engine, runs: int) -> dict[str, Any]:
     """Recent runs (with their first failed jobs) and table counts (live and soft-deleted)."""
     with engine.connect() as connection:
@@ -154,19 +128,25 @@ def _counts(connection: sa.Connection) -> dict[str, dict[str, int]]:
     return counts
 
 
+NO_RUNS = "no runs yet: load the account with `qianfan-etl sync` (see `qianfan-etl sync --help`)"
+
+
 def status_text(status: dict[str, Any]) -> str:
-    """`status` for people: a runs table, then counts."""
+    """`status` for people: a runs table (or how to make the first run), then counts."""
+    if not status["runs"]:
+        return "\n".join([NO_RUNS, "", *_counts_text(status)])  # table names: nothing to escape
     lines = [
         "run  status      mode      started                    jobs  skipped  tasks  changed  "
         "rows  rejects  calls  error"
     ]
     for run in status["runs"]:
         started = str(run["started_at"])[:19]
+        error = _cut_at_word(run["error"] or "", ERROR_CHARS)
         lines.append(
             f"{run['run_id']:<4} {run['status']:<11} {run['mode']:<9} {started:<26} "
             f"{run['jobs_seen']:>4} {run['jobs_skipped']:>8} "
             f"{run['tasks_seen']:>6} {run['tasks_changed']:>8} {run['rows_written']:>5} "
-            f"{run['rejects']:>8} {run['api_calls']:>6}  {(run['error'] or '')[:60]}"
+            f"{run['rejects']:>8} {run['api_calls']:>6}  {error}"
         )
     for run in status["runs"]:
         if run["jobs_failed"]:
@@ -175,11 +155,25 @@ def status_text(status: dict[str, Any]) -> str:
                 + _failed_text(run["failed_jobs"])
                 + (" (see etl_failed_jobs)" if run["jobs_failed"] > FAILED_JOBS_SHOWN else "")
             )
-    lines.append("")
+    return "\n".join(terminal.safe(line) for line in [*lines, "", *_counts_text(status)])
+
+
+def _counts_text(status: dict[str, Any]) -> list[str]:
+    """One line per table: rows, and soft-deleted ones."""
+    lines = []
     for name, count in status["tables"].items():
         deleted = f" ({count['deleted']} deleted)" if "deleted" in count else ""
         lines.append(f"{name:<30} {count['rows']:>9}{deleted}")
-    return "\n".join(terminal.safe(line) for line in lines)
+    return lines
+
+
+def _cut_at_word(text: str, limit: int) -> str:
+    """`text` within `limit` characters, cut at a word boundary with "…" when longer."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip() + "…"
 
 
 def sample_text(engine: Engine, limit: int = 5) -> str:

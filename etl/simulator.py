@@ -89,6 +89,15 @@ def _iso(moment: datetime) -> str:
     return moment.strftime(TIME_FORMAT)
 
 
+def _epoch(config: SimulatorConfig) -> datetime:
+    """When job 0 was created: EPOCH, or early enough that the last job's tasks (jobs an hour
+    apart, tasks two minutes apart, finishing within a day) have all ended by `config.now`."""
+    if config.now is None:
+        return EPOCH
+    span = timedelta(hours=config.jobs + 25, minutes=2 * config.tasks_per_job)
+    return config.now.replace(microsecond=0) - span
+
+
 def _time_keys(style: str, index: int) -> tuple[str, str]:
     """The create/finish field names a job (and its tasks) use under a field style."""
     sdk = style == "sdk" or (style == "mixed" and index % 2 == 1)
@@ -99,7 +108,7 @@ def _make_job(config: SimulatorConfig, index: int) -> dict[str, Any]:
     """The generated job number `index`."""
     rng = random.Random(f"{config.seed}:{index}")
     model, mode = rng.choice(MODELS), rng.choice(TRAIN_MODES)
-    created = EPOCH + timedelta(hours=index, seconds=rng.randrange(60))  # before its tasks
+    created = _epoch(config) + timedelta(hours=index, seconds=rng.randrange(60))  # before its tasks
     description = "" if rng.random() < 0.2 else f"Synthetic {mode} run {index} on {model}"
     return {
         "jobId": _hex_id("job", config.seed, index),
@@ -133,7 +142,9 @@ def _make_task(
     rng = random.Random(f"{config.seed}:{index}:{number}")
     status = "Done" if rng.random() < 0.8 else rng.choice(OTHER_STATUSES)
     status = "Done" if done else _steady_status(config, index, number, status)
-    created = EPOCH + timedelta(hours=index, minutes=2 * number + 1, seconds=rng.randrange(60))
+    created = _epoch(config) + timedelta(
+        hours=index, minutes=2 * number + 1, seconds=rng.randrange(60)
+    )
     finished = created + timedelta(seconds=rng.randrange(600, 86400))
     checkpoints = _make_checkpoints(rng, config.checkpoints)
     kept = rng.randrange(len(checkpoints)) if checkpoints else 0

@@ -5,6 +5,7 @@ Kept apart from the server (`etl.simulator`) so the CLI builds the options and h
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 
 PAGINATION_FAULTS = frozenset(
     {
@@ -40,6 +41,10 @@ class SimulatorConfig:
     # A steady state: this share of the jobs (spread evenly) has a Running first task and the
     # others only finished tasks. None: every task's status is drawn on its own.
     running_jobs: float | None = None
+    # The moment the account's history ends: every job and task is created (and finished)
+    # before it, the newest within about a day. None: dated from 2024-01-01 on. Either way
+    # the same config gives the same data; `demo` and `simulate` pass the real now.
+    now: datetime | None = None
     # List tasks without `metrics` and `checkpointList`, as the SDK's mock and the 2025 doc do;
     # only the detail call (DescribeFineTuningTask) carries them.
     lean_listings: bool = False

@@ -142,7 +142,7 @@ def sync(
     engine: Engine,
     client: QianfanClient,
     options: SyncOptions,
-    progress: Callable[[RunCounts], None] | None = None,
+    progress: Callable[[RunCounts, WalkStats], None] | None = None,
 ) -> SyncResult:
     """Copy every job and task the account lists into the database."""
     started = time.monotonic()
@@ -152,7 +152,7 @@ def sync(
             outer = connection.begin() if options.dry_run else None
             with _transaction(connection, options.dry_run):
                 mode = _mode(connection, options)
-                run_id = load.start_run(connection, mode)
+                run_id = load.start_run(connection, mode, dry_run=options.dry_run)
             log.info("run %d (%s) started%s", run_id, mode, " (dry run)" if options.dry_run else "")
             counts, stats = RunCounts(), WalkStats()
             state = _State(complete=mode == "full", deletes=mode != "active")
@@ -253,7 +253,7 @@ def _copy_account(
     options: SyncOptions,
     run: _Run,
     counts: RunCounts,
-    progress: Callable[[RunCounts], None] | None,
+    progress: Callable[[RunCounts, WalkStats], None] | None,
     state: _State,
     stats: WalkStats,
 ) -> _Outcome:
@@ -280,7 +280,7 @@ def _copy_account(
                 _check(state, counts, writer.submit(_take(state)), options, run_id)
             if progress:
                 counts.api_calls = client.api_calls
-                progress(counts)
+                progress(counts, stats)
         _check(state, counts, writer.submit(_take(state)), options, run_id)
         _check(state, counts, writer.finish(), options, run_id)
     except BaseException:

@@ -1,6 +1,5 @@
 """The command line's finish: logging levels, help, messages, files it must not create, times."""
 
-import io
 import json
 import logging
 import re
@@ -146,17 +145,6 @@ def test_status_json_times_are_aware(
     for name in ("started_at", "finished_at"):
         moment = datetime.fromisoformat(run[name])
         assert moment.utcoffset() is not None and moment.utcoffset().total_seconds() == 0, run
-
-
-def test_progress_line_is_cleared_before_the_summary(monkeypatch: pytest.MonkeyPatch) -> None:
-    terminal = io.StringIO()
-    monkeypatch.setattr("sys.stderr", terminal)
-    progress = report.Progress()
-    progress.update(RunCounts(jobs_seen=3, tasks_seen=7, api_calls=4))
-    assert "3 jobs, 7 tasks, 4 API calls" in terminal.getvalue()
-    progress.close()
-    assert terminal.getvalue().endswith("\r\x1b[K")
-    assert "\n" not in terminal.getvalue()
 
 
 def test_dry_run_summary_reads_well() -> None:
