@@ -6,7 +6,7 @@ deletes, live progress, run records and the one-run-at-a-time lock."""
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -22,6 +22,7 @@ from etl import pgcopy, redact
 from etl.errors import LockBusyError, LockLostError
 from etl.schema import (
     etl_failed_jobs,
+    etl_held_back_scopes,
     etl_rejects,
     etl_runs,
     finetune_jobs,
@@ -30,7 +31,8 @@ from etl.schema import (
     finetune_task_status_history,
     finetune_tasks,
 )
-from etl.transform import TERMINAL_STATUSES, Reject, TaskRows, same_content
+from etl.scopes import HeldBack
+from etl.transform import TERMINAL_STATUSES, Reject, TaskRows, content_hash, same_content
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +268,10 @@ class Batch:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[TaskRows] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
-    # jobs whose task listing is complete and clean: their absent tasks are soft-deleted
-    listed_jobs: list[str] = field(default_factory=list)
+    # how many of the rejects the run may still record (new or changed): --max-rejects
+    reject_room: int = 0
+    # jobs whose task listing was read to its end, each with the readable task ids it listed
+    listed: dict[str, set[str]] = field(default_factory=dict)
     # jobs whose task listing failed: job_id, error_class, exit_code, message
     failed_jobs: list[dict[str, Any]] = field(default_factory=list)
     # tasks whose owning job the run already settled (written as given, never deferred)
@@ -281,17 +285,19 @@ class Batch:
 class Written:
     """What writing one batch did, and what it left for the end of the run.
 
-    `absent`: live tasks of the batch's completely listed jobs that their listing lacked
-    (soft-deleted at the end of the run, if the delete guard allows). `deferred`: tasks
+    `absent`: by listed job, the live tasks stored under it that its listing lacked (the
+    scope ledger settles at the end of the run which go). `deferred`: tasks
     listed by a job that ranks after the live one they are stored under, each with that job,
     kept back until the run knows whether that job still lists them (the ownership rule: of
     the jobs listing a task, the smallest job id wins)."""
 
     counts: RunCounts
     seen: set[str] = field(default_factory=set)
-    absent: list[str] = field(default_factory=list)
-    listed_jobs: list[str] = field(default_factory=list)
+    absent: dict[str, list[str]] = field(default_factory=dict)
     deferred: list[tuple[TaskRows, str]] = field(default_factory=list)
+    # the identity of every reject the batch saw, and how many it recorded (new or changed)
+    reject_keys: set[str] = field(default_factory=set)
+    rejects_recorded: int = 0
 
 
 def has_tasks(connection: Connection) -> bool:
@@ -323,16 +329,18 @@ def write_batch(
     tasks, deferred = _owned_now(batch, stored)
     changed = [rows for rows in tasks if _task_changed(rows.task, stored)]
     written = _write(connection, batch, changed, stored, run_id)
-    seen = {r.task["task_id"] for r in tasks} | {r.source_id for r in batch.rejects if r.source_id}
+    recorded, keys = _save_rejects(connection, batch, run_id)
+    seen = {r.task["task_id"] for r in tasks}
+    seen |= {r.source_id for r in batch.rejects if r.source_id and r.entity == "task"}
     counts = RunCounts(
         tasks_seen=len(tasks) + len(deferred),
         tasks_changed=len(changed),
-        rows_written=written,
-        rejects=len(batch.rejects),
+        rows_written=written + recorded,
+        rejects=len(keys),
         jobs_failed=len(batch.failed_jobs),
     )
-    absent = _absent_tasks(connection, batch.listed_jobs, seen)
-    return Written(counts, seen, absent, batch.listed_jobs, deferred)
+    absent = _absent_tasks(connection, batch.listed)
+    return Written(counts, seen, absent, deferred, keys, recorded)
 
 
 def _write(
@@ -343,14 +351,13 @@ def _write(
     run_id: int,
 ) -> int:
     """One verb per table: save jobs, save tasks with their children, then record the run's
-    status changes, rejects and failed jobs. Returns the rows written."""
+    status changes and failed jobs. Returns the rows written."""
     stamp = now()
     history = _status_changes(changed, stored, run_id, stamp)
     return (
         _save_jobs(connection, batch.jobs, stamp)
         + _save_tasks(connection, changed, stored, stamp)
         + _insert(connection, finetune_task_status_history, history)
-        + _insert(connection, etl_rejects, _reject_rows(batch.rejects, run_id, stamp))
         + _insert(connection, etl_failed_jobs, _failure_rows(batch.failed_jobs, run_id, stamp))
     )
 
@@ -470,18 +477,109 @@ def _status_changes(
     ]
 
 
-def _reject_rows(rejects: list[Reject], run_id: int, stamp: datetime) -> list[dict[str, Any]]:
-    return [
+# -- rejects: stored once per identity while they stay upstream ---------------------------
+
+
+def reject_key(entity: str, source_id: str | None, scope: str | None, raw_hash: str) -> str:
+    """A reject's identity: entity and full id; without a readable id, entity, scope and the
+    hash of its raw. Revision 0007 computes the same for the rows stored before it."""
+    parts = [entity, source_id] if source_id else [entity, scope or "", raw_hash]
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _reject_row(reject: Reject) -> dict[str, Any]:
+    """The columns that say what a reject is now (identity, record and reason)."""
+    raw_hash = content_hash(reject.raw)
+    return {
+        "reject_key": reject_key(reject.entity, reject.source_id, reject.scope, raw_hash),
+        "entity": reject.entity,
+        "source_id": reject.source_id,
+        "scope_id": reject.scope,
+        "reason": redact.bounded(reject.reason),
+        "raw": reject.raw,
+        "raw_hash": raw_hash,
+    }
+
+
+def _save_rejects(connection: Connection, batch: Batch, run_id: int) -> tuple[int, set[str]]:
+    """Record the batch's rejects not yet stored as they are (within its reject_room);
+    returns how many were recorded and the identity of every one."""
+    rows = {row["reject_key"]: row for row in map(_reject_row, batch.rejects)}
+    stored = _open_rejects(connection, list(rows))
+    fresh = [
+        row
+        for key, row in rows.items()
+        if key not in stored or stored[key] != (row["raw_hash"], row["reason"])
+    ][: max(batch.reject_room, 0)]
+    stamp = now()
+    new = [
+        {**row, "run_id": run_id, "rejected_at": stamp}
+        for row in fresh
+        if row["reject_key"] not in stored
+    ]
+    _insert(connection, etl_rejects, new)
+    _rewrite_rejects(connection, [row for row in fresh if row["reject_key"] in stored])
+    return len(fresh), set(rows)
+
+
+def _open_rejects(connection: Connection, keys: list[str]) -> dict[str, tuple[str, str]]:
+    """The open rejects with these identities: raw hash and reason, by key."""
+    table = etl_rejects
+    query = sa.select(table.c.reject_key, table.c.raw_hash, table.c.reason).where(
+        table.c.resolved_at.is_(None)
+    )
+    results = _for_ids(connection, query, table.c.reject_key, keys)
+    return {row.reject_key: (row.raw_hash, row.reason) for result in results for row in result}
+
+
+def _rewrite_rejects(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """An open reject whose record or reason changed takes the new ones (keeping its run)."""
+    if not rows:
+        return
+    table = etl_rejects
+    key: sa.BindParameter[str] = sa.bindparam("open_key")
+    values: dict[str, Any] = {name: sa.bindparam(name) for name in ("raw", "raw_hash", "reason")}
+    statement = (
+        table.update()
+        .where(table.c.reject_key == key, table.c.resolved_at.is_(None))
+        .values(values)
+    )
+    connection.execute(statement, [{**row, "open_key": row["reject_key"]} for row in rows])
+
+
+def resolve_rejects(
+    connection: Connection, run_id: int, seen: set[str], covered: Callable[[str, str | None], bool]
+) -> int:
+    """Mark resolved the open rejects this run did not see whose scope it listed completely
+    (`covered(entity, scope_id)`)."""
+    table = etl_rejects
+    still_open = table.c.resolved_at.is_(None)
+    open_ = connection.execute(
+        sa.select(table.c.reject_key, table.c.entity, table.c.scope_id).where(still_open)
+    ).all()
+    gone = [
+        row.reject_key
+        for row in open_
+        if row.reject_key not in seen and covered(row.entity, row.scope_id)
+    ]
+    statement = table.update().where(still_open).values(resolved_at=now(), resolved_run_id=run_id)
+    return _rowcount(_for_ids(connection, statement, table.c.reject_key, gone))
+
+
+def save_held_back(connection: Connection, run_id: int, held: list[HeldBack]) -> int:
+    """Record the scopes whose deletes the run held back."""
+    rows = [
         {
             "run_id": run_id,
-            "entity": reject.entity,
-            "source_id": reject.source_id,
-            "reason": redact.bounded(reject.reason),
-            "raw": reject.raw,
-            "rejected_at": stamp,
+            "scope_kind": h.scope.kind,
+            "scope_id": h.scope.id,
+            "held_back": h.count,
+            "unreadable": h.unreadable,
+            "reason": h.reason,
         }
-        for reject in rejects
+        for h in held
     ]
+    return _insert(connection, etl_held_back_scopes, rows)
 
 
 def _failure_rows(
@@ -585,14 +683,6 @@ def live_counts(connection: Connection) -> tuple[int, int]:
     return (_count(connection, finetune_jobs), _count(connection, finetune_tasks))
 
 
-def absent_jobs(connection: Connection, seen_jobs: set[str]) -> list[str]:
-    """Live jobs that a complete job listing did not contain."""
-    live = connection.execute(
-        sa.select(finetune_jobs.c.job_id).where(finetune_jobs.c.deleted_at.is_(None))
-    ).scalars()
-    return sorted(set(live) - seen_jobs)
-
-
 def live_tasks_of(connection: Connection, job_ids: Sequence[str]) -> int:
     """How many live tasks these jobs hold."""
     results = _for_ids(connection, _live_count(finetune_tasks), finetune_tasks.c.job_id, job_ids)
@@ -612,11 +702,16 @@ def delete_tasks(connection: Connection, task_ids: Sequence[str]) -> int:
     return _soft_delete(connection, finetune_tasks.c.task_id, task_ids, now())
 
 
-def _absent_tasks(connection: Connection, listed_jobs: list[str], seen: set[str]) -> list[str]:
-    """Live tasks of completely listed jobs that the listing did not contain."""
-    live = sa.select(finetune_tasks.c.task_id).where(finetune_tasks.c.deleted_at.is_(None))
-    results = _for_ids(connection, live, finetune_tasks.c.job_id, listed_jobs)
-    return sorted({task_id for result in results for task_id in result.scalars()} - seen)
+def _absent_tasks(connection: Connection, listed: Mapping[str, set[str]]) -> dict[str, list[str]]:
+    """By job listed to its end, its live tasks that the listing did not contain."""
+    tasks = finetune_tasks
+    live = sa.select(tasks.c.job_id, tasks.c.task_id).where(tasks.c.deleted_at.is_(None))
+    absent: dict[str, list[str]] = {job_id: [] for job_id in listed}
+    for result in _for_ids(connection, live, tasks.c.job_id, list(listed)):
+        for row in result:
+            if row.task_id not in listed[row.job_id]:
+                absent[row.job_id].append(row.task_id)
+    return absent
 
 
 def _soft_delete(

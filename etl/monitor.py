@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from etl.config import show_duration
 from etl.errors import EXIT_OK, StaleError, exit_code_of
-from etl.schema import etl_runs
+from etl.schema import etl_held_back_scopes, etl_runs
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class RunOutcome:
     run_id: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
     last_success: float | None = None
+    # (scope kind, scope id) -> stored rows whose soft delete the run held back
+    held_back: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class RunMetrics:
@@ -167,6 +169,18 @@ def _read_run(engine: Engine, started: float, outcome: RunOutcome) -> None:
     outcome.run_id, outcome.status = row.run_id, row.status
     outcome.counts = {name: getattr(row, name) for name in COUNT_METRICS}
     outcome.api_calls = max(outcome.api_calls, row.api_calls)
+    outcome.held_back = _held_back(engine, row.run_id)
+
+
+def _held_back(engine: Engine, run_id: int) -> dict[tuple[str, str], int]:
+    table = etl_held_back_scopes
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(table.c.scope_kind, table.c.scope_id, table.c.held_back).where(
+                table.c.run_id == run_id
+            )
+        ).all()
+    return {(row.scope_kind, row.scope_id): row.held_back for row in rows}
 
 
 def _as_datetime(value: Any) -> datetime:
@@ -192,6 +206,26 @@ def previous_last_success(path: Path) -> float | None:
             error,
         )
     return None
+
+
+def _held_back_metrics(registry: CollectorRegistry, outcome: RunOutcome) -> None:
+    """How many scopes held back deletes, and what each kept (etl_held_back_scopes)."""
+    if outcome.run_id is None:
+        return
+    scopes = Gauge(
+        "qianfan_etl_last_run_held_back_scopes",
+        "Scopes whose soft deletes the last run held back (records without a readable id).",
+        registry=registry,
+    )
+    scopes.set(len(outcome.held_back))
+    kept = Gauge(
+        "qianfan_etl_last_run_held_back_rows",
+        "Stored rows the last run kept live in a scope that held back its deletes.",
+        ["scope_kind", "scope_id"],
+        registry=registry,
+    )
+    for (kind, scope_id), count in outcome.held_back.items():
+        kept.labels(scope_kind=kind, scope_id=scope_id).set(count)
 
 
 def write_metrics(path: Path, outcome: RunOutcome) -> None:
@@ -225,6 +259,7 @@ def write_metrics(path: Path, outcome: RunOutcome) -> None:
     for column, value in outcome.counts.items():
         name, text = COUNT_METRICS[column]
         gauge(name, text, value)
+    _held_back_metrics(registry, outcome)
     replace_file(path, generate_latest(registry))
 
 

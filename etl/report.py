@@ -9,7 +9,14 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from etl import terminal
-from etl.schema import CONTENT_TABLES, etl_failed_jobs, etl_rejects, etl_runs
+from etl.schema import (
+    CONTENT_TABLES,
+    etl_failed_jobs,
+    etl_held_back_scopes,
+    etl_rejects,
+    etl_runs,
+)
+from etl.scopes import HeldBack
 from etl.sync import SyncResult
 
 COUNTED_TABLES = (*CONTENT_TABLES, etl_rejects)
@@ -37,6 +44,7 @@ def summary_fields(result: SyncResult) -> dict[str, Any]:
             {"job_id": f.job_id, "error_class": f.error_class, "message": f.message[:MESSAGE_CHARS]}
             for f in result.failed_jobs[:FAILED_JOBS_SHOWN]
         ],
+        "held_back": [_held_back_fields(h) for h in result.held_back[:FAILED_JOBS_SHOWN]],
         "seconds": round(result.seconds, 2),
     }
 
@@ -69,7 +77,32 @@ def summary_line(result: SyncResult) -> str:
                 for f in result.failed_jobs
             ]
         )
+    if result.held_back:
+        line += f"; {len(result.held_back)} scopes held back deletes: " + _held_back_text(
+            [_held_back_fields(h) for h in result.held_back]
+        )
     return terminal.safe(line)
+
+
+def _held_back_fields(held: HeldBack) -> dict[str, Any]:
+    """A held-back scope as etl_held_back_scopes has it."""
+    return {
+        "scope_kind": held.scope.kind,
+        "scope_id": held.scope.id,
+        "held_back": held.count,
+        "reason": held.reason,
+    }
+
+
+def _held_back_text(held: list[dict[str, Any]]) -> str:
+    """Held-back scopes as `account kept N (reason)` / `job ID kept N (reason)`, bounded."""
+    shown = "; ".join(
+        f"{' '.join(filter(None, (h['scope_kind'], h['scope_id'])))} kept {h['held_back']} "
+        f"({h['reason']})"
+        for h in held[:FAILED_JOBS_SHOWN]
+    )
+    more = len(held) - FAILED_JOBS_SHOWN
+    return shown + (f"; and {more} more" if more > 0 else "")
 
 
 def _failed_text(failed: list[dict[str, Any]]) -> str:
@@ -102,6 +135,7 @@ def status(engine: Engine, runs: int) -> dict[str, Any]:
             run["failed_jobs"] = (
                 _failed_jobs(connection, run["run_id"]) if run["jobs_failed"] else []
             )
+            run["held_back"] = held_back_scopes(connection, run["run_id"])
         return {"runs": listed, "tables": _counts(connection)}
 
 
@@ -115,6 +149,17 @@ def _failed_jobs(connection: sa.Connection, run_id: int) -> list[dict[str, Any]]
         .limit(FAILED_JOBS_SHOWN)
     ).mappings()
     return [{**row, "message": row["message"][:MESSAGE_CHARS]} for row in rows]
+
+
+def held_back_scopes(connection: sa.Connection, run_id: int) -> list[dict[str, Any]]:
+    """The scopes whose deletes a run held back: kind, id, rows kept, reason."""
+    table = etl_held_back_scopes
+    rows = connection.execute(
+        sa.select(table.c.scope_kind, table.c.scope_id, table.c.held_back, table.c.reason)
+        .where(table.c.run_id == run_id)
+        .order_by(table.c.scope_kind, table.c.scope_id)
+    ).mappings()
+    return [dict(row) for row in rows]
 
 
 def _counts(connection: sa.Connection) -> dict[str, dict[str, int]]:
@@ -154,6 +199,12 @@ def status_text(status: dict[str, Any]) -> str:
                 f"  run {run['run_id']}: {run['jobs_failed']} jobs failed: "
                 + _failed_text(run["failed_jobs"])
                 + (" (see etl_failed_jobs)" if run["jobs_failed"] > FAILED_JOBS_SHOWN else "")
+            )
+        if run["held_back"]:
+            lines.append(
+                f"  run {run['run_id']}: {len(run['held_back'])} scopes held back deletes: "
+                + _held_back_text(run["held_back"])
+                + " (see etl_held_back_scopes)"
             )
     return "\n".join(terminal.safe(line) for line in [*lines, "", *_counts_text(status)])
 

@@ -365,7 +365,8 @@ etl_runs = sa.Table(
         comment=(
             "running, succeeded, partial (the run went through, but some jobs could not be "
             "listed, see etl_failed_jobs, or its soft deletes were refused by "
-            "--max-delete-fraction, see error), failed (error says why), or abandoned (the "
+            "--max-delete-fraction, or held back, see etl_held_back_scopes, or it saw more "
+            "rejects than --max-rejects; see error), failed (error says why), or abandoned (the "
             "process died; marked by the next run)."
         ),
     ),
@@ -409,7 +410,10 @@ etl_runs = sa.Table(
         sa.Integer,
         nullable=False,
         server_default="0",
-        comment="Records the run set aside in etl_rejects.",
+        comment=(
+            "Records the run set aside, already in etl_rejects or new (more than "
+            "--max-rejects ends it partial)."
+        ),
     ),
     sa.Column(
         "error",
@@ -554,7 +558,7 @@ etl_rejects = sa.Table(
         sa.ForeignKey("etl_runs.run_id"),
         nullable=False,
         index=True,
-        comment="The run that set the record aside (etl_runs.run_id).",
+        comment="The run that first set the record aside (etl_runs.run_id).",
     ),
     sa.Column(
         "entity",
@@ -565,7 +569,7 @@ etl_rejects = sa.Table(
     sa.Column(
         "source_id",
         sa.Text,
-        comment="The record's jobId or taskId. NULL when it has no readable id.",
+        comment="The record's jobId or taskId, whole. NULL when it has no readable id.",
     ),
     sa.Column(
         "reason",
@@ -585,11 +589,104 @@ etl_rejects = sa.Table(
         "rejected_at",
         Timestamp,
         nullable=False,
-        comment="When it was set aside, UTC.",
+        comment="When it was first set aside, UTC.",
+    ),
+    sa.Column(
+        "reject_key",
+        sa.Text,
+        nullable=False,
+        comment=(
+            "Who the record is: a hash of entity and the full id, or, without a readable id, of "
+            "entity, scope_id and raw. One open reject per key."
+        ),
+    ),
+    sa.Column(
+        "scope_id",
+        sa.Text,
+        comment="The job whose task list listed it. NULL for a job (the account's job list).",
+    ),
+    sa.Column(
+        "raw_hash",
+        sa.Text,
+        comment="Hash of raw: the reject is rewritten only when raw or reason changes.",
+    ),
+    sa.Column(
+        "resolved_at",
+        Timestamp,
+        comment=(
+            "When a complete listing of its scope no longer had it, UTC. NULL while it is still "
+            "upstream (open)."
+        ),
+    ),
+    sa.Column(
+        "resolved_run_id",
+        sa.Integer,
+        # no foreign key: a second one would make SQLite's table copies order them at random
+        comment=(
+            "The run that found it gone (etl_runs.run_id, no foreign key). NULL while open, and "
+            "for those revision 0007 resolved."
+        ),
+    ),
+    sa.Index(
+        "ux_etl_rejects_open_key",
+        "reject_key",
+        unique=True,
+        postgresql_where=sa.text("resolved_at IS NULL"),
+        sqlite_where=sa.text("resolved_at IS NULL"),
     ),
     comment=(
-        "Records a run could not type or store, kept with their raw JSON and the reason; the good "
-        "records of the run loaded."
+        "Records runs could not type or store, each stored once while it stays upstream, with "
+        "its raw JSON and the reason; the good records of the run loaded."
+    ),
+)
+
+# The scopes whose deletes a run held back, since some record in them had no readable id.
+etl_held_back_scopes = sa.Table(
+    "etl_held_back_scopes",
+    metadata,
+    sa.Column(
+        "run_id",
+        sa.Integer,
+        sa.ForeignKey("etl_runs.run_id"),
+        primary_key=True,
+        comment="The run (etl_runs.run_id). Part of the primary key.",
+    ),
+    sa.Column(
+        "scope_kind",
+        sa.Text,
+        primary_key=True,
+        comment="account (the job list) or job (one job's task list). Part of the primary key.",
+    ),
+    sa.Column(
+        "scope_id",
+        sa.Text,
+        primary_key=True,
+        comment="The job id for a job; '' for the account. Part of the primary key.",
+    ),
+    sa.Column(
+        "held_back",
+        sa.Integer,
+        nullable=False,
+        comment=(
+            "Stored live rows absent from the scope's listing that the run did not soft-delete "
+            "(any may be a record it could not read)."
+        ),
+    ),
+    sa.Column(
+        "unreadable",
+        sa.Integer,
+        nullable=False,
+        comment="Records the listing gave without a readable id (see etl_rejects).",
+    ),
+    sa.Column(
+        "reason",
+        sa.Text,
+        nullable=False,
+        comment="Why, in words, e.g. 1 job(s) listed without a readable jobId.",
+    ),
+    comment=(
+        "Scopes whose soft deletes a run held back, since their listing had records without a "
+        "readable id; such a run ends partial (65). One row per run and scope."
     ),
 )
 

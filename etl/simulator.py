@@ -334,6 +334,12 @@ class _Dataset:
                 return
         added.append(raw)
 
+    def remove_added(self, match: Callable[[Any], bool]) -> None:
+        """Drop the hand-made jobs and tasks `match` picks (even those with no usable id)."""
+        self._added_jobs = [raw for raw in self._added_jobs if not match(raw)]
+        for job_id, raws in self._added_tasks.items():
+            self._added_tasks[job_id] = [raw for raw in raws if not match(raw)]
+
     def put_job(self, raw: Any) -> None:
         job_id = id_of(raw, "jobId")
         if job_id in self._index:
@@ -512,6 +518,12 @@ class Simulator:
     def put_job(self, raw: Any) -> None:
         """Replace the job with raw's jobId, or append raw (any JSON value) to the listing."""
         self._mutate(self._data.put_job, raw)
+
+    def remove_added(self, match: Callable[[Any], bool]) -> None:
+        """Remove the jobs and tasks added by put_job/put_task that `match` picks: how a test
+        takes back a record whose id is a number, null, empty or missing."""
+        with self._lock:
+            self._data.remove_added(match)
 
     def set_progress(self, task_id: str, value: Any) -> None:
         """What the detail call answers as runProgress while the task is Running (any JSON)."""

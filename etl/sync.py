@@ -4,7 +4,9 @@ A job whose task listing fails is recorded in etl_failed_jobs and left as stored
 on and ends `partial` (65 if some listing broke its contract, else 75; 65 wins when both
 occur, since a person must look). An error that ends the walk (auth, the job list, the
 circuit breaker) commits what was fetched, deletes nothing and fails the run with its code.
-Soft deletes wait for the end of the run, where the mass-delete guard can refuse them all.
+Soft deletes wait for the end of the run, where the scope ledger (etl.scopes) says what a
+complete listing lets go and what scopes held back (65), and the mass-delete guard can refuse
+them all. Rejects never stop the run: more than --max-rejects are seen, and it ends 65.
 """
 
 import logging
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -26,7 +28,6 @@ from etl.errors import (
     EXIT_OK,
     EXIT_SIGINT,
     EXIT_TEMPFAIL,
-    ContractError,
     EtlError,
     exit_code_of,
 )
@@ -35,6 +36,7 @@ from etl.faults import fault_point
 from etl.load import Batch, RunCounts, Written
 from etl.qianfan import QianfanClient
 from etl.qianfan.pagination import id_of
+from etl.scopes import ACCOUNT, ACCOUNT_KIND, JOB_KIND, HeldBack, Ledger, Scope, job_scope
 from etl.transform import (
     PreparedTask,
     Reject,
@@ -89,6 +91,7 @@ class SyncResult:
     listing_warnings: int = 0
     # lean-listed tasks whose metrics and checkpoints could not be fetched this run
     enrichment_failed: int = 0
+    held_back: list[HeldBack] = field(default_factory=list)
 
 
 @dataclass
@@ -97,10 +100,10 @@ class _State:
     # Listed jobs whose tasks the writer types, once it knows the stored hashes.
     untyped: list[tuple[str, list[PreparedTask]]] = field(default_factory=list)
     untyped_tasks: int = 0
-    seen_jobs: set[str] = field(default_factory=set)
-    complete: bool = True
-    # an --active-only run soft-deletes nothing, tasks of the jobs it listed included
-    deletes: bool = True
+    # what each scope listed, and so what the run may delete (an --active-only run: nothing)
+    ledger: Ledger = field(default_factory=Ledger)
+    # the identity of every reject the run saw
+    reject_keys: set[str] = field(default_factory=set)
     progress: list[dict[str, Any]] = field(default_factory=list)
     progress_failed: int = 0
     enrichment_failed: int = 0
@@ -110,10 +113,7 @@ class _State:
     failed: list[JobFailure] = field(default_factory=list)
     # the error that ended the walk early: raised once what was fetched is committed
     stopped: EtlError | None = None
-    # what the end of the run settles: jobs listed completely, their tasks that were absent,
-    # and tasks held back by the ownership rule (task id -> rows, job stored under)
-    listed_jobs: set[str] = field(default_factory=set)
-    absent: set[str] = field(default_factory=set)
+    # tasks held back by the ownership rule (task id -> rows, job stored under)
     deferred: dict[str, tuple[TaskRows, str]] = field(default_factory=dict)
 
 
@@ -125,6 +125,7 @@ class _Outcome:
     status: str
     exit_code: int
     message: str | None
+    held_back: list[HeldBack] = field(default_factory=list)
 
 
 @dataclass
@@ -155,7 +156,7 @@ def sync(
                 run_id = load.start_run(connection, mode, dry_run=options.dry_run)
             log.info("run %d (%s) started%s", run_id, mode, " (dry run)" if options.dry_run else "")
             counts, stats = RunCounts(), WalkStats()
-            state = _State(complete=mode == "full", deletes=mode != "active")
+            state = _State(ledger=Ledger(deletes=mode != "active"))
             run = _Run(run_id, lock, RunCounts(), lambda: client.api_calls)
             try:
                 with db.translated_errors(engine.url):
@@ -202,6 +203,7 @@ def sync(
         state.failed,
         stats.listing_warnings,
         state.enrichment_failed,
+        held_back=outcome.held_back,
     )
 
 
@@ -259,9 +261,8 @@ def _copy_account(
 ) -> _Outcome:
     with _transaction(connection, options.dry_run):
         state.type_ahead = not load.has_tasks(connection)
-        select = None if state.deletes else _active_selection(connection, options.full_every)
-    run_id = run.run_id
-    writer = _Writer(connection, run, options.dry_run)
+        select = None if state.ledger.deletes else _active_selection(connection, options.full_every)
+    writer = _Writer(connection, run, options.dry_run, options.max_rejects)
     try:
         listings = fetch_account(
             client,
@@ -277,12 +278,12 @@ def _copy_account(
             _add_listing(state, listing)
             counts.jobs_seen += 1
             if state.untyped_tasks >= options.batch_tasks:
-                _check(state, counts, writer.submit(_take(state)), options, run_id)
+                _check(state, counts, writer.submit(_take(state)))
             if progress:
                 counts.api_calls = client.api_calls
                 progress(counts, stats)
-        _check(state, counts, writer.submit(_take(state)), options, run_id)
-        _check(state, counts, writer.finish(), options, run_id)
+        _check(state, counts, writer.submit(_take(state)))
+        _check(state, counts, writer.finish())
     except BaseException:
         writer.abandon()
         raise
@@ -290,13 +291,31 @@ def _copy_account(
         raise state.stopped
     if select is not None:
         _count_skipped(counts, select)
+    return _settle(connection, options, run, counts, state, full=select is None)
+
+
+def _settle(
+    connection: Connection,
+    options: SyncOptions,
+    run: _Run,
+    counts: RunCounts,
+    state: _State,
+    full: bool,
+) -> _Outcome:
+    """The end of a run that went through, in one transaction: deferred owners, what the
+    ledger lets go, resolved rejects, held-back scopes; then how the run ended."""
+    run_id = run.run_id
     with _transaction(connection, options.dry_run, run.lock):
-        counts.add(_write_deferred(connection, state, run.run_id))
-        deleted, refusal = _delete_absent(connection, state, options.max_delete_fraction)
+        counts.add(_write_deferred(connection, state, run_id))
+        if full and not options.job_ids:
+            _list_account(connection, state.ledger)
+        deleted, refusal = _delete_absent(connection, state.ledger, options.max_delete_fraction)
+        counts.rows_written += _settle_rejects(connection, state, run_id)
+        load.save_held_back(connection, run_id, state.ledger.held_back())
     counts.rows_written += deleted
     if deleted:
         log.info("soft-deleted %d rows no longer listed upstream", deleted)
-    return _outcome(state, run_id, deleted, refusal)
+    return _outcome(state, run_id, deleted, refusal, _too_many_rejects(counts, options, run_id))
 
 
 def _hash_reader(engine: Engine) -> Callable[[list[str]], dict[str, str]]:
@@ -332,23 +351,25 @@ def _count_skipped(counts: RunCounts, select: ActiveSelection) -> None:
 
 
 def _add_listing(state: _State, listing: JobListing) -> None:
-    """Type one job into the batch and prepare its tasks; note what makes it incomplete."""
+    """Type one job into the batch and prepare its tasks; note in the ledger what each scope
+    listed, readable or not."""
     if listing.failure is not None:
         _add_failure(state, listing.failure)
         return
     job = job_to_row(listing.job)
     if isinstance(job, Reject):
         state.batch.rejects.append(job)
-        if job.source_id:
-            state.seen_jobs.add(job.source_id)
         # A job we cannot identify may be one we hold: deleting by absence would be a guess.
-        state.complete = False
+        _note_ids(state.ledger, ACCOUNT, [job.source_id])
         return
-    state.seen_jobs.add(job["job_id"])
+    job_id = job["job_id"]
+    state.ledger.saw(ACCOUNT, [job_id])
     state.batch.jobs.append(job)
     # Hashing here, while the fetch workers wait on the network, keeps the writer short.
-    ahead = job["job_id"] if state.type_ahead else None
-    state.untyped.append((job["job_id"], _prepared(listing, ahead)))
+    ahead = job_id if state.type_ahead else None
+    tasks = _prepared(listing, ahead)
+    _note_ids(state.ledger, job_scope(job_id), [task.task_id for task in tasks])
+    state.untyped.append((job_id, tasks))
     state.untyped_tasks += len(listing.tasks)
     state.progress += [progress_to_row(key, raw) for key, raw in listing.details.items()]
     state.progress_failed += listing.details_failed
@@ -367,7 +388,7 @@ def _prepared(listing: JobListing, ahead: str | None) -> list[PreparedTask]:
 
 def _add_failure(state: _State, failure: JobFailure) -> None:
     """A job that could not be listed: recorded, kept as stored, never taken as absent."""
-    state.seen_jobs.add(failure.job_id)
+    state.ledger.saw(ACCOUNT, [failure.job_id])
     state.failed.append(failure)
     state.batch.failed_jobs.append(
         {
@@ -379,42 +400,40 @@ def _add_failure(state: _State, failure: JobFailure) -> None:
     )
 
 
+def _note_ids(ledger: Ledger, scope: Scope, ids: list[str | None]) -> None:
+    """Tell the ledger the ids a scope listed: the readable ones, and how many were not."""
+    ledger.saw(scope, [record_id for record_id in ids if record_id])
+    unreadable = sum(1 for record_id in ids if not record_id)
+    if unreadable:
+        ledger.unreadable(scope, unreadable)
+
+
 def _take(state: _State) -> _Pending:
     """Hand the batch so far to the writer and start a new one."""
     batch = state.batch
     # each listed job is a job row, a job reject or a failed job, until the writer adds tasks'
     jobs = len(batch.jobs) + len(batch.rejects) + len(batch.failed_jobs)
-    pending = _Pending(batch, state.untyped, state.progress, state.deletes, jobs)
+    pending = _Pending(batch, state.untyped, state.progress, state.ledger.deletes, jobs)
     state.batch, state.untyped, state.untyped_tasks, state.progress = Batch(), [], 0, []
     return pending
 
 
-def _check(
-    state: _State,
-    counts: RunCounts,
-    written: Written | None,
-    options: SyncOptions,
-    run_id: int,
-) -> None:
-    """Add a committed batch's counts and what it leaves to settle, then check the rejects."""
+def _check(state: _State, counts: RunCounts, written: Written | None) -> None:
+    """Add a committed batch's counts and what it leaves to settle."""
     if written is None:
         return
     log.info("batch written: %s", _figures(written.counts, jobs=False))
     counts.add(written.counts)
     _note_pending_work(state, written)
     state.type_ahead = _worth_typing_ahead(written.counts)
-    if counts.rejects > options.max_rejects:
-        raise ContractError(
-            f"{counts.rejects} records rejected, more than --max-rejects {options.max_rejects}: "
-            f"the upstream data does not look like Qianfan's. See etl_rejects for run {run_id}."
-        )
 
 
 def _note_pending_work(state: _State, written: Written) -> None:
-    """Keep what a batch leaves for the end of the run: absent tasks and deferred owners."""
-    state.absent -= written.seen
-    state.absent.update(written.absent)
-    state.listed_jobs.update(written.listed_jobs)
+    """Keep what a batch leaves for the end of the run: what its listed jobs lacked, the
+    rejects it saw and deferred owners."""
+    for job_id, lacked in written.absent.items():
+        state.ledger.listed(job_scope(job_id), lacked)
+    state.reject_keys |= written.reject_keys
     # a task written again came from a job ranking before any deferred claim on it
     for task_id in [task_id for task_id in state.deferred if task_id in written.seen]:
         del state.deferred[task_id]
@@ -432,7 +451,6 @@ def _write_deferred(connection: Connection, state: _State, run_id: int) -> RunCo
     ]
     if not winners:
         return RunCounts()
-    state.absent -= {rows.task["task_id"] for rows in winners}
     ids = [rows.task["task_id"] for rows in winners]
     batch = Batch(tasks=winners, owners_settled=True)
     return load.write_batch(connection, batch, run_id, load.stored_tasks(connection, ids)).counts
@@ -440,19 +458,27 @@ def _write_deferred(connection: Connection, state: _State, run_id: int) -> RunCo
 
 def _wins(state: _State, rows: TaskRows, stored_job: str) -> bool:
     """Whether a held-back task goes to its listing job: its stored job no longer lists it."""
-    if stored_job in state.listed_jobs:
-        return rows.task["task_id"] in state.absent
+    ledger, scope = state.ledger, job_scope(stored_job)
+    if ledger.is_listed(scope):
+        return ledger.lacks(scope, rows.task["task_id"])
     # a job that failed, or was not listed by a restricted run, keeps what it had
-    return state.complete and stored_job not in state.seen_jobs
+    return ledger.complete(ACCOUNT) and not ledger.seen(ACCOUNT, stored_job)
+
+
+def _list_account(connection: Connection, ledger: Ledger) -> None:
+    """The job list was read to its end: tell the ledger which stored live jobs it lacked."""
+    lacked = [
+        job_id for job_id in load.live_job_ids(connection) if not ledger.seen(ACCOUNT, job_id)
+    ]
+    ledger.listed(ACCOUNT, lacked)
 
 
 def _delete_absent(
-    connection: Connection, state: _State, max_fraction: float
+    connection: Connection, ledger: Ledger, max_fraction: float
 ) -> tuple[int, str | None]:
     """Soft-delete what the run found gone, unless it is more than the guard allows."""
-    gone_jobs = load.absent_jobs(connection, state.seen_jobs) if state.complete else []
-    absent = sorted(state.absent)
-    if not state.deletes or not (gone_jobs or absent):
+    gone_jobs, absent = ledger.deletable(ACCOUNT_KIND), ledger.deletable(JOB_KIND)
+    if not (gone_jobs or absent):
         return 0, None
     gone_tasks = len(absent) + load.live_tasks_of(connection, gone_jobs)
     live_jobs, live_tasks = load.live_counts(connection)
@@ -479,16 +505,58 @@ def _refusal(
     )
 
 
-def _outcome(state: _State, run_id: int, deleted: int, refusal: str | None) -> _Outcome:
-    """Status, exit code and message of a run that went through."""
+def _settle_rejects(connection: Connection, state: _State, run_id: int) -> int:
+    """Resolve the stored rejects a complete listing of their scope no longer has."""
+    ledger = state.ledger
+
+    def covered(entity: str, scope_id: str | None) -> bool:
+        if entity == "job":
+            return ledger.covers(ACCOUNT)
+        return scope_id is not None and ledger.covers(job_scope(scope_id))
+
+    return load.resolve_rejects(connection, run_id, state.reject_keys, covered)
+
+
+def _too_many_rejects(counts: RunCounts, options: SyncOptions, run_id: int) -> str | None:
+    """Why the run's rejects make it partial, or None."""
+    if counts.rejects <= options.max_rejects:
+        return None
+    return (
+        f"{counts.rejects} records rejected, more than --max-rejects {options.max_rejects}: "
+        "the upstream data does not look like Qianfan's. Every good record loaded; at most "
+        f"{options.max_rejects} new or changed rejects were recorded (see etl_rejects, run "
+        f"{run_id}). Report it upstream, or raise --max-rejects if this is expected."
+    )
+
+
+def _outcome(
+    state: _State, run_id: int, deleted: int, refusal: str | None, rejects: str | None
+) -> _Outcome:
+    """Status, exit code and message of a run that went through: 65 when a person must look
+    (a broken listing, deletes held back or refused, a flood of rejects), else 75 while a job
+    still fails, else 0."""
+    held = state.ledger.held_back()
     codes = {failure.exit_code for failure in state.failed}
-    if refusal is not None:
+    if refusal is not None or held or rejects is not None:
         codes.add(EXIT_DATA)
     if not codes:
         return _Outcome(deleted, "succeeded", EXIT_OK, None)
     exit_code = EXIT_DATA if EXIT_DATA in codes else EXIT_TEMPFAIL
     parts = [_failures_text(state.failed, run_id)] if state.failed else []
-    return _Outcome(deleted, "partial", exit_code, " ".join([*parts, refusal or ""]).strip())
+    parts += [_held_back_text(held, run_id)] if held else []
+    parts += [text for text in (rejects, refusal) if text]
+    return _Outcome(deleted, "partial", exit_code, " ".join(parts), held)
+
+
+def _held_back_text(held: list[HeldBack], run_id: int) -> str:
+    """One sentence on the scopes whose deletes were held back, and what to do."""
+    named = ", ".join(f"{h.scope} kept {h.count} ({h.reason})" for h in held[:NAMED_FAILURES])
+    more = f" and {len(held) - NAMED_FAILURES} more" if len(held) > NAMED_FAILURES else ""
+    return (
+        f"{len(held)} scopes held back their soft deletes, as records without a readable id "
+        f"may be any stored row: {named}{more}. Rows gone upstream stay live there until "
+        f"upstream fixes those records (see etl_rejects and etl_held_back_scopes, run {run_id})."
+    )
 
 
 def _failures_text(failed: list[JobFailure], run_id: int) -> str:
@@ -513,10 +581,11 @@ class _Writer:
     waits on the API. A batch commits only while the run holds its lock and is not stopping,
     so a signal rolls back the batch in progress instead of racing its commit."""
 
-    def __init__(self, connection: Connection, run: _Run, dry_run: bool) -> None:
+    def __init__(self, connection: Connection, run: _Run, dry_run: bool, max_rejects: int) -> None:
         self._connection = connection
         self._run = run
         self._dry_run = dry_run
+        self._reject_room = max_rejects
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qianfan-writer")
         self._pending: Future[Written] | None = None
 
@@ -551,6 +620,7 @@ class _Writer:
             ids = [t.task_id for _, tasks in pending.untyped for t in tasks if t.task_id]
             stored = load.stored_tasks(connection, ids)
             _type_tasks(pending, stored)
+            pending.batch.reject_room = self._reject_room
             written = load.write_batch(connection, pending.batch, self._run.run_id, stored)
             written.counts.rows_written += load.save_progress(connection, pending.progress)
             batch = RunCounts(jobs_seen=pending.jobs)
@@ -561,6 +631,7 @@ class _Writer:
         if not self._dry_run:  # a dry run commits nothing
             self._run.committed.add(batch)
             fault_point("after_commit")
+        self._reject_room -= written.rejects_recorded
         return written
 
     def _record(self, batch: RunCounts) -> None:
@@ -601,9 +672,9 @@ def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:
             task_id = row.task["task_id"]
             if task_id not in chosen or job_id < chosen[task_id][0]:
                 chosen[task_id] = (job_id, row)
-        pending.batch.rejects.extend(rejects)
-        if pending.deletes and all(reject.source_id for reject in rejects):
-            pending.batch.listed_jobs.append(job_id)
+        pending.batch.rejects.extend(replace(reject, scope=job_id) for reject in rejects)
+        if pending.deletes:
+            pending.batch.listed[job_id] = {t.task_id for t in tasks if t.task_id}
     pending.batch.tasks.extend(row for _, row in chosen.values())
 
 

@@ -23,8 +23,6 @@ MAX_ID_BYTES = 1024
 MAX_DEPTH = 254
 # A reject whose record cannot be stored keeps this much of its JSON text.
 EXCERPT_CHARS = 2000
-# A reject's source_id is cut to this many characters (an over-long id is the reject's reason).
-SOURCE_ID_CHARS = 200
 # Content hashes carry this prefix; a stored hash without one is a legacy (marshal) hash.
 HASH_PREFIX = "j1:"
 # A finished task of a lean listing, enriched from its detail call, is stored under its
@@ -50,9 +48,12 @@ class Reject:
     """A record that cannot be typed, with the reason and its cleaned raw JSON."""
 
     entity: str
+    # the full readable id: it is what the run marks seen
     source_id: str | None
     reason: str
     raw: Any
+    # the job whose task list listed it; None for a job (its scope is the account)
+    scope: str | None = None
 
 
 @dataclass
@@ -426,11 +427,9 @@ def _key_text(text: str, what: str) -> str:
 
 
 def _reject(entity: str, raw: Any, key: str, error: _Untypable) -> Reject:
-    """A Reject whose id and raw value can be stored: a bounded id, and a bounded excerpt of
-    the JSON text in place of a record nested too deep to store."""
+    """A Reject with its full readable id and a raw value that can be stored: a bounded excerpt
+    of the JSON text in place of a record nested too deep to store."""
     source_id = _readable_id(raw, key)
-    if source_id is not None and len(source_id) > SOURCE_ID_CHARS:
-        source_id = source_id[:SOURCE_ID_CHARS] + "..."
     try:
         stored = excerpt(raw) if isinstance(error, _TooDeep) else cleaned_json(raw)[0]
     except _TooDeep:

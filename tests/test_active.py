@@ -342,8 +342,11 @@ def test_a_full_run_after_active_only_runs_equals_a_lone_full_run(
 # lone full run at the end sees as the other history does: a task changes status at most once
 # (a new job's task stays Running), and only jobs no other change has touched are deleted, with
 # their tasks (a job that changed and then went is rightly stored as last seen, which the two
-# histories saw differently).
+# histories saw differently). "refused" gives a stored task a record the database refuses (its
+# stored row stays as it was); "idless" adds a task without a taskId (its job holds back its
+# deletes, and full runs end 65).
 CHANGES = ("finish", "progress", "new_job", "late_task", "delete_job", "delete_task", "rename")
+CHANGES += ("refused", "idless")
 STEPS = st.lists(st.tuples(st.sampled_from((*CHANGES, "run")), st.integers(0, 99)), max_size=10)
 
 
@@ -363,6 +366,8 @@ def change_upstream(sim: Simulator, step: int, change: str, pick: int, untouched
         "rename": any_job,
         "delete_job": quiet,
         "delete_task": quiet,
+        "refused": quiet,
+        "idless": any_job,
     }[change]
     if not candidates:
         return
@@ -378,8 +383,23 @@ def change_upstream(sim: Simulator, step: int, change: str, pick: int, untouched
         sim.rename_job(job_id, f"renamed at step {step}")
     elif change == "delete_job":
         sim.delete_job(job_id)
+    elif change == "refused":
+        sim.put_task(job_id, {**_listed(sim, job_id, task_id), "checkpointList": "broken"})
+    elif change == "idless":
+        sim.put_task(job_id, {"jobId": job_id, "runStatus": "Done", "step": step})
     else:
         sim.delete_task(task_id)
+
+
+def _listed(sim: Simulator, job_id: str, task_id: str) -> dict[str, Any]:
+    return next(task for task in sim.tasks(job_id) if task.get("taskId") == task_id)
+
+
+def _full_run_exit(sim: Simulator) -> int:
+    """65 while some listed task has no readable taskId (its job holds back), else 0."""
+    jobs = [job["jobId"] for job in sim.jobs()]
+    idless = any(not task.get("taskId") for job_id in jobs for task in sim.tasks(job_id))
+    return 65 if idless else 0
 
 
 @pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
@@ -413,8 +433,9 @@ def test_any_sequence_of_active_only_runs_then_a_full_run_equals_a_lone_full_run
                 change_upstream(sim, step, change, pick, untouched)
         etl.age_full_runs(hours=25)
         everything = ("--max-delete-fraction", "1")  # a small account: the guard is not tested here
-        assert etl.sync("--active-only", *everything)["mode"] == "full"
-        assert lone.sync(*everything)["mode"] == "full"
+        code = _full_run_exit(sim)
+        assert etl.sync("--active-only", *everything, exit_code=code)["mode"] == "full"
+        assert lone.sync(*everything, exit_code=code)["mode"] == "full"
         assert snapshot(etl.engine) == snapshot(lone.engine)
         etl.engine.dispose()
         lone.engine.dispose()

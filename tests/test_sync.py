@@ -302,11 +302,13 @@ def test_bad_records_are_set_aside_and_good_ones_load(
     sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
     job_id = sim.jobs()[0]["jobId"]
-    sim.put_task(job_id, {"jobId": job_id, "runStatus": "Done"})
     sim.put_task(job_id, {"taskId": "task-bad-metrics", "metrics": ["17%"]})
+    readable = sync(sim, server, db_url, tmp_path)
+    assert readable.returncode == 0, readable.stderr  # its id is seen: nothing held back
+    sim.put_task(job_id, {"jobId": job_id, "runStatus": "Done"})
     result = sync(sim, server, db_url, tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "2 rejects" in result.stdout
+    assert result.returncode == 65, result.stderr  # its job's deletes are held back, loudly
+    assert "2 rejects" in result.stdout and f"job {job_id} kept 0" in result.stderr
     rejects = scalar(engine, "SELECT count(*) FROM etl_rejects WHERE entity = 'task'")
     assert rejects == 2
     assert scalar(engine, "SELECT count(*) FROM finetune_tasks") == 78
