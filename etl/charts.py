@@ -1,7 +1,7 @@
 """The queries behind the charts of `qianfan-etl report`: plain rows on both backends."""
 
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,8 +13,17 @@ from etl.schema import etl_runs, finetune_jobs, finetune_task_checkpoints, finet
 
 DONE = "Done"
 FAILED = "Failed"
+RUNNING = "Running"
 # Points kept per loss curve: enough for the shape, few enough that the page stays a few MB.
 MAX_POINTS = 200
+# The Training now panels are small: fewer points draw the same shape.
+TRAINING_POINTS = 50
+TRAINING_TASKS = 20
+# Bars per category chart: more would grow the chart's height with the data.
+MAX_CATEGORIES = 20
+# Texts on the page, and the shorter labels repeated in chart data (every point of a curve).
+TEXT_LIMIT = 300
+LABEL_LIMIT = 60
 BEST_TASKS = 10
 RECENT_FAILURES = 10
 METRICS = {"bleu_4": "BLEU-4", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2", "rouge_l": "ROUGE-L"}
@@ -55,9 +64,16 @@ def _live_tasks(selection: Selection) -> list[sa.ColumnElement[bool]]:
     return [finetune_tasks.c.deleted_at.is_(None), *_selected(finetune_tasks.c, selection)]
 
 
+def clip(text: str, limit: int = TEXT_LIMIT) -> str:
+    """At most `limit` characters of the text, then "…" and its full length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text):,} characters)"
+
+
 def _label(value: Any) -> str:
-    """A category's name in a legend or axis; NULL and empty read as unknown."""
-    return UNKNOWN if value is None or value == "" else str(value)
+    """A category's name in a legend or axis, clipped; NULL and empty read as unknown."""
+    return UNKNOWN if value is None or value == "" else clip(str(value), LABEL_LIMIT)
 
 
 def latest_runs(connection: Connection, limit: int = 5) -> list[dict[str, Any]]:
@@ -113,9 +129,16 @@ def curve_tasks(connection: Connection, selection: Selection) -> list[dict[str, 
 def loss_curves(
     connection: Connection, selection: Selection, max_points: int = MAX_POINTS
 ) -> list[dict[str, Any]]:
-    """Training loss and perplexity by step for `curve_tasks`, each curve thinned in SQL to
-    every k-th checkpoint (k = ceil(count / max_points)) plus its last one."""
+    """Training loss and perplexity by step for `curve_tasks`, thinned (see `thinned_curves`)."""
     tasks = {row["task_id"]: row for row in curve_tasks(connection, selection)}
+    return thinned_curves(connection, tasks, max_points)
+
+
+def thinned_curves(
+    connection: Connection, tasks: dict[str, dict[str, Any]], max_points: int
+) -> list[dict[str, Any]]:
+    """Each task's curve thinned in SQL to every k-th checkpoint (k = ceil(count / max_points))
+    plus its last one; `share` is the step in percent of the task's last step."""
     if not tasks:
         return []
     cp = finetune_task_checkpoints.c
@@ -127,28 +150,55 @@ def loss_curves(
             cp.perplexity,
             sa.func.row_number().over(partition_by=cp.task_id, order_by=cp.step).label("n"),
             sa.func.count().over(partition_by=cp.task_id).label("total"),
+            sa.func.max(cp.step).over(partition_by=cp.task_id).label("last"),
         )
         .where(cp.task_id.in_(tasks))
         .subquery()
     )
     stride = (numbered.c.total + (max_points - 1)) // max_points
     kept = sa.or_((numbered.c.n - 1) % stride == 0, numbered.c.n == numbered.c.total)
+    names = ("task_id", "step", "training_loss", "perplexity", "last")
     query = (
-        sa.select(
-            *(numbered.c[name] for name in ("task_id", "step", "training_loss", "perplexity"))
-        )
+        sa.select(*(numbered.c[name] for name in names))
         .where(kept)
         .order_by(numbered.c.task_id, numbered.c.step)
     )
     return [
         {"task": curve_label(tasks[task_id]), "step": step, "loss": loss, "perplexity": ppl}
-        for task_id, step, loss, ppl in connection.execute(query)
+        | {"share": round(100 * step / last, 2) if last > 0 else None}
+        for task_id, step, loss, ppl, last in connection.execute(query)
     ]
 
 
 def curve_label(task: dict[str, Any]) -> str:
-    """A legend entry naming the job and the task."""
-    return f"{task['job_name'] or task['job_id']} · {task['task_id']}"
+    """A legend entry naming the job and the task (each clipped, so labels stay distinct)."""
+    job = clip(task["job_name"] or task["job_id"], LABEL_LIMIT)
+    return f"{job} · {clip(task['task_id'], LABEL_LIMIT)}"
+
+
+def running_tasks(
+    connection: Connection, selection: Selection, limit: int = TRAINING_TASKS
+) -> tuple[list[dict[str, Any]], int]:
+    """The most recently started live Running tasks, at most `limit`, and how many there are."""
+    t = finetune_tasks.c
+    where = [*_live_tasks(selection), t.run_status == RUNNING]
+    total: int = connection.execute(sa.select(sa.func.count()).where(*where)).scalar_one()
+    query = (
+        sa.select(t.task_id, t.job_id, t.job_name, t.model, t.run_progress, t.create_time)
+        .add_columns(t.vdl_link)
+        .where(*where)
+        .order_by(t.create_time.desc().nulls_last(), t.task_id)
+        .limit(limit)
+    )
+    return [dict(row) for row in connection.execute(query).mappings()], total
+
+
+def training_curves(connection: Connection, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The loss so far of these tasks, thinned, each point with its task's place in `tasks`."""
+    order = {task["task_id"]: place for place, task in enumerate(tasks)}
+    rows = thinned_curves(connection, {task["task_id"]: task for task in tasks}, TRAINING_POINTS)
+    labels = {curve_label(task): order[task["task_id"]] for task in tasks}
+    return [row | {"place": labels[row["task"]]} for row in rows]
 
 
 def metric_means(connection: Connection, selection: Selection) -> list[dict[str, Any]]:
@@ -170,7 +220,17 @@ def metric_means(connection: Connection, selection: Selection) -> list[dict[str,
                     {"model": _label(model), "scale": _label(scale), "metric": name}
                     | {"mean": float(mean), "tasks": count}
                 )
-    return rows
+    return _largest(_largest(rows, "model"), "scale")
+
+
+def _largest(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The rows of the MAX_CATEGORIES values of `key` with the most tasks (ties by name)."""
+    totals: Counter[str] = Counter()
+    for row in rows:
+        totals[row[key]] += row["tasks"]
+    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+    kept = {value for value, _ in ranked[:MAX_CATEGORIES]}
+    return [row for row in rows if row[key] in kept]
 
 
 def best_tasks(
@@ -234,7 +294,7 @@ def tasks_per_period(connection: Connection, selection: Selection) -> dict[str, 
         {"period": _period_text(start, unit), "status": _label(status), "tasks": count}
         for start, status, count in connection.execute(query)
     ]
-    return {"unit": unit, "rows": rows, "undated": undated or 0}
+    return {"unit": unit, "rows": _largest(rows, "status"), "undated": undated or 0}
 
 
 def failures_by_code(connection: Connection, selection: Selection) -> list[dict[str, Any]]:
@@ -245,6 +305,7 @@ def failures_by_code(connection: Connection, selection: Selection) -> list[dict[
         .where(*_live_tasks(selection), t.run_status == FAILED)
         .group_by(t.error_code)
         .order_by(sa.func.count().desc(), t.error_code)
+        .limit(MAX_CATEGORIES)
     )
     return [{"code": _label(code), "tasks": count} for code, count in connection.execute(query)]
 
@@ -277,7 +338,8 @@ def durations_by_scale(connection: Connection, selection: Selection) -> list[dic
     hours: dict[str, list[float]] = defaultdict(list)
     for scale, created, finished in connection.execute(query):
         hours[_label(scale)].append((finished - created).total_seconds() / 3600)
-    return [box_stats(scale, values) for scale, values in sorted(hours.items())]
+    largest = sorted(hours.items(), key=lambda item: -len(item[1]))[:MAX_CATEGORIES]
+    return [box_stats(scale, values) for scale, values in sorted(largest)]
 
 
 def box_stats(name: str, values: list[float]) -> dict[str, Any]:

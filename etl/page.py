@@ -9,14 +9,17 @@ import base64
 import errno
 import hashlib
 import html
+import math
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 from sqlalchemy import Connection, Engine
@@ -38,6 +41,12 @@ STATUS_COLOURS = {
     "Failed": "#c62828",
 }
 LEGEND_LIMIT = 360
+# A VisualDL link longer than this is shown as text: no real one comes close, and an href is
+# not clipped, so it would grow the page.
+LINK_LIMIT = 2048
+# Characters a well-formed URL always percent-encodes: a "link" with one is upstream junk.
+NOT_IN_URLS = re.compile(r"[\s\x00-\x1f\x7f<>\"'`\\]")
+ETA_RULE = "elapsed × (100 − progress) ÷ progress"  # noqa: RUF001 - the page's arithmetic
 
 
 class MissingExtraError(ConfigError):
@@ -56,6 +65,10 @@ def require_extra() -> None:
         ) from None
 
 
+class Html(str):
+    """Markup built here from escaped parts: table cells pass it through as is."""
+
+
 @dataclass
 class Section:
     """A heading, a sentence on what it shows, then a chart of its rows (or why there is none)
@@ -68,19 +81,53 @@ class Section:
     rows: list[dict[str, Any]]
     build: Callable[[], dict[str, Any]]
     tables: list[str] = field(default_factory=list)
+    tables_first: bool = False
+    # Curves repeat their task's label on every point: sent once each, as a lookup (`labelled`).
+    labelled: bool = False
 
     @property
     def chart(self) -> dict[str, Any] | None:
         """The chart's spec with its rows, or None when there are none to draw."""
-        return {**self.build(), "datasets": {self.key: self.rows}} if self.rows else None
+        if not self.rows:
+            return None
+        if not self.labelled:
+            return {**self.build(), "datasets": {self.key: self.rows}}
+        rows, labels = numbered_labels(self.rows)
+        return {**self.build(), "datasets": {self.key: rows, f"{self.key}-labels": labels}}
 
 
-def write_report(engine: Engine, output: Path, selection: Selection) -> int:
-    """Query, render and write the page atomically; returns its size in bytes."""
+def numbered_labels(
+    rows: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows with each `task` label replaced by its number `n`, and the labels once each."""
+    numbers: dict[str, int] = {}
+    compact = [
+        {key: value for key, value in row.items() if key != "task"}
+        | {"n": numbers.setdefault(row["task"], len(numbers))}
+        for row in rows
+    ]
+    return compact, [{"n": number, "task": label} for label, number in numbers.items()]
+
+
+def with_labels(chart: "alt.Chart", key: str) -> "alt.Chart":
+    """The chart with each row's `task` label looked up by its number (see numbered_labels)."""
+    import altair as alt
+
+    labels = alt.LookupData(alt.NamedData(f"{key}-labels"), key="n", fields=["task"])
+    result: alt.Chart = chart.transform_lookup(lookup="n", from_=labels)
+    return result
+
+
+def write_report(
+    engine: Engine, output: Path, selection: Selection, now: datetime | None = None
+) -> int:
+    """Query, render and write the page atomically; returns its size in bytes. `now` (default:
+    the clock) is the generation time that ages and ETAs count to."""
     require_extra()
+    now = now or datetime.now(UTC)
     with engine.connect() as connection:
-        header = header_html(connection, selection, _source(engine))
-        sections = build_sections(connection, selection)
+        header = header_html(connection, selection, _source(engine), now)
+        sections = build_sections(connection, selection, now)
     page = render_page(header, sections).encode()
     _write_atomically(output, page)
     return len(page)
@@ -129,9 +176,10 @@ def _write_error(output: Path, exc: OSError) -> EtlError:
     )
 
 
-def build_sections(connection: Connection, selection: Selection) -> list[Section]:
+def build_sections(connection: Connection, selection: Selection, now: datetime) -> list[Section]:
     """Every section of the page, each from its queries in etl.charts."""
     return [
+        training_section(connection, selection, now),
         loss_section(connection, selection),
         metrics_section(connection, selection),
         outcomes_section(connection, selection),
@@ -143,9 +191,8 @@ def build_sections(connection: Connection, selection: Selection) -> list[Section
 # --- header ---
 
 
-def header_html(connection: Connection, selection: Selection, source: str) -> str:
+def header_html(connection: Connection, selection: Selection, source: str, now: datetime) -> str:
     """Freshness (latest run, its status, when) and counts, as escaped HTML."""
-    now = datetime.now(UTC)
     runs = charts.latest_runs(connection)
     success = charts.last_success(connection)
     counts = charts.task_counts(connection, selection)
@@ -210,6 +257,144 @@ def _ago(delta: Any) -> str:
 # --- sections ---
 
 
+def training_section(connection: Connection, selection: Selection, now: datetime) -> Section:
+    """The Running tasks: progress, elapsed, ETA and VisualDL link, and their loss so far."""
+    tasks, total = charts.running_tasks(connection, selection)
+    empty = (
+        "None of them has a checkpoint yet: curves appear once a sync has loaded one."
+        if tasks
+        else "Nothing is training: no task is Running as of the latest sync."
+    )
+    return Section(
+        "training",
+        "Training now",
+        f"Running tasks, the {charts.TRAINING_TASKS} most recently started first. Progress is "
+        "what the latest sync read from the task's detail call; elapsed runs from the task's "
+        f"creation to this page's generation time; ETA = {ETA_RULE}, the time left if the pace "
+        "so far holds. Below, each task's training loss so far, on its own step axis (a task "
+        "with no checkpoint yet has no panel).",
+        empty=empty,
+        rows=charts.training_curves(connection, tasks),
+        build=training_chart,
+        labelled=True,
+        tables=[training_table(tasks, total, now)] if tasks else [],
+        tables_first=True,
+    )
+
+
+def training_table(tasks: list[dict[str, Any]], total: int, now: datetime) -> str:
+    """One row per Running task, and how many more there are."""
+    headers = ["job", "task", "model", "progress", "started", "elapsed", "ETA", "VisualDL"]
+    rows = [
+        [
+            r["job_name"] or r["job_id"],
+            r["task_id"],
+            r["model"],
+            _percent(r["run_progress"]),
+            r["create_time"],
+            _elapsed(r["create_time"], now),
+            eta(r["run_progress"], r["create_time"], now),
+            vdl_link(r["vdl_link"]),
+        ]
+        for r in tasks
+    ]
+    caption = f"{len(rows)} of {total} running tasks"
+    more = f"<p class='more'>and {total - len(rows)} more running</p>" if total > len(rows) else ""
+    return table(headers, rows, caption) + more
+
+
+def training_chart() -> dict[str, Any]:
+    """Small multiples of training loss by step, one panel per task, each with its own axes:
+    a 200-step and a 2,000-step task are both readable."""
+    import altair as alt
+
+    return spec(
+        with_labels(alt.Chart(alt.NamedData("training"), width=200, height=110), "training")
+        .mark_line(point=alt.OverlayMarkDef(size=10), color=STATUS_COLOURS["Running"])
+        .encode(
+            x=alt.X("step:Q", title="step"),
+            y=alt.Y("loss:Q", title="training loss", scale=alt.Scale(zero=False)),
+            tooltip=["task:N", "step:Q", "loss:Q"],
+        )
+        .facet(
+            facet=alt.Facet(
+                "task:N",
+                title=None,
+                sort=alt.EncodingSortField("place", op="min"),
+                header=alt.Header(labelLimit=240),
+            ),
+            columns=4,
+        )
+        .resolve_scale(x="independent", y="independent")
+    )
+
+
+def _age(started: datetime | None, now: datetime) -> timedelta | None:
+    """How long before `now` the task was created, if known."""
+    if started is None:
+        return None
+    return now - (started if started.tzinfo else started.replace(tzinfo=UTC))
+
+
+def _elapsed(started: datetime | None, now: datetime) -> str:
+    elapsed = _age(started, now)
+    return "-" if elapsed is None or elapsed < timedelta(0) else _span(elapsed)
+
+
+def eta(progress: float | None, started: datetime | None, now: datetime) -> str:
+    """The time left at the pace so far (ETA_RULE), or why there is no estimate."""
+    elapsed = _age(started, now)
+    if elapsed is None:
+        return "- (no start time)"
+    if elapsed < timedelta(0):
+        return "- (starts after this page was made)"
+    if progress is None or not math.isfinite(progress):
+        return "- (no progress yet)"
+    if progress <= 0:
+        return "- (progress 0 %)"
+    if progress >= 100:
+        return "- (at 100 %: finishing)"
+    return _span(elapsed * (100 - progress) / progress)
+
+
+def _span(delta: timedelta) -> str:
+    """A duration in minutes, hours and minutes, or days and hours."""
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 1:
+        return "under 1 min"
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h {minutes % 60} min"
+    return f"{minutes // 1440:,} days {minutes % 1440 // 60} h"
+
+
+def _percent(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{round(value, 1):g} %"
+
+
+def vdl_link(url: str | None) -> str:
+    """A link to VisualDL when the text is a plain http(s) URL; any other text stays text."""
+    if not url:
+        return "-"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.netloc
+        or len(url) > LINK_LIMIT
+        or NOT_IN_URLS.search(url)
+    ):
+        return url
+    return Html(
+        f"<a href='{html.escape(url)}' rel='noopener noreferrer' target='_blank'>VisualDL</a>"
+    )
+
+
 def loss_section(connection: Connection, selection: Selection) -> Section:
     """Training loss and perplexity by step, one line per task."""
     which = (
@@ -220,12 +405,15 @@ def loss_section(connection: Connection, selection: Selection) -> Section:
     return Section(
         "loss",
         "Loss curves",
-        f"Training loss and perplexity by step of the {selection.tasks} {which}. Long curves are "
-        f"thinned to about {charts.MAX_POINTS} points, the last step always kept.",
+        f"Training loss and perplexity of the {selection.tasks} {which}, by how far through its "
+        "steps each task was (step ÷ its last step), so a 200-step and a 2,000-step task both "
+        "span the axis; hover for the step. Long curves are thinned to about "
+        f"{charts.MAX_POINTS} points, the last step always kept.",
         empty=f"None of the {which} has checkpoints: curves appear once a sync has loaded a task "
         "with a checkpointList.",
         rows=charts.loss_curves(connection, selection),
         build=loss_chart,
+        labelled=True,
     )
 
 
@@ -238,10 +426,10 @@ def loss_chart() -> dict[str, Any]:
 
     def line(field_name: str, title: str) -> alt.Chart:
         chart: alt.Chart = (
-            alt.Chart(alt.NamedData("loss"), width=460, height=280)
+            with_labels(alt.Chart(alt.NamedData("loss"), width=460, height=280), "loss")
             .mark_line(point=alt.OverlayMarkDef(size=12))
             .encode(
-                x=alt.X("step:Q", title="step"),
+                x=alt.X("share:Q", title="% of the task's steps", scale=alt.Scale(domain=[0, 100])),
                 y=alt.Y(f"{field_name}:Q", title=title, scale=alt.Scale(zero=False)),
                 color=colour,
                 tooltip=["task:N", "step:Q", f"{field_name}:Q"],
@@ -339,7 +527,7 @@ def outcomes_chart(unit: str) -> dict[str, Any]:
         .mark_bar()
         .encode(
             x=alt.X("period:O", title=f"{unit} (UTC)", axis=alt.Axis(labelAngle=-40)),
-            y=alt.Y("sum(tasks):Q", title="tasks"),
+            y=alt.Y("sum(tasks):Q", title="tasks", axis=count_axis()),
             color=status_colour(),
             tooltip=["period:O", "status:N", "tasks:Q"],
         )
@@ -361,7 +549,8 @@ def failures_section(connection: Connection, selection: Selection) -> Section:
     return Section(
         "failures",
         "Failures",
-        "Failed tasks by Qianfan error code, and the latest failures with their messages.",
+        f"Failed tasks by Qianfan error code (the {charts.MAX_CATEGORIES} most frequent), and the "
+        "latest failures with their messages.",
         empty="No failed tasks.",
         rows=rows,
         build=failures_chart,
@@ -378,7 +567,7 @@ def failures_chart() -> dict[str, Any]:
         .mark_bar(color=STATUS_COLOURS["Failed"])
         .encode(
             y=alt.Y("code:N", title="error code", sort="-x", axis=alt.Axis(labelLimit=200)),
-            x=alt.X("tasks:Q", title="failed tasks"),
+            x=alt.X("tasks:Q", title="failed tasks", axis=count_axis()),
             tooltip=["code:N", "tasks:Q"],
         )
     )
@@ -423,6 +612,13 @@ def durations_chart() -> dict[str, Any]:
     return spec(alt.layer(whisker, box, median))
 
 
+def count_axis() -> "alt.Axis":
+    """A count's axis: whole-number ticks only."""
+    import altair as alt
+
+    return alt.Axis(tickMinStep=1, format="d")
+
+
 def spec(chart: "alt.TopLevelMixin") -> dict[str, Any]:
     """The chart's Vega-Lite spec, validated by Altair while it holds no rows (cheap)."""
     result: dict[str, Any] = chart.to_dict()
@@ -443,8 +639,15 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], caption: str) -
 
 
 def _e(value: Any) -> str:
-    """Data as HTML text: escaped, NULL as a dash, times in UTC."""
-    return html.escape(_text(value))
+    """Data as HTML text: clipped, escaped, NULL as a dash, times in UTC; Html as it is."""
+    if isinstance(value, Html):
+        return value
+    return html.escape(charts.clip(_text(value)))
+
+
+def _prose(text: str) -> str:
+    """One of our own sentences as HTML: escaped, `command` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def _text(value: Any) -> str:
@@ -475,15 +678,17 @@ def script_json(value: Any) -> str:
 
 def section_html(section: Section) -> tuple[str, str | None]:
     """A section's HTML and the JSON of its chart, if it has one."""
-    body = f"<h2>{_e(section.title)}</h2><p class='about'>{_e(section.about)}</p>"
+    tables = "".join(section.tables)
+    body = f"<h2>{_e(section.title)}</h2><p class='about'>{_prose(section.about)}</p>"
+    body += tables if section.tables_first else ""
     chart = section.chart
     if chart is None:
-        body += f"<p class='empty'>{_e(section.empty)}</p>"
+        body += f"<p class='empty'>{_prose(section.empty)}</p>"
         spec = None
     else:
         body += f"<div class='chart' id='chart-{section.key}' data-marks='pending'></div>"
         spec = script_json(chart)
-    body += "".join(section.tables)
+    body += "" if section.tables_first else tables
     return f"<section id='{section.key}'>{body}</section>", spec
 
 
@@ -569,6 +774,7 @@ caption { text-align: left; font-weight: 600; padding: 4px 0; }
 th, td { border-bottom: 1px solid #e0e0e0; padding: 3px 10px 3px 0; text-align: left;
          vertical-align: top; max-width: 420px; overflow-wrap: anywhere; }
 section { border-top: 1px solid #e0e0e0; }
+.more { color: #616161; margin: 0 0 12px; }
 """
 
 PAGE = """<!DOCTYPE html>

@@ -73,6 +73,20 @@ def test_loss_curves_keep_real_points_first_and_last(loaded: Connection, sim: Si
         assert steps == [every[0], every[3], every[-1]]
 
 
+def test_running_tasks_are_the_latest_started(loaded: Connection, sim: Simulator) -> None:
+    running = [t for t in sim_tasks(sim) if t["runStatus"] == "Running"]
+    latest = sorted(running, key=lambda t: (-when(t, "create").timestamp(), t["taskId"]))[:2]  # type: ignore[union-attr]
+    tasks, total = charts.running_tasks(loaded, Selection(), limit=2)
+    assert total == len(running) > 2
+    assert [row["task_id"] for row in tasks] == [t["taskId"] for t in latest]
+    curves = charts.training_curves(loaded, tasks)
+    by_place = {place: [r for r in curves if r["place"] == place] for place in (0, 1)}
+    for place, task in enumerate(latest):
+        steps = [p["step"] for p in task["checkpointList"]]
+        assert [r["step"] for r in by_place[place]] == steps
+        assert [r["share"] for r in by_place[place]][-1:] == ([100.0] if steps else [])
+
+
 def test_metric_means_by_model_and_scale(loaded: Connection, sim: Simulator) -> None:
     values: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for task in sim_tasks(sim):
@@ -218,7 +232,8 @@ def test_nulls_read_as_unknown_and_are_left_out_of_figures(engine: Engine) -> No
             }
         ]
         curve = charts.loss_curves(connection, selection)
-        assert curve == [{"task": "job-1 · done", "step": 1, "loss": None, "perplexity": None}]
+        point = {"task": "job-1 · done", "step": 1, "loss": None, "perplexity": None}
+        assert curve == [point | {"share": 100.0}]
 
 
 def test_an_empty_database_gives_empty_rows(engine: Engine) -> None:
@@ -255,3 +270,32 @@ def test_long_curves_are_thinned_to_the_limit(engine: Engine) -> None:
         )
         steps = [row["step"] for row in charts.loss_curves(connection, Selection(), max_points=100)]
     assert steps == [*range(1, 1001, 10), 1000]
+
+
+def test_category_charts_keep_the_largest_categories(engine: Engine) -> None:
+    """More error codes, parameter scales, models or statuses than a chart keeps: the most
+    frequent stay."""
+    codes = [*range(charts.MAX_CATEGORIES + 5), 999, 999]
+    with engine.begin() as connection:
+        for n, code in enumerate(codes):
+            times = {"create_time": NOW, "finish_time": NOW + timedelta(hours=1)}
+            insert_task(connection, f"f{n}", run_status="Failed", error_code=code, **times)
+            insert_task(connection, f"s{n}", run_status=f"status {code}", **times)
+            done = {"parameter_scale": f"s{code}", "model": f"m{code}"}
+            insert_task(connection, f"d{n}", run_status="Done", **done, **times)
+            connection.execute(
+                finetune_task_metrics.insert().values(
+                    task_id=f"d{n}", metric_name="BLEU-4", value_percent=1.0
+                )
+            )
+        selection = Selection()
+        failures = charts.failures_by_code(connection, selection)
+        scales = charts.durations_by_scale(connection, selection)
+        means = charts.metric_means(connection, selection)
+        statuses = {row["status"] for row in charts.tasks_per_period(connection, selection)["rows"]}
+    assert len(failures) == len(scales) == len(statuses) == charts.MAX_CATEGORIES
+    assert failures[0] == {"code": "999", "tasks": 2}
+    assert [s["tasks"] for s in scales if s["scale"] == "s999"] == [2]
+    assert {"Done", "Failed", "status 999"} <= statuses
+    assert len({row["model"] for row in means}) == charts.MAX_CATEGORIES
+    assert [row["tasks"] for row in means if row["model"] == "m999"] == [2]
