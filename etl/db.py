@@ -3,6 +3,7 @@
 import hashlib
 import importlib.resources
 import re
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from etl import redact
 from etl.config import show_url
-from etl.errors import AuthError, ConfigError, EtlError, TransientError
+from etl.errors import AuthError, ConfigError, DiskFullError, EtlError, TransientError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -46,6 +47,10 @@ INSUFFICIENT_PRIVILEGE = "42501"
 INVALID_PASSWORD = "28P01"
 INVALID_AUTHORIZATION = "28000"
 READ_ONLY_TRANSACTION = "25006"
+DISK_FULL = "53100"  # only this one of class 53: too many connections or out of memory pass
+# SQLite says SQLITE_FULL for a write that found no room, and SQLITE_IOERR_SHMSIZE when it
+# could not even grow the -shm file that opening a WAL database needs.
+SQLITE_DISK_FULL = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE)
 _MISSING_DATABASE = re.compile(r'database ".*" does not exist')
 # Refused logins carry no SQLSTATE either: a wrong password, an unknown or NOLOGIN role,
 # no pg_hba.conf line. Trying again cannot help, so they are 77, not 75.
@@ -173,6 +178,12 @@ def _classify(error: BaseException, unavailable: bool, url: URL) -> EtlError:
     sqlstate = getattr(error, "sqlstate", None)
     where = show_url(url)
     detail = redact.scrub((str(error).strip().splitlines() or [type(error).__name__])[0])
+    if _is_disk_full(error):
+        return DiskFullError(
+            f"the database's disk is full: free space on {_volume(url)} "
+            f"({detail}{_sqlite_name(error)}), then run "
+            "again; what was being written was rolled back, so nothing stored is half-changed"
+        )
     if _LOGIN_REFUSED.search(detail):
         return AuthError(
             f"database {where} refused the login: {detail}. Check the user and password "
@@ -196,6 +207,29 @@ def _classify(error: BaseException, unavailable: bool, url: URL) -> EtlError:
     if unavailable:
         return TransientError(f"database {where} unavailable: {detail}. Try again later.")
     return EtlError(f"database error on {where}: {detail}")
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) in SQLITE_DISK_FULL
+    return getattr(error, "sqlstate", None) == DISK_FULL
+
+
+def _sqlite_name(error: BaseException) -> str:
+    """SQLite's name for the error, where its text alone ("disk I/O error") says too little."""
+    name = getattr(error, "sqlite_errorname", None)
+    return f", {name}" if isinstance(error, sqlite3.Error) and name else ""
+
+
+def _volume(url: URL) -> str:
+    """Where the database's files are, as far as the URL tells (never its password)."""
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            return "the disk of the SQLite database"
+        return f"the filesystem of {Path(database).expanduser().resolve().parent}"
+    host = f"{url.host}:{url.port or 5432}" if url.host else "this machine"
+    return f"the Postgres server at {host}, database {url.database}"
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 EXIT_OK = 0
 EXIT_DATA = 65
 EXIT_UNAVAILABLE = 69
+EXIT_IOERR = 74  # sysexits EX_IOERR: here, a full disk
 EXIT_TEMPFAIL = 75
 EXIT_NOPERM = 77
 EXIT_CONFIG = 78
@@ -48,6 +49,12 @@ class LockBusyError(TransientError):
 
 class LockLostError(TransientError):
     """This run's lock session ended, so another run may hold the lock now."""
+
+
+class DiskFullError(EtlError):
+    """The disk under the database (or the report) is full: a person must free space."""
+
+    exit_code = EXIT_IOERR
 
 
 class AuthError(EtlError):

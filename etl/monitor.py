@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 SELECTED_MODE = "selected"
 RUN_STATUSES = ("succeeded", "partial", "failed", "abandoned")
 ERROR_EXCERPT = 200
+EXIT_CODE_HELP = (
+    "Exit code of the last sync: 0 success, 65 bad upstream data, 74 the database's disk is "
+    "full, 75 temporary, 77 not allowed, 78 configuration (README, 'Exit codes')."
+)
 
 
 # -- status --max-age ----------------------------------------------------------------------
@@ -50,7 +54,8 @@ def check_freshness(engine: Engine, max_age: float, max_age_text: str) -> str:
         error = " ".join((latest.error or "no error recorded").split())[:ERROR_EXCERPT]
         if latest.jobs_failed:
             error = f"{latest.jobs_failed} jobs could not be listed (see etl_failed_jobs); {error}"
-        raise StaleError(f"{latest.status}: run {latest.run_id} ended {age} ago: {error}")
+        code = "" if latest.exit_code is None else f" with exit {latest.exit_code}"
+        raise StaleError(f"{latest.status}: run {latest.run_id} ended {age} ago{code}: {error}")
     if time.time() - _epoch(latest.finished_at) > max_age:
         raise StaleError(
             f"stale: the latest run, {latest.run_id}, succeeded {age} ago, "
@@ -238,7 +243,7 @@ def write_metrics(path: Path, outcome: RunOutcome) -> None:
 
     gauge("last_run_timestamp_seconds", "When the last sync ended, Unix time.", outcome.finished)
     gauge("last_run_duration_seconds", "Wall time of the last sync.", outcome.duration)
-    gauge("last_run_exit_code", "Exit code of the last sync (0 success).", outcome.exit_code)
+    gauge("last_run_exit_code", EXIT_CODE_HELP, outcome.exit_code)
     gauge("last_run_api_calls", "Qianfan API requests the last sync made.", outcome.api_calls)
     if outcome.last_success is not None:
         gauge(

@@ -6,12 +6,13 @@ request to anywhere, so a page that tried to fetch something would fail loudly.
 """
 
 import base64
+import errno
 import hashlib
 import html
 import math
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from sqlalchemy import Connection, Engine
 
 from etl import charts, db
 from etl.charts import Selection
-from etl.errors import ConfigError
+from etl.errors import ConfigError, DiskFullError, EtlError
 
 if TYPE_CHECKING:
     import altair as alt
@@ -141,20 +142,38 @@ def _source(engine: Engine) -> str:
 
 def _write_atomically(output: Path, data: bytes) -> None:
     """Replace the file whole, so a page published from cron is never half-written."""
+    temp = output.with_name(f".{output.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+        # O_EXCL: never another's file; mode 0o666 less the umask, as for any file one writes
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
-        raise ConfigError(
-            f"cannot write the report into {output.parent}: {exc.strerror}; choose another --output"
-        ) from None
+        raise _write_error(output, exc) from None
     try:
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)
-        os.chmod(temp, 0o644)
+            stream.flush()
+            # delayed allocation (ext4, XFS, NFS) may tell of a full disk only here: before
+            # the rename, so the old page stays
+            os.fsync(stream.fileno())
         os.replace(temp, output)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
+    except BaseException as exc:
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(output, exc) from None
         raise
+
+
+def _write_error(output: Path, exc: OSError) -> EtlError:
+    """What a failed write of the page tells the user: a full disk is 74, the rest 78."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = output.absolute().parent
+        return DiskFullError(
+            f"the report's disk is full: free space on the filesystem of {where} "
+            f"({exc.strerror}), or choose another --output; {output.name} was left as it was"
+        )
+    return ConfigError(
+        f"cannot write the report into {output.parent}: {exc.strerror}; choose another --output"
+    )
 
 
 def build_sections(connection: Connection, selection: Selection, now: datetime) -> list[Section]:

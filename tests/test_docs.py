@@ -56,4 +56,4 @@ def test_readme_exit_codes_match_the_error_classes() -> None:
         if isinstance(value, type) and issubclass(value, errors.EtlError)
     }
     assert classes <= codes
-    assert codes == {0, 1, 2, 65, 69, 75, 77, 78}
+    assert codes == {0, 1, 2, 65, 69, 74, 75, 77, 78}
