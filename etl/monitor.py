@@ -1,10 +1,7 @@
 """What monitors read: the freshness check of `status --max-age` and the metrics file of `sync`."""
 
 import logging
-import os
-import threading
 import time
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +15,7 @@ from sqlalchemy import Engine
 
 from etl.config import show_duration
 from etl.errors import EXIT_OK, StaleError, exit_code_of
+from etl.files import replace_file
 from etl.schema import etl_held_back_scopes, etl_runs
 
 log = logging.getLogger(__name__)
@@ -266,31 +264,3 @@ def write_metrics(path: Path, outcome: RunOutcome) -> None:
         gauge(name, text, value)
     _held_back_metrics(registry, outcome)
     replace_file(path, generate_latest(registry))
-
-
-def replace_file(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, rename it into place, then
-    fsync the directory: a power cut leaves the old file or the new one, never a torn one."""
-    # Not *.prom, so node_exporter's textfile collector never reads it half-written.
-    temp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
-    try:
-        with temp.open("wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with suppress(OSError):
-            temp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable where the platform and filesystem allow it."""
-    with suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

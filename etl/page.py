@@ -10,9 +10,7 @@ import errno
 import hashlib
 import html
 import math
-import os
 import re
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,6 +25,7 @@ from sqlalchemy import Connection, Engine
 from etl import charts, db
 from etl.charts import Selection
 from etl.errors import ConfigError, DiskFullError, EtlError
+from etl.files import replace_file
 
 if TYPE_CHECKING:
     import altair as alt
@@ -142,25 +141,10 @@ def _source(engine: Engine) -> str:
 
 def _write_atomically(output: Path, data: bytes) -> None:
     """Replace the file whole, so a page published from cron is never half-written."""
-    temp = output.with_name(f".{output.name}.{secrets.token_hex(4)}.tmp")
     try:
-        # O_EXCL: never another's file; mode 0o666 less the umask, as for any file one writes
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        replace_file(output, data)
     except OSError as exc:
         raise _write_error(output, exc) from None
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            # delayed allocation (ext4, XFS, NFS) may tell of a full disk only here: before
-            # the rename, so the old page stays
-            os.fsync(stream.fileno())
-        os.replace(temp, output)
-    except BaseException as exc:
-        temp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise _write_error(output, exc) from None
-        raise
 
 
 def _write_error(output: Path, exc: OSError) -> EtlError:
