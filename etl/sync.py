@@ -534,18 +534,29 @@ def _outcome(
 ) -> _Outcome:
     """Status, exit code and message of a run that went through: 65 when a person must look
     (a broken listing, deletes held back or refused, a flood of rejects), else 75 while a job
-    still fails, else 0."""
+    still fails or a lean task's enrichment is still missing, else 0."""
     held = state.ledger.held_back()
     codes = {failure.exit_code for failure in state.failed}
     if refusal is not None or held or rejects is not None:
         codes.add(EXIT_DATA)
+    if state.enrichment_failed:
+        codes.add(EXIT_TEMPFAIL)
     if not codes:
         return _Outcome(deleted, "succeeded", EXIT_OK, None)
     exit_code = EXIT_DATA if EXIT_DATA in codes else EXIT_TEMPFAIL
     parts = [_failures_text(state.failed, run_id)] if state.failed else []
     parts += [_held_back_text(held, run_id)] if held else []
+    parts += [_unenriched_text(state.enrichment_failed)] if state.enrichment_failed else []
     parts += [text for text in (rejects, refusal) if text]
     return _Outcome(deleted, "partial", exit_code, " ".join(parts), held)
+
+
+def _unenriched_text(count: int) -> str:
+    """One sentence on the lean-listed tasks whose detail call failed: withheld, so not 0."""
+    return (
+        f"{count} lean-listed tasks could not be enriched from DescribeFineTuningTask: their "
+        "metrics and checkpoints are not stored yet, and the next run retries them."
+    )
 
 
 def _held_back_text(held: list[HeldBack], run_id: int) -> str:
