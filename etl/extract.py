@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etl import stopping
+from etl.canonical import lean_hash
 from etl.errors import (
     EXIT_TEMPFAIL,
     JOB_LEVEL_ERRORS,
@@ -22,7 +23,7 @@ from etl.errors import (
 )
 from etl.qianfan import QianfanClient, fetch_job_pages, fetch_tasks
 from etl.qianfan.pagination import id_of, job_paginator, task_paginator
-from etl.transform import TERMINAL_STATUSES, enriched, is_lean, lean_hash
+from etl.transform import TERMINAL_STATUSES, enriched, is_lean
 
 log = logging.getLogger("etl.extract")
 

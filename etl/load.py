@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from etl import pgcopy, redact
+from etl.canonical import content_hash, same_content
 from etl.errors import LockBusyError, LockLostError
 from etl.schema import (
     etl_failed_jobs,
@@ -32,7 +33,7 @@ from etl.schema import (
     finetune_tasks,
 )
 from etl.scopes import HeldBack
-from etl.transform import TERMINAL_STATUSES, Reject, TaskRows, content_hash, same_content
+from etl.transform import TERMINAL_STATUSES, Reject, TaskRows
 
 log = logging.getLogger(__name__)
 

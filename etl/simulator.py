@@ -19,10 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from etl.canonical import faithful_json
 from etl.qianfan.pagination import id_of
 from etl.qianfan.signing import AUTH_VERSION, signature
 from etl.simulator_config import JOB_FAULTS, PAGINATION_FAULTS, SimulatorConfig
-from etl.transform import faithful_json
 
 API_PATH = "/v2/finetuning"
 ACTIONS = ("DescribeFineTuningJobs", "DescribeFineTuningTasks", "DescribeFineTuningTask")

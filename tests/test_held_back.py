@@ -11,9 +11,10 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from etl import db, schema
+from etl.canonical import content_hash
 from etl.load import now, reject_key
 from etl.simulator import Simulator, SimulatorServer
-from etl.transform import Reject, content_hash, task_to_rows
+from etl.transform import Reject, task_to_rows
 from tests.harness import cli_env, invoke_cli, scalar, sync
 
 NUMERIC_JOB = 31337

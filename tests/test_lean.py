@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from etl import db, schema
+from etl.canonical import content_hash
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
-from etl.transform import content_hash
 from tests.harness import cli_env, invoke_cli, scratch_database
 
 TASK = "DescribeFineTuningTask"

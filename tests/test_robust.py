@@ -20,8 +20,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
 from etl import db, schema
+from etl.canonical import HASH_PREFIX, MAX_DEPTH, legacy_hash
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
-from etl.transform import HASH_PREFIX, MAX_DEPTH, legacy_hash
 from tests.harness import (
     Etl,
     admin,

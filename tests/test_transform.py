@@ -12,13 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl.transform import (
+from etl.canonical import (
     EXCERPT_CHARS,
     HASH_PREFIX,
     MAX_DEPTH,
-    MAX_ID_BYTES,
-    Reject,
-    TaskRows,
     _orjson_canonical,
     _stdlib_canonical,
     clean_json,
@@ -26,12 +23,17 @@ from etl.transform import (
     cleaned_json,
     content_hash,
     excerpt,
-    job_to_row,
     legacy_hash,
+    same_content,
+)
+from etl.transform import (
+    MAX_ID_BYTES,
+    Reject,
+    TaskRows,
+    job_to_row,
     parse_percent,
     parse_time,
     prepare_task,
-    same_content,
     task_to_rows,
     tasks_to_rows,
 )

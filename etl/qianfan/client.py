@@ -46,7 +46,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 DEADLINE_PASSED = "response body not complete within the per-attempt deadline"
 SNIPPET_CHARS = 200
 # Where a body too deep for json.loads is cut (see _cut_deep): past the deepest record the
-# transform takes (etl.transform.MAX_DEPTH, below a page's three levels), within the parser's.
+# transform takes (etl.canonical.MAX_DEPTH, below a page's three levels), within the parser's.
 CUT_DEPTH = 300
 # A bytes.translate table: each ASCII digit becomes "0", every other byte a space.
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
