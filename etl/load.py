@@ -33,7 +33,7 @@ from etl.schema import (
     finetune_tasks,
 )
 from etl.scopes import HeldBack
-from etl.transform import TERMINAL_STATUSES, Reject, TaskRows
+from etl.transform import TERMINAL_STATUSES, Reject, TaskRows, Unchanged
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class Batch:
     """Whole jobs with all their tasks, written in one transaction."""
 
     jobs: list[dict[str, Any]] = field(default_factory=list)
-    tasks: list[TaskRows] = field(default_factory=list)
+    tasks: list[TaskRows | Unchanged] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     # how many of the rejects the run may still record (new or changed): --max-rejects
     reject_room: int = 0
@@ -328,10 +328,10 @@ def write_batch(
 
     `stored` is `stored_tasks` for the batch's task ids, read in the same transaction."""
     tasks, deferred = _owned_now(batch, stored)
-    changed = [rows for rows in tasks if _task_changed(rows.task, stored)]
+    changed = [rows for rows in tasks if isinstance(rows, TaskRows) and _changed(rows, stored)]
     written = _write(connection, batch, changed, stored, run_id)
     recorded, keys = _save_rejects(connection, batch, run_id)
-    seen = {r.task["task_id"] for r in tasks}
+    seen = {rows.task_id for rows in tasks}
     seen |= {r.source_id for r in batch.rejects if r.source_id and r.entity == "task"}
     counts = RunCounts(
         tasks_seen=len(tasks) + len(deferred),
@@ -365,35 +365,37 @@ def _write(
 
 def _owned_now(
     batch: Batch, stored: dict[str, sa.Row[Any]]
-) -> tuple[list[TaskRows], list[tuple[TaskRows, str]]]:
+) -> tuple[list[TaskRows | Unchanged], list[tuple[TaskRows, str]]]:
     """The batch's tasks (the last of each id) to write now, and those deferred."""
-    tasks = list({rows.task["task_id"]: rows for rows in batch.tasks}.values())
+    tasks = list({rows.task_id: rows for rows in batch.tasks}.values())
     deferred = [] if batch.owners_settled else _outranked(tasks, stored)
-    held = {rows.task["task_id"] for rows, _ in deferred}
-    return [rows for rows in tasks if rows.task["task_id"] not in held], deferred
+    held = {rows.task_id for rows, _ in deferred}
+    return [rows for rows in tasks if rows.task_id not in held], deferred
 
 
-def _outranked(tasks: list[TaskRows], stored: dict[str, sa.Row[Any]]) -> list[tuple[TaskRows, str]]:
-    """Typed tasks listed by a job that ranks after the live one they are stored under."""
+def _outranked(
+    tasks: list[TaskRows | Unchanged], stored: dict[str, sa.Row[Any]]
+) -> list[tuple[TaskRows, str]]:
+    """Typed tasks listed by a job that ranks after the live one they are stored under (an
+    unchanged one was listed by the job it is stored under)."""
     held = []
     for rows in tasks:
-        job_id = rows.task.get("job_id")
-        if job_id is None:  # an unchanged stub: the stored job listed it
+        if isinstance(rows, Unchanged):
             continue
-        before = stored.get(rows.task["task_id"])
+        before = stored.get(rows.task_id)
         if before is None or before.deleted_at is not None:
             continue
-        if before.job_id < job_id:
+        if before.job_id < rows.task["job_id"]:
             held.append((rows, before.job_id))
     return held
 
 
-def _task_changed(task: dict[str, Any], stored: dict[str, sa.Row[Any]]) -> bool:
-    before = stored.get(task["task_id"])
-    if before is None or before.content_hash != task["content_hash"]:
+def _changed(rows: TaskRows, stored: dict[str, sa.Row[Any]]) -> bool:
+    """Whether a typed task differs from its stored row: its content, or the job listing it."""
+    before = stored.get(rows.task_id)
+    if before is None or before.content_hash != rows.task["content_hash"]:
         return True
-    # an unchanged task listed under another job moved there (a stub has no job_id: not moved)
-    return "job_id" in task and task["job_id"] != before.job_id
+    return bool(rows.task["job_id"] != before.job_id)
 
 
 # -- one verb per table --------------------------------------------------------------------

@@ -41,6 +41,7 @@ from etl.transform import (
     PreparedTask,
     Reject,
     TaskRows,
+    Unchanged,
     job_to_row,
     prepare_task,
     progress_to_row,
@@ -446,12 +447,12 @@ def _note_pending_work(state: _State, written: Written) -> None:
 
 def _write_deferred(connection: Connection, state: _State, run_id: int) -> RunCounts:
     """Write the held-back tasks whose stored job turned out not to list them any more."""
-    winners = [
+    winners: list[TaskRows | Unchanged] = [
         rows for rows, stored_job in state.deferred.values() if _wins(state, rows, stored_job)
     ]
     if not winners:
         return RunCounts()
-    ids = [rows.task["task_id"] for rows in winners]
+    ids = [rows.task_id for rows in winners]
     batch = Batch(tasks=winners, owners_settled=True)
     return load.write_batch(connection, batch, run_id, load.stored_tasks(connection, ids)).counts
 
@@ -672,7 +673,7 @@ def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:
     """Type the batch's tasks, skipping those whose stored hash (and job) matches; a task
     listed by two of the batch's jobs goes to the smaller job id."""
     known = {key: row.content_hash for key, row in stored.items()}
-    chosen: dict[str, tuple[str, TaskRows]] = {}
+    chosen: dict[str, tuple[str, TaskRows | Unchanged]] = {}
     for job_id, tasks in pending.untyped:
         moved = {
             t.task_id for t in tasks if t.task_id in stored and stored[t.task_id].job_id != job_id
@@ -680,7 +681,7 @@ def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:
         here = {k: v for k, v in known.items() if k not in moved} if moved else known
         rows, rejects = tasks_to_rows(tasks, job_id, here)
         for row in rows:
-            task_id = row.task["task_id"]
+            task_id = row.task_id
             if task_id not in chosen or job_id < chosen[task_id][0]:
                 chosen[task_id] = (job_id, row)
         pending.batch.rejects.extend(replace(reject, scope=job_id) for reject in rejects)

@@ -59,6 +59,19 @@ class TaskRows:
     # The JSON text of task["raw"], made while cleaning it, so the loader can reuse it.
     raw_json: str = field(default="", compare=False, repr=False)
 
+    @property
+    def task_id(self) -> str:
+        return str(self.task["task_id"])
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """A listed task stored with this very content: nothing of it is typed or written. Its
+    hash is the stored one, which may be a legacy hash of the same record."""
+
+    task_id: str
+    content_hash: str
+
 
 def is_lean(raw: Any) -> bool:
     """Whether a listed task says nothing of its children: both keys absent (not empty)."""
@@ -183,40 +196,36 @@ def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
 
 def tasks_to_rows(
     raws: Iterable[Any], job_id: str, known: Mapping[str, str] | None = None
-) -> tuple[list[TaskRows], list[Reject]]:
+) -> tuple[list[TaskRows | Unchanged], list[Reject]]:
     """Rows and rejects for one job's tasks; for a repeated taskId the last copy wins.
 
     Items may be raw tasks or PreparedTasks. `known` maps task ids to the content hash already
-    stored: a task whose hash matches is not typed again, and comes back as a stub carrying
-    only `task_id` and `content_hash`.
+    stored: a task whose hash matches is not typed again, and comes back as Unchanged.
     """
-    latest: dict[str, TaskRows | Reject] = {}
+    latest: dict[str, TaskRows | Unchanged | Reject] = {}
     anonymous: list[Reject] = []
     for raw in raws:
         prepared = raw if isinstance(raw, PreparedTask) else prepare_task(raw)
-        result = (
-            _unchanged_stub(prepared, known) or prepared.typed or task_to_rows(prepared, job_id)
-        )
-        if isinstance(result, TaskRows):
-            latest[result.task["task_id"]] = result
+        result = _unchanged(prepared, known) or prepared.typed or task_to_rows(prepared, job_id)
+        if isinstance(result, TaskRows | Unchanged):
+            latest[result.task_id] = result
         elif result.source_id is not None:
             latest[result.source_id] = result
         else:
             anonymous.append(result)
-    rows = [r for r in latest.values() if isinstance(r, TaskRows)]
+    rows = [r for r in latest.values() if not isinstance(r, Reject)]
     rejects = [r for r in latest.values() if isinstance(r, Reject)]
     return rows, anonymous + rejects
 
 
-def _unchanged_stub(task: PreparedTask, known: Mapping[str, str] | None) -> TaskRows | None:
-    """A stub for a task whose stored hash matches (carrying that hash, which may be a legacy
-    one): stored once, so it typed cleanly."""
+def _unchanged(task: PreparedTask, known: Mapping[str, str] | None) -> Unchanged | None:
+    """The task, if its stored hash matches (stored once, so it typed cleanly)."""
     if not known or task.task_id is None:
         return None
     stored = known.get(task.task_id)
     if stored is None or not same_content(stored, task.digest, task.raw):
         return None
-    return TaskRows({"task_id": task.task_id, "content_hash": stored})
+    return Unchanged(task.task_id, stored)
 
 
 def _record_id(raw: Any, entity: str, key: str) -> str:

@@ -30,6 +30,7 @@ from etl.transform import (
     MAX_ID_BYTES,
     Reject,
     TaskRows,
+    Unchanged,
     job_to_row,
     parse_percent,
     parse_time,
@@ -560,8 +561,8 @@ def test_a_legacy_hash_of_the_same_record_counts_as_the_same_content() -> None:
     assert same_content(legacy, content_hash(raw), raw)
     assert not same_content(legacy, content_hash(other), other)
     assert not same_content(content_hash(other), content_hash(raw), raw)
-    stub, _ = tasks_to_rows([raw], JOB_ID, known={raw["taskId"]: legacy})
-    assert stub[0].task == {"task_id": raw["taskId"], "content_hash": legacy}
+    unchanged, _ = tasks_to_rows([raw], JOB_ID, known={raw["taskId"]: legacy})
+    assert unchanged == [Unchanged(raw["taskId"], legacy)]
     changed, _ = tasks_to_rows([other], JOB_ID, known={raw["taskId"]: legacy})
     assert changed[0].task["content_hash"] == content_hash(other)
 
@@ -773,9 +774,8 @@ def test_typed_ahead_tasks_give_the_same_rows_and_still_skip_when_unchanged() ->
     assert ahead.typed == task_to_rows(raw, JOB_ID)
     rows, rejects = tasks_to_rows([ahead], JOB_ID)
     assert (rows, rejects) == ([task_to_rows(raw, JOB_ID)], [])
-    stub, _ = tasks_to_rows([ahead], JOB_ID, known={raw["taskId"]: content_hash(raw)})
-    assert stub[0].task == {"task_id": raw["taskId"], "content_hash": content_hash(raw)}
-    assert stub[0].metrics == [] and stub[0].checkpoints == []
+    unchanged, _ = tasks_to_rows([ahead], JOB_ID, known={raw["taskId"]: content_hash(raw)})
+    assert unchanged == [Unchanged(raw["taskId"], content_hash(raw))]
 
 
 def test_typical_tasks_hash_on_the_fast_path() -> None:
