@@ -282,7 +282,7 @@ class Batch:
         return len(self.jobs) + len(self.tasks)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Written:
     """What writing one batch did, and what it left for the end of the run.
 
@@ -341,7 +341,14 @@ def write_batch(
         jobs_failed=len(batch.failed_jobs),
     )
     absent = _absent_tasks(connection, batch.listed)
-    return Written(counts, seen, absent, deferred, keys, recorded)
+    return Written(
+        counts=counts,
+        seen=seen,
+        absent=absent,
+        deferred=deferred,
+        reject_keys=keys,
+        rejects_recorded=recorded,
+    )
 
 
 def _write(

@@ -74,7 +74,7 @@ class SyncOptions:
     task_details: bool = True
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SyncResult:
     """What a run did, for the summary line."""
 
@@ -191,19 +191,19 @@ def sync(
                 outer.rollback()
     log.info("run %d finished: %s", run_id, _figures(counts))
     return SyncResult(
-        run_id,
-        counts,
-        time.monotonic() - started,
-        options.dry_run,
-        outcome.deleted,
-        mode,
-        state.progress_failed,
-        outcome.status,
-        outcome.exit_code,
-        outcome.message,
-        state.failed,
-        stats.listing_warnings,
-        state.enrichment_failed,
+        run_id=run_id,
+        counts=counts,
+        seconds=time.monotonic() - started,
+        dry_run=options.dry_run,
+        deleted=outcome.deleted,
+        mode=mode,
+        progress_failed=state.progress_failed,
+        status=outcome.status,
+        exit_code=outcome.exit_code,
+        message=outcome.message,
+        failed_jobs=state.failed,
+        listing_warnings=stats.listing_warnings,
+        enrichment_failed=state.enrichment_failed,
         held_back=outcome.held_back,
     )
 

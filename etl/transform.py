@@ -4,7 +4,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,7 +36,7 @@ _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Reject:
     """A record that cannot be typed, with the reason and its cleaned raw JSON."""
 
@@ -49,7 +49,7 @@ class Reject:
     scope: str | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TaskRows:
     """The rows one task contributes to the task, metric and checkpoint tables."""
 
@@ -64,7 +64,7 @@ class TaskRows:
         return str(self.task["task_id"])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Unchanged:
     """A listed task stored with this very content: nothing of it is typed or written. Its
     hash is the stored one, which may be a legacy hash of the same record."""
@@ -134,7 +134,7 @@ def progress_to_row(task_id: str, detail: Any) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PreparedTask:
     """A raw task with what every run needs of it: its id and content hash; and its rows, if
     it was typed ahead."""
@@ -155,11 +155,13 @@ def prepare_task(raw: Any, job_id: str | None = None, digest: str | None = None)
     try:
         digest = digest or content_hash(raw)
     except Untypable as exc:
-        return PreparedTask(raw, task_id, "", _reject("task", raw, "taskId", exc))
-    prepared = PreparedTask(raw, task_id, digest)
+        return PreparedTask(
+            raw=raw, task_id=task_id, digest="", typed=_reject("task", raw, "taskId", exc)
+        )
+    prepared = PreparedTask(raw=raw, task_id=task_id, digest=digest)
     if job_id is None:
         return prepared
-    return PreparedTask(raw, task_id, digest, task_to_rows(prepared, job_id))
+    return replace(prepared, typed=task_to_rows(prepared, job_id))
 
 
 def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
@@ -191,7 +193,7 @@ def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
         "raw": cleaned,
         "content_hash": digest,
     }
-    return TaskRows(task, metrics, checkpoints, text)
+    return TaskRows(task=task, metrics=metrics, checkpoints=checkpoints, raw_json=text)
 
 
 def tasks_to_rows(
@@ -225,7 +227,7 @@ def _unchanged(task: PreparedTask, known: Mapping[str, str] | None) -> Unchanged
     stored = known.get(task.task_id)
     if stored is None or not same_content(stored, task.digest, task.raw):
         return None
-    return Unchanged(task.task_id, stored)
+    return Unchanged(task_id=task.task_id, content_hash=stored)
 
 
 def _record_id(raw: Any, entity: str, key: str) -> str:
@@ -262,7 +264,7 @@ def _reject(entity: str, raw: Any, key: str, error: Untypable) -> Reject:
         stored = excerpt(raw) if isinstance(error, TooDeep) else cleaned_json(raw)[0]
     except TooDeep:
         stored = excerpt(raw)
-    return Reject(entity, source_id, str(error), stored)
+    return Reject(entity=entity, source_id=source_id, reason=str(error), raw=stored)
 
 
 def _readable_id(raw: Any, key: str) -> str | None:

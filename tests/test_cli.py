@@ -148,9 +148,11 @@ def test_status_json_times_are_aware(
 
 
 def test_dry_run_summary_reads_well() -> None:
-    result = SyncResult(5, RunCounts(jobs_seen=2), 1.0, True, 0)
+    result = SyncResult(run_id=5, counts=RunCounts(jobs_seen=2), seconds=1.0, dry_run=True)
     assert report.summary_line(result).startswith("dry run 5: 2 jobs")
-    assert report.summary_line(SyncResult(6, RunCounts(), 1.0, False, 0)).startswith("sync run 6:")
+    assert report.summary_line(
+        SyncResult(run_id=6, counts=RunCounts(), seconds=1.0, dry_run=False)
+    ).startswith("sync run 6:")
 
 
 def test_readme_sections_named_in_messages_exist() -> None:

@@ -357,7 +357,7 @@ def test_parse_time(value: Any, expected: datetime | None) -> None:
 )  # fmt: skip
 def test_task_rejects(raw: Any, source_id: str | None, reason: str) -> None:
     reject = _reject(raw)
-    assert reject == Reject("task", source_id, reason, clean_json(raw))
+    assert reject == Reject(entity="task", source_id=source_id, reason=reason, raw=clean_json(raw))
 
 
 @pytest.mark.parametrize(
@@ -370,7 +370,9 @@ def test_task_rejects(raw: Any, source_id: str | None, reason: str) -> None:
     ],
 )
 def test_job_rejects(raw: Any, source_id: str | None, reason: str) -> None:
-    assert job_to_row(raw) == Reject("job", source_id, reason, clean_json(raw))
+    assert job_to_row(raw) == Reject(
+        entity="job", source_id=source_id, reason=reason, raw=clean_json(raw)
+    )
 
 
 def test_reject_keeps_the_cleaned_raw_and_short_reason() -> None:
@@ -422,7 +424,9 @@ def test_duplicate_task_ids_collapse_last_wins() -> None:
         ("a", "Done"),
         ("b", "Done"),
     ]
-    assert rejects == [Reject("task", None, "task is not an object: 42", 42)]
+    assert rejects == [
+        Reject(entity="task", source_id=None, reason="task is not an object: 42", raw=42)
+    ]
 
 
 def test_duplicate_task_id_last_copy_wins_even_when_rejected() -> None:
@@ -562,7 +566,7 @@ def test_a_legacy_hash_of_the_same_record_counts_as_the_same_content() -> None:
     assert not same_content(legacy, content_hash(other), other)
     assert not same_content(content_hash(other), content_hash(raw), raw)
     unchanged, _ = tasks_to_rows([raw], JOB_ID, known={raw["taskId"]: legacy})
-    assert unchanged == [Unchanged(raw["taskId"], legacy)]
+    assert unchanged == [Unchanged(task_id=raw["taskId"], content_hash=legacy)]
     changed, _ = tasks_to_rows([other], JOB_ID, known={raw["taskId"]: legacy})
     assert changed[0].task["content_hash"] == content_hash(other)
 
@@ -775,7 +779,7 @@ def test_typed_ahead_tasks_give_the_same_rows_and_still_skip_when_unchanged() ->
     rows, rejects = tasks_to_rows([ahead], JOB_ID)
     assert (rows, rejects) == ([task_to_rows(raw, JOB_ID)], [])
     unchanged, _ = tasks_to_rows([ahead], JOB_ID, known={raw["taskId"]: content_hash(raw)})
-    assert unchanged == [Unchanged(raw["taskId"], content_hash(raw))]
+    assert unchanged == [Unchanged(task_id=raw["taskId"], content_hash=content_hash(raw))]
 
 
 def test_typical_tasks_hash_on_the_fast_path() -> None:
