@@ -46,6 +46,7 @@ from etl.transform import (
     prepare_task,
     progress_to_row,
     tasks_to_rows,
+    typed_ahead,
 )
 
 # Failed jobs named in a run's message and summary line; etl_failed_jobs has them all.
@@ -378,13 +379,13 @@ def _add_listing(state: _State, listing: JobListing) -> None:
 
 
 def _prepared(listing: JobListing, ahead: str | None) -> list[PreparedTask]:
-    """The listing's tasks prepared, each lean one under the hash its enrichment decided."""
+    """The listing's tasks prepared, each lean one under the hash its enrichment decided, and
+    typed now as listed by job `ahead`, if given."""
     digests = listing.digests
-    if not digests:
-        return [prepare_task(raw, ahead) for raw in listing.tasks]
-    return [
-        prepare_task(raw, ahead, digests.get(id_of(raw, "taskId") or "")) for raw in listing.tasks
-    ]
+    tasks = [prepare_task(raw, digests.get(id_of(raw, "taskId") or "")) for raw in listing.tasks]
+    if ahead is None:
+        return tasks
+    return [typed_ahead(task, ahead) for task in tasks]
 
 
 def _add_failure(state: _State, failure: JobFailure) -> None:

@@ -145,10 +145,9 @@ class PreparedTask:
     typed: "TaskRows | Reject | None" = None
 
 
-def prepare_task(raw: Any, job_id: str | None = None, digest: str | None = None) -> PreparedTask:
+def prepare_task(raw: Any, digest: str | None = None) -> PreparedTask:
     """The cheap first step: enough to tell whether a task changed since it was stored.
 
-    Given the listed job's id, the task is typed now too: worth it when most tasks change.
     A `digest` given stands for the record's own (a lean listing's enrichment decides it).
     """
     task_id = _readable_id(raw, "taskId")
@@ -158,8 +157,13 @@ def prepare_task(raw: Any, job_id: str | None = None, digest: str | None = None)
         return PreparedTask(
             raw=raw, task_id=task_id, digest="", typed=_reject("task", raw, "taskId", exc)
         )
-    prepared = PreparedTask(raw=raw, task_id=task_id, digest=digest)
-    if job_id is None:
+    return PreparedTask(raw=raw, task_id=task_id, digest=digest)
+
+
+def typed_ahead(prepared: PreparedTask, job_id: str) -> PreparedTask:
+    """The task typed now, as listed by `job_id`, before its stored hash is known: worth it
+    when most tasks change (README, Performance)."""
+    if prepared.typed is not None:
         return prepared
     return replace(prepared, typed=task_to_rows(prepared, job_id))
 

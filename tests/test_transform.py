@@ -37,6 +37,7 @@ from etl.transform import (
     prepare_task,
     task_to_rows,
     tasks_to_rows,
+    typed_ahead,
 )
 
 JOB_ID = "job-7q2w"
@@ -585,7 +586,7 @@ def test_deep_nesting_is_a_reject_with_a_bounded_excerpt(depth: int) -> None:
         assert isinstance(task_to_rows(raw, JOB_ID), TaskRows)
         assert isinstance(job_to_row({"jobId": "j", "x": _nested(depth - 1)}), dict)
         return
-    for result in (task_to_rows(raw, JOB_ID), prepare_task(raw, JOB_ID).typed):
+    for result in (task_to_rows(raw, JOB_ID), typed_ahead(prepare_task(raw), JOB_ID).typed):
         assert isinstance(result, Reject)
         assert result.source_id == raw["taskId"]
         assert result.reason == f"nested deeper than {MAX_DEPTH} levels of objects and arrays"
@@ -774,7 +775,7 @@ def test_property_hash_is_deterministic_and_json_text_matches_the_cleaned_value(
 
 def test_typed_ahead_tasks_give_the_same_rows_and_still_skip_when_unchanged() -> None:
     raw = _done_task()
-    ahead = prepare_task(raw, JOB_ID)
+    ahead = typed_ahead(prepare_task(raw), JOB_ID)
     assert ahead.typed == task_to_rows(raw, JOB_ID)
     rows, rejects = tasks_to_rows([ahead], JOB_ID)
     assert (rows, rejects) == ([task_to_rows(raw, JOB_ID)], [])
