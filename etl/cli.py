@@ -20,14 +20,20 @@ from sqlalchemy.engine import URL
 
 from etl import config, db, monitor, page, progress, redact, report, stopping
 from etl.charts import Selection
-from etl.errors import EXIT_DATA, ConfigError, ContractError, EtlError, TransientError
+from etl.errors import (
+    EXIT_DATA,
+    EXIT_SIGINT,
+    ConfigError,
+    ContractError,
+    EtlError,
+    TransientError,
+)
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.qianfan.client import DEFAULT_DEADLINE
 from etl.simulator_config import JOB_FAULTS, SimulatorConfig
 from etl.sync import SyncOptions, SyncResult, sync
 
 log = logging.getLogger("etl")
-EXIT_SIGINT = 128 + signal.SIGINT
 
 
 class EtlGroup(click.Group):
