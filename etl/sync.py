@@ -153,41 +153,14 @@ def sync(
         db.require_head(engine)
         with load.run_lock(engine, options.lock_wait) as lock, engine.connect() as connection:
             outer = connection.begin() if options.dry_run else None
-            with _transaction(connection, options.dry_run):
-                mode = _mode(connection, options)
-                run_id = load.start_run(connection, mode, dry_run=options.dry_run)
-            log.info("run %d (%s) started%s", run_id, mode, " (dry run)" if options.dry_run else "")
+            mode, run_id = _start(connection, options)
             counts, stats = RunCounts(), WalkStats()
             state = _State(ledger=Ledger(deletes=mode != "active"))
             run = _Run(run_id, lock, RunCounts(), lambda: client.api_calls)
-            try:
-                with db.translated_errors(engine.url):
-                    outcome = _copy_account(
-                        connection,
-                        client,
-                        options,
-                        run,
-                        counts,
-                        progress,
-                        state,
-                        stats,
-                    )
-                    counts.api_calls = client.api_calls
-                    with _transaction(connection, options.dry_run, lock):
-                        load.finish_run(
-                            connection,
-                            run_id,
-                            counts,
-                            outcome.message,
-                            status=outcome.status,
-                            exit_code=outcome.exit_code,
-                        )
-            except BaseException as exc:
-                # what the batches committed, not what was fetched: the rest was rolled back
-                run.committed.api_calls = client.api_calls
-                _record_failure(connection, run_id, run.committed, exc, options.dry_run)
-                _say_if_interrupted(exc, run)
-                raise
+            with db.translated_errors(engine.url):
+                outcome = _recorded(
+                    connection, client, options, run, counts, progress, state, stats
+                )
             if outer is not None:
                 outer.rollback()
     log.info("run %d finished: %s", run_id, _figures(counts))
@@ -207,6 +180,48 @@ def sync(
         enrichment_failed=state.enrichment_failed,
         held_back=outcome.held_back,
     )
+
+
+def _start(connection: Connection, options: SyncOptions) -> tuple[str, int]:
+    """The run's mode and its run record, committed before anything is fetched."""
+    with _transaction(connection, options.dry_run):
+        mode = _mode(connection, options)
+        run_id = load.start_run(connection, mode, dry_run=options.dry_run)
+    log.info("run %d (%s) started%s", run_id, mode, " (dry run)" if options.dry_run else "")
+    return mode, run_id
+
+
+def _recorded(
+    connection: Connection,
+    client: QianfanClient,
+    options: SyncOptions,
+    run: "_Run",
+    counts: RunCounts,
+    progress: Callable[[RunCounts, WalkStats], None] | None,
+    state: _State,
+    stats: WalkStats,
+) -> _Outcome:
+    """Copy the account and finish the run record; a run that fails or is interrupted is
+    recorded with what its batches committed, and says so on a signal."""
+    try:
+        outcome = _copy_account(connection, client, options, run, counts, progress, state, stats)
+        counts.api_calls = client.api_calls
+        with _transaction(connection, options.dry_run, run.lock):
+            load.finish_run(
+                connection,
+                run.run_id,
+                counts,
+                outcome.message,
+                status=outcome.status,
+                exit_code=outcome.exit_code,
+            )
+    except BaseException as exc:
+        # what the batches committed, not what was fetched: the rest was rolled back
+        run.committed.api_calls = client.api_calls
+        _record_failure(connection, run.run_id, run.committed, exc, options.dry_run)
+        _say_if_interrupted(exc, run)
+        raise
+    return outcome
 
 
 def _mode(connection: Connection, options: SyncOptions) -> str:
@@ -255,7 +270,7 @@ def _copy_account(
     connection: Connection,
     client: QianfanClient,
     options: SyncOptions,
-    run: _Run,
+    run: "_Run",
     counts: RunCounts,
     progress: Callable[[RunCounts, WalkStats], None] | None,
     state: _State,
@@ -299,7 +314,7 @@ def _copy_account(
 def _settle(
     connection: Connection,
     options: SyncOptions,
-    run: _Run,
+    run: "_Run",
     counts: RunCounts,
     state: _State,
     full: bool,
