@@ -1,0 +1,136 @@
+"""Every shape of unreadable id (README, "Failure behaviour": a readable id is a non-empty string)
+holds back its own scope's deletes and no other's, says so with 65, and a run with nothing new
+after it writes no row, end to end through the CLI, the simulator over HTTP, Postgres and
+SQLite."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+
+from etl import schema
+from etl.simulator import Simulator, SimulatorServer
+from tests.harness import scalar, sync
+
+MISSING = object()
+# a number, an object, null, the empty string, and no key at all: none is a readable id
+UNREADABLE: dict[str, Any] = {
+    "number": 31337,
+    "object": {"id": "job-1"},
+    "null": None,
+    "empty": "",
+    "missing": MISSING,
+}
+WATCHED = (*schema.CONTENT_TABLES, schema.etl_rejects)
+
+
+def _record(key: str, value: Any, **rest: Any) -> dict[str, Any]:
+    return rest if value is MISSING else {key: value, **rest}
+
+
+def _live(engine: Engine, table: sa.Table, record_id: str) -> bool:
+    key = next(iter(table.primary_key.columns))
+    with engine.connect() as connection:
+        deleted = connection.execute(sa.select(table.c.deleted_at).where(key == record_id)).one()
+    return deleted[0] is None
+
+
+def _held_back(engine: Engine) -> list[tuple[Any, ...]]:
+    table = schema.etl_held_back_scopes
+    columns = (table.c.run_id, table.c.scope_kind, table.c.scope_id, table.c.held_back)
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.select(*columns)).all()]
+
+
+def _count_writes(engine: Engine) -> None:
+    """Triggers that log every row written to the content tables and etl_rejects."""
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE written (tbl TEXT, op TEXT)"))
+        for table in WATCHED:
+            for op in ("INSERT", "UPDATE", "DELETE"):
+                connection.execute(sa.text(_trigger(engine.dialect.name, table.name, op)))
+
+
+def _trigger(dialect: str, table: str, op: str) -> str:
+    name = f"count_{table}_{op.lower()}"
+    if dialect == "sqlite":
+        return (
+            f"CREATE TRIGGER {name} AFTER {op} ON {table} BEGIN "
+            f"INSERT INTO written VALUES ('{table}', '{op}'); END"
+        )
+    return (
+        f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$ BEGIN "
+        f"INSERT INTO written VALUES ('{table}', '{op}'); RETURN NULL; END $$ LANGUAGE plpgsql; "
+        f"CREATE TRIGGER {name} AFTER {op} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
+    )
+
+
+def _writes(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT tbl, op, count(*) FROM written GROUP BY 1, 2"))
+        return sorted(tuple(row) for row in rows)
+
+
+def _seed(sim: Simulator, server: SimulatorServer, db_url: URL, tmp_path: Path) -> list[str]:
+    first = sync(sim, server, db_url, tmp_path)
+    assert first.returncode == 0, first.stderr
+    return [job["jobId"] for job in sim.jobs()]
+
+
+def _then_nothing_new_writes_nothing(
+    sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
+) -> None:
+    _count_writes(engine)
+    again = sync(sim, server, db_url, tmp_path)
+    assert again.returncode == 65, again.stderr  # loud every run until upstream fixes it
+    assert _writes(engine) == []
+
+
+@pytest.mark.parametrize("shape", UNREADABLE, ids=list(UNREADABLE))
+def test_a_task_with_an_unreadable_id_holds_back_only_its_job(
+    shape: str,
+    sim: Simulator,
+    server: SimulatorServer,
+    db_url: URL,
+    engine: Engine,
+    tmp_path: Path,
+) -> None:
+    ids = _seed(sim, server, db_url, tmp_path)
+    kept, gone = sim.tasks(ids[0])[0]["taskId"], sim.tasks(ids[1])[0]["taskId"]
+    sim.put_task(ids[0], _record("taskId", UNREADABLE[shape], jobId=ids[0], runStatus="Done"))
+    sim.delete_task(kept)
+    sim.delete_task(gone)
+    run = sync(sim, server, db_url, tmp_path)
+    assert run.returncode == 65, run.stderr
+    assert f"job {ids[0]} kept 1" in run.stdout
+    assert _live(engine, schema.finetune_tasks, kept)  # it may be the unreadable one
+    assert not _live(engine, schema.finetune_tasks, gone)  # the other jobs still delete
+    assert _held_back(engine) == [(2, "job", ids[0], 1)]
+    assert scalar(engine, "SELECT count(*) FROM etl_rejects WHERE source_id IS NULL") == 1
+    _then_nothing_new_writes_nothing(sim, server, db_url, engine, tmp_path)
+
+
+@pytest.mark.parametrize("shape", UNREADABLE, ids=list(UNREADABLE))
+def test_a_job_with_an_unreadable_id_holds_back_only_the_account(
+    shape: str,
+    sim: Simulator,
+    server: SimulatorServer,
+    db_url: URL,
+    engine: Engine,
+    tmp_path: Path,
+) -> None:
+    ids = _seed(sim, server, db_url, tmp_path)
+    gone_task = sim.tasks(ids[2])[0]["taskId"]
+    sim.put_job(_record("jobId", UNREADABLE[shape], name="an unreadable id"))
+    sim.delete_job(ids[1])
+    sim.delete_task(gone_task)
+    run = sync(sim, server, db_url, tmp_path)
+    assert run.returncode == 65, run.stderr
+    assert "account kept 1" in run.stdout
+    assert _live(engine, schema.finetune_jobs, ids[1])  # it may be the unreadable one
+    assert not _live(engine, schema.finetune_tasks, gone_task)  # job scopes still delete
+    assert _held_back(engine) == [(2, "account", "", 1)]
+    _then_nothing_new_writes_nothing(sim, server, db_url, engine, tmp_path)
