@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -157,10 +158,11 @@ def sync(
             counts, stats = RunCounts(), WalkStats()
             state = _State(ledger=Ledger(deletes=mode != "active"))
             run = _Run(run_id, lock, RunCounts(), lambda: client.api_calls)
+            copy = partial(
+                _copy_account, connection, client, options, run, counts, progress, state, stats
+            )
             with db.translated_errors(engine.url):
-                outcome = _recorded(
-                    connection, client, options, run, counts, progress, state, stats
-                )
+                outcome = _recorded(connection, run, counts, options.dry_run, copy)
             if outer is not None:
                 outer.rollback()
     log.info("run %d finished: %s", run_id, _figures(counts))
@@ -193,20 +195,17 @@ def _start(connection: Connection, options: SyncOptions) -> tuple[str, int]:
 
 def _recorded(
     connection: Connection,
-    client: QianfanClient,
-    options: SyncOptions,
     run: "_Run",
     counts: RunCounts,
-    progress: Callable[[RunCounts, WalkStats], None] | None,
-    state: _State,
-    stats: WalkStats,
+    dry_run: bool,
+    copy: Callable[[], _Outcome],
 ) -> _Outcome:
     """Copy the account and finish the run record; a run that fails or is interrupted is
     recorded with what its batches committed, and says so on a signal."""
     try:
-        outcome = _copy_account(connection, client, options, run, counts, progress, state, stats)
-        counts.api_calls = client.api_calls
-        with _transaction(connection, options.dry_run, run.lock):
+        outcome = copy()
+        counts.api_calls = run.api_calls()
+        with _transaction(connection, dry_run, run.lock):
             load.finish_run(
                 connection,
                 run.run_id,
@@ -217,8 +216,8 @@ def _recorded(
             )
     except BaseException as exc:
         # what the batches committed, not what was fetched: the rest was rolled back
-        run.committed.api_calls = client.api_calls
-        _record_failure(connection, run.run_id, run.committed, exc, options.dry_run)
+        run.committed.api_calls = run.api_calls()
+        _record_failure(connection, run.run_id, run.committed, exc, dry_run)
         _say_if_interrupted(exc, run)
         raise
     return outcome

@@ -157,6 +157,30 @@ def sync(
     return invoke_cli(["sync", *args], cli_env(sim, server, url, **env), cwd=tmp_path)
 
 
+def seeded(sim: Simulator, server: SimulatorServer, url: URL, tmp_path: Path) -> list[str]:
+    """A first sync of the account, which must succeed; the job ids it listed."""
+    first = sync(sim, server, url, tmp_path)
+    assert first.returncode == 0, first.stderr
+    return [job["jobId"] for job in sim.jobs()]
+
+
+def is_live(engine: Engine, table: sa.Table, record_id: str) -> bool:
+    """Whether the stored row of this id is not soft-deleted."""
+    key = next(iter(table.primary_key.columns))
+    with engine.connect() as connection:
+        deleted = connection.execute(sa.select(table.c.deleted_at).where(key == record_id)).one()
+    return deleted[0] is None
+
+
+def held_back_rows(engine: Engine) -> list[tuple[Any, ...]]:
+    """etl_held_back_scopes as (run_id, scope_kind, scope_id, held_back), by run."""
+    table = schema.etl_held_back_scopes
+    columns = (table.c.run_id, table.c.scope_kind, table.c.scope_id, table.c.held_back)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(*columns).order_by(table.c.run_id)).all()
+    return [tuple(row) for row in rows]
+
+
 # -- the database, read back ---------------------------------------------------------------
 
 CONTENT_TABLE_NAMES = tuple(table.name for table in schema.CONTENT_TABLES)

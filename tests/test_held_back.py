@@ -15,52 +15,28 @@ from etl.canonical import content_hash
 from etl.load import now, reject_key
 from etl.simulator import Simulator, SimulatorServer
 from etl.transform import Reject, task_to_rows
-from tests.harness import cli_env, invoke_cli, scalar, sync
+from tests.harness import cli_env, held_back_rows, invoke_cli, is_live, scalar, seeded, sync
 
 NUMERIC_JOB = 31337
-
-
-def _live(engine: Engine, table: sa.Table, record_id: str) -> bool:
-    key = next(iter(table.primary_key.columns))
-    with engine.connect() as connection:
-        deleted = connection.execute(sa.select(table.c.deleted_at).where(key == record_id)).one()
-    return deleted[0] is None
-
-
-def _held_back(engine: Engine) -> list[tuple[Any, ...]]:
-    table = schema.etl_held_back_scopes
-    with engine.connect() as connection:
-        rows = connection.execute(
-            sa.select(
-                table.c.run_id, table.c.scope_kind, table.c.scope_id, table.c.held_back
-            ).order_by(table.c.run_id)
-        ).all()
-    return [tuple(row) for row in rows]
-
-
-def _seed(sim: Simulator, server: SimulatorServer, db_url: URL, tmp_path: Path) -> list[str]:
-    first = sync(sim, server, db_url, tmp_path)
-    assert first.returncode == 0, first.stderr
-    return [job["jobId"] for job in sim.jobs()]
 
 
 def test_a_refused_job_with_a_readable_id_keeps_job_deletes_on(
     sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
-    ids = _seed(sim, server, db_url, tmp_path)
+    ids = seeded(sim, server, db_url, tmp_path)
     sim.put_job({"jobId": "j" * 3000, "name": "an id no index takes"})
     sim.delete_job(ids[1])
     run = sync(sim, server, db_url, tmp_path)
     assert run.returncode == 0, run.stderr
     assert "1 rejects" in run.stdout
-    assert not _live(engine, schema.finetune_jobs, ids[1])  # the account's deletes went on
-    assert _held_back(engine) == []
+    assert not is_live(engine, schema.finetune_jobs, ids[1])  # the account's deletes went on
+    assert held_back_rows(engine) == []
 
 
 def test_a_job_without_a_readable_id_holds_back_the_account_and_says_so(
     sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
-    ids = _seed(sim, server, db_url, tmp_path)
+    ids = seeded(sim, server, db_url, tmp_path)
     gone_task = sim.tasks(ids[2])[0]["taskId"]
     sim.put_job({"jobId": NUMERIC_JOB, "name": "a numeric id"})
     sim.delete_job(ids[1])
@@ -69,9 +45,9 @@ def test_a_job_without_a_readable_id_holds_back_the_account_and_says_so(
     run = sync(sim, server, db_url, tmp_path, "--metrics-file", str(metrics))
     assert run.returncode == 65, run.stderr
     assert "partial (exit 65)" in run.stdout and "account kept 1" in run.stdout
-    assert _live(engine, schema.finetune_jobs, ids[1])  # held back: it may be the numeric one
-    assert not _live(engine, schema.finetune_tasks, gone_task)  # job scopes still delete
-    assert _held_back(engine) == [(2, "account", "", 1)]
+    assert is_live(engine, schema.finetune_jobs, ids[1])  # held back: it may be the numeric one
+    assert not is_live(engine, schema.finetune_tasks, gone_task)  # job scopes still delete
+    assert held_back_rows(engine) == [(2, "account", "", 1)]
     assert 'qianfan_etl_last_run_held_back_rows{scope_id="",scope_kind="account"} 1.0' in (
         metrics.read_text()
     )
@@ -79,11 +55,11 @@ def test_a_job_without_a_readable_id_holds_back_the_account_and_says_so(
     for restricted in (("--active-only", "--full-every", "24h"), ("--job-id", ids[0])):
         quiet = sync(sim, server, db_url, tmp_path, *restricted)
         assert quiet.returncode == 0, quiet.stderr  # they delete only within what they list
-    assert len(_held_back(engine)) == 1
+    assert len(held_back_rows(engine)) == 1
     sim.remove_added(lambda raw: raw.get("jobId") == NUMERIC_JOB)
     fixed = sync(sim, server, db_url, tmp_path)
     assert fixed.returncode == 0, fixed.stderr
-    assert not _live(engine, schema.finetune_jobs, ids[1])
+    assert not is_live(engine, schema.finetune_jobs, ids[1])
 
 
 def _assert_status_names_it(
@@ -109,7 +85,7 @@ def _assert_status_names_it(
 def test_a_task_without_a_readable_id_holds_back_only_its_job(
     sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
-    ids = _seed(sim, server, db_url, tmp_path)
+    ids = seeded(sim, server, db_url, tmp_path)
     kept, gone = sim.tasks(ids[0])[0]["taskId"], sim.tasks(ids[1])[0]["taskId"]
     sim.put_task(ids[0], {"jobId": ids[0], "runStatus": "Done"})  # no taskId at all
     sim.delete_task(kept)
@@ -117,9 +93,9 @@ def test_a_task_without_a_readable_id_holds_back_only_its_job(
     run = sync(sim, server, db_url, tmp_path)
     assert run.returncode == 65, run.stderr
     assert f"job {ids[0]} kept 1 (1 task(s) listed without a readable taskId)" in run.stdout
-    assert _live(engine, schema.finetune_tasks, kept)
-    assert not _live(engine, schema.finetune_tasks, gone)
-    assert _held_back(engine) == [(2, "job", ids[0], 1)]
+    assert is_live(engine, schema.finetune_tasks, kept)
+    assert not is_live(engine, schema.finetune_tasks, gone)
+    assert held_back_rows(engine) == [(2, "job", ids[0], 1)]
     again = sync(sim, server, db_url, tmp_path)
     assert again.returncode == 65  # loud every run until upstream fixes it
     assert scalar(engine, "SELECT count(*) FROM etl_rejects") == 1  # stored once, by scope+raw
@@ -132,13 +108,13 @@ def test_a_set_aside_record_never_deletes_its_own_stored_row(
     task = sim.tasks(job_id)[0]
     long_id = "t" * 305
     sim.put_task(job_id, {**task, "taskId": long_id})
-    _seed(sim, server, db_url, tmp_path)
-    assert _live(engine, schema.finetune_tasks, long_id)
+    seeded(sim, server, db_url, tmp_path)
+    assert is_live(engine, schema.finetune_tasks, long_id)
     sim.put_task(job_id, {**task, "taskId": long_id, "checkpointList": "broken"})
     run = sync(sim, server, db_url, tmp_path)
     assert run.returncode == 0, run.stderr
     assert "1 rejects" in run.stdout
-    assert _live(engine, schema.finetune_tasks, long_id)
+    assert is_live(engine, schema.finetune_tasks, long_id)
     assert scalar(engine, "SELECT source_id FROM etl_rejects") == long_id
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 
 from etl import schema
 from etl.simulator import Simulator, SimulatorServer
-from tests.harness import scalar, sync
+from tests.harness import held_back_rows, is_live, scalar, seeded, sync
 
 MISSING = object()
 # a number, an object, null, the empty string, and no key at all: none is a readable id
@@ -29,20 +29,6 @@ WATCHED = (*schema.CONTENT_TABLES, schema.etl_rejects)
 
 def _record(key: str, value: Any, **rest: Any) -> dict[str, Any]:
     return rest if value is MISSING else {key: value, **rest}
-
-
-def _live(engine: Engine, table: sa.Table, record_id: str) -> bool:
-    key = next(iter(table.primary_key.columns))
-    with engine.connect() as connection:
-        deleted = connection.execute(sa.select(table.c.deleted_at).where(key == record_id)).one()
-    return deleted[0] is None
-
-
-def _held_back(engine: Engine) -> list[tuple[Any, ...]]:
-    table = schema.etl_held_back_scopes
-    columns = (table.c.run_id, table.c.scope_kind, table.c.scope_id, table.c.held_back)
-    with engine.connect() as connection:
-        return [tuple(row) for row in connection.execute(sa.select(*columns)).all()]
 
 
 def _count_writes(engine: Engine) -> None:
@@ -74,12 +60,6 @@ def _writes(engine: Engine) -> list[tuple[Any, ...]]:
         return sorted(tuple(row) for row in rows)
 
 
-def _seed(sim: Simulator, server: SimulatorServer, db_url: URL, tmp_path: Path) -> list[str]:
-    first = sync(sim, server, db_url, tmp_path)
-    assert first.returncode == 0, first.stderr
-    return [job["jobId"] for job in sim.jobs()]
-
-
 def _then_nothing_new_writes_nothing(
     sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
 ) -> None:
@@ -98,7 +78,7 @@ def test_a_task_with_an_unreadable_id_holds_back_only_its_job(
     engine: Engine,
     tmp_path: Path,
 ) -> None:
-    ids = _seed(sim, server, db_url, tmp_path)
+    ids = seeded(sim, server, db_url, tmp_path)
     kept, gone = sim.tasks(ids[0])[0]["taskId"], sim.tasks(ids[1])[0]["taskId"]
     sim.put_task(ids[0], _record("taskId", UNREADABLE[shape], jobId=ids[0], runStatus="Done"))
     sim.delete_task(kept)
@@ -106,9 +86,9 @@ def test_a_task_with_an_unreadable_id_holds_back_only_its_job(
     run = sync(sim, server, db_url, tmp_path)
     assert run.returncode == 65, run.stderr
     assert f"job {ids[0]} kept 1" in run.stdout
-    assert _live(engine, schema.finetune_tasks, kept)  # it may be the unreadable one
-    assert not _live(engine, schema.finetune_tasks, gone)  # the other jobs still delete
-    assert _held_back(engine) == [(2, "job", ids[0], 1)]
+    assert is_live(engine, schema.finetune_tasks, kept)  # it may be the unreadable one
+    assert not is_live(engine, schema.finetune_tasks, gone)  # the other jobs still delete
+    assert held_back_rows(engine) == [(2, "job", ids[0], 1)]
     assert scalar(engine, "SELECT count(*) FROM etl_rejects WHERE source_id IS NULL") == 1
     _then_nothing_new_writes_nothing(sim, server, db_url, engine, tmp_path)
 
@@ -122,7 +102,7 @@ def test_a_job_with_an_unreadable_id_holds_back_only_the_account(
     engine: Engine,
     tmp_path: Path,
 ) -> None:
-    ids = _seed(sim, server, db_url, tmp_path)
+    ids = seeded(sim, server, db_url, tmp_path)
     gone_task = sim.tasks(ids[2])[0]["taskId"]
     sim.put_job(_record("jobId", UNREADABLE[shape], name="an unreadable id"))
     sim.delete_job(ids[1])
@@ -130,7 +110,7 @@ def test_a_job_with_an_unreadable_id_holds_back_only_the_account(
     run = sync(sim, server, db_url, tmp_path)
     assert run.returncode == 65, run.stderr
     assert "account kept 1" in run.stdout
-    assert _live(engine, schema.finetune_jobs, ids[1])  # it may be the unreadable one
-    assert not _live(engine, schema.finetune_tasks, gone_task)  # job scopes still delete
-    assert _held_back(engine) == [(2, "account", "", 1)]
+    assert is_live(engine, schema.finetune_jobs, ids[1])  # it may be the unreadable one
+    assert not is_live(engine, schema.finetune_tasks, gone_task)  # job scopes still delete
+    assert held_back_rows(engine) == [(2, "account", "", 1)]
     _then_nothing_new_writes_nothing(sim, server, db_url, engine, tmp_path)
