@@ -267,6 +267,13 @@ def run_queries(settings: Settings) -> dict[str, float]:
         return queries.time_shapes(target.url)
 
 
+def report_queries(settings: Settings, url: str | None) -> None:
+    """The queries mode: time an existing database, or a fresh one synced, and print."""
+    timings = queries.time_shapes(url) if url else run_queries(settings)
+    dialect = sa_dialect(url) if url else settings.database
+    queries.print_table(timings, settings.size, dialect)
+
+
 def machine(settings: Settings) -> dict[str, Any]:
     """Where and on what code the numbers were measured."""
     return {
@@ -356,9 +363,7 @@ def main(
         size, latency_ms, concurrency, kind, postgres, timeout, steady_state, not no_task_details
     )
     if query_mode:
-        timings = queries.time_shapes(url) if url else run_queries(settings)
-        dialect = sa_dialect(url) if url else kind
-        queries.print_table(timings, size, dialect)
+        report_queries(settings, url)
         return
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:

@@ -148,16 +148,19 @@ def _columns() -> list[sa.Column[Any]]:
             comment="Lowest perplexity over the task's checkpoints. NULL when none is finite."
             + KEPT,
         ),
-        *(
-            sa.Column(
-                column,
-                sa.Float(),
-                comment=(
-                    f"{name} in percent (its finetune_task_metrics.value_percent). NULL when "
-                    "the task has no such metric or it is not a number. Kept by the load with "
-                    "its metrics."
-                ),
-            )
-            for column, name in METRICS.items()
-        ),
+        *_metric_columns(),
+    ]
+
+
+def _metric_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column(
+            column,
+            sa.Float(),
+            comment=(
+                f"{name} in percent (its finetune_task_metrics.value_percent). NULL when the "
+                "task has no such metric or it is not a number. Kept by the load with its metrics."
+            ),
+        )
+        for column, name in METRICS.items()
     ]
