@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from bench import database, report, steady, targets
+from bench import database, queries, report, steady, targets
 from bench.measure import (
     QIANFAN_ETL,
     ROOT,
@@ -252,6 +252,28 @@ def run_steady(settings: Settings) -> Results:
     return Results(settings.as_json(), machine(settings), counts, phases)
 
 
+def run_queries(settings: Settings) -> dict[str, float]:
+    """Sync a fresh database at the size asked for, then time the dashboards' queries on it."""
+    with (
+        tempfile.TemporaryDirectory(prefix="qfetl-bench-") as tmp,
+        SimulatorProcess(SIZES[settings.size], TASKS_PER_JOB, CHECKPOINTS, 0.0) as sim,
+        target_database(settings, Path(tmp)) as target,
+    ):
+        cwd, env = Path(tmp), child_env(sim, target.url)
+        run_quietly([QIANFAN_ETL, "db", "upgrade"], env, cwd)
+        progress(f"full sync ({SIZES[settings.size]} jobs)")
+        sync_phase(settings, sim, env, cwd)
+        progress("queries")
+        return queries.time_shapes(target.url)
+
+
+def report_queries(settings: Settings, url: str | None) -> None:
+    """The queries mode: time an existing database, or a fresh one synced, and print."""
+    timings = queries.time_shapes(url) if url else run_queries(settings)
+    dialect = sa_dialect(url) if url else settings.database
+    queries.print_table(timings, settings.size, dialect)
+
+
 def machine(settings: Settings) -> dict[str, Any]:
     """Where and on what code the numbers were measured."""
     return {
@@ -263,6 +285,11 @@ def machine(settings: Settings) -> dict[str, Any]:
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def sa_dialect(url: str) -> str:
+    """postgresql or sqlite, from a database URL."""
+    return "sqlite" if url.startswith("sqlite") else "postgresql"
 
 
 def git(*args: str) -> str:
@@ -301,6 +328,13 @@ def progress(message: str) -> None:
     help="Sync and fetch floor without the detail call per Running task (like-for-like with "
     "releases before live progress).",
 )
+@click.option(
+    "--queries",
+    "query_mode",
+    is_flag=True,
+    help="Time the dashboards' query shapes (bench/queries.py) instead of the sync.",
+)
+@click.option("--url", help="With --queries: time this existing database, loading nothing.")
 def main(
     size: str,
     latency_ms: float,
@@ -311,6 +345,8 @@ def main(
     timeout: float,
     steady_state: bool,
     no_task_details: bool,
+    query_mode: bool,
+    url: str | None,
 ) -> None:
     """Time full and no-op `qianfan-etl sync` against the simulator and the fetch/COPY floors.
 
@@ -321,10 +357,14 @@ def main(
     Example:
         make bench ARGS='--size M --latency-ms 20'
         make bench ARGS='--size M --latency-ms 50 --steady-state'
+        make bench ARGS='--size M --queries'
     """
     settings = Settings(
         size, latency_ms, concurrency, kind, postgres, timeout, steady_state, not no_task_details
     )
+    if query_mode:
+        report_queries(settings, url)
+        return
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
         results = run_steady(settings) if steady_state else run(settings)

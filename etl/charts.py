@@ -115,9 +115,9 @@ def curve_tasks(connection: Connection, selection: Selection) -> list[dict[str, 
     """The tasks whose curves are drawn: the latest finished ones with checkpoints (any status
     when jobs are named), at most `selection.tasks`."""
     t = finetune_tasks.c
-    has_checkpoints = sa.exists().where(finetune_task_checkpoints.c.task_id == t.task_id)
+    # the count the load keeps with the checkpoints: no probe of the checkpoint table per task
     query = sa.select(t.task_id, t.job_id, t.job_name, t.run_status).where(
-        *_live_tasks(selection), has_checkpoints
+        *_live_tasks(selection), t.checkpoint_count > 0
     )
     if not selection.job_ids:
         query = query.where(t.run_status == DONE)

@@ -33,6 +33,7 @@ from etl.schema import (
     finetune_tasks,
 )
 from etl.scopes import HeldBack
+from etl.summary import summarised
 from etl.transform import TERMINAL_STATUSES, Reject, TaskRows, Unchanged
 
 log = logging.getLogger(__name__)
@@ -425,9 +426,9 @@ def _same_job(job: dict[str, Any], stored: dict[str, sa.Row[Any]]) -> bool:
 def _save_tasks(
     connection: Connection, changed: list[TaskRows], stored: dict[str, sa.Row[Any]], stamp: datetime
 ) -> int:
-    """Save changed tasks, replace their children, and clear the progress of those that
-    stopped running."""
-    tasks = [rows.task for rows in changed]
+    """Save changed tasks with the summaries of their children, replace those children, and
+    clear the progress of those that stopped running."""
+    tasks = [rows.task | summarised(rows) for rows in changed]
     raw_json = {rows.task["task_id"]: rows.raw_json for rows in changed if rows.raw_json}
     return (
         _save(connection, finetune_tasks, tasks, stored, stamp, raw_json)

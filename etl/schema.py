@@ -16,6 +16,20 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 # jsonb on Postgres, JSON text elsewhere.
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
 Timestamp = sa.DateTime(timezone=True)
+# Partial indexes over live tasks (deleted_at IS NULL), each with the columns its panels read,
+# so that they answer without the table. deleted_at (NULL in all of them) ends each one: SQLite
+# counts a partial index as covering only if it holds the column of its own WHERE.
+LIVE_TASK_INDEXES = {
+    "ix_finetune_tasks_live_create_time": ("create_time", "run_status", "deleted_at"),
+    "ix_finetune_tasks_live_status_scale": (
+        "run_status",
+        "parameter_scale",
+        "final_training_loss",
+        "deleted_at",
+    ),
+    "ix_finetune_tasks_live_model": ("model", "bleu_4", "task_id", "deleted_at"),
+    "ix_finetune_tasks_live_checkpoint_count": ("checkpoint_count", "task_id", "deleted_at"),
+}
 
 finetune_jobs = sa.Table(
     "finetune_jobs",
@@ -249,6 +263,65 @@ finetune_tasks = sa.Table(
             "same values leaves it). NULL when never fetched, and again once the task leaves "
             "Running."
         ),
+    ),
+    # Kept summaries of the task's children, written by the load in the transaction that
+    # replaces them, so the BI views read one row per task instead of every checkpoint.
+    sa.Column(
+        "checkpoint_count",
+        sa.BigInteger,
+        nullable=False,
+        server_default="0",
+        comment=("Checkpoints the task has (0 when none). Kept by the load with its checkpoints."),
+    ),
+    sa.Column(
+        "last_step",
+        sa.BigInteger,
+        comment=(
+            "Highest checkpoint step. NULL when the task has no checkpoint. Kept by the load "
+            "with its checkpoints."
+        ),
+    ),
+    sa.Column(
+        "final_training_loss",
+        sa.Float,
+        comment=(
+            "Training loss at last_step. NULL when the task has no checkpoint or no finite loss "
+            "there. Kept by the load with its checkpoints."
+        ),
+    ),
+    sa.Column(
+        "min_perplexity",
+        sa.Float,
+        comment=(
+            "Lowest perplexity over the task's checkpoints. NULL when none is finite. Kept by "
+            "the load with its checkpoints."
+        ),
+    ),
+    *(
+        sa.Column(
+            column,
+            sa.Float,
+            comment=(
+                f"{name} in percent (its finetune_task_metrics.value_percent). NULL when the "
+                "task has no such metric or it is not a number. Kept by the load with its metrics."
+            ),
+        )
+        for column, name in (
+            ("bleu_4", "BLEU-4"),
+            ("rouge_1", "ROUGE-1"),
+            ("rouge_2", "ROUGE-2"),
+            ("rouge_l", "ROUGE-L"),
+        )
+    ),
+    # What dashboards filter and sort live tasks by (README, Performance).
+    *(
+        sa.Index(
+            name,
+            *columns,
+            postgresql_where=sa.text("deleted_at IS NULL"),
+            sqlite_where=sa.text("deleted_at IS NULL"),
+        )
+        for name, columns in LIVE_TASK_INDEXES.items()
     ),
     comment=(
         "Fine-tuning tasks (runs) of every job (DescribeFineTuningTasks), one row per task. A row "

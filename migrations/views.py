@@ -1,6 +1,6 @@
 """The BI views as the code knows them now: their SQL, and their descriptions.
 
-The SQL is that of the newest revision that changed a view (0005): revisions never import this
+The SQL is that of the newest revision that changed a view (0008): revisions never import this
 module, which reads etl/schema.py; each one creates its views from a frozen copy named for it
 (migrations/frozen/views_NNNN.py). A revision that changes a view writes its own copy, and
 this module then points at it. The descriptions are made from etl/schema.py's comments.
@@ -8,7 +8,8 @@ this module then points at it. The descriptions are made from etl/schema.py's co
 
 from etl.schema import metadata
 from migrations.frozen.views_0001 import METRIC_COLUMNS
-from migrations.frozen.views_0005 import LIVE_VIEWS, VIEW_NAMES, statements
+from migrations.frozen.views_0005 import LIVE_VIEWS
+from migrations.frozen.views_0008 import VIEW_NAMES, statements
 
 __all__ = ["VIEW_DESCRIPTIONS", "VIEW_NAMES", "statements"]
 

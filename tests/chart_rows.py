@@ -11,6 +11,7 @@ from etl.qianfan import QianfanClient
 from etl.schema import finetune_jobs, finetune_tasks
 from etl.simulator import Simulator, SimulatorServer
 from etl.sync import SyncOptions, sync
+from tests.harness import SUMMARY_ORACLE
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -43,3 +44,11 @@ def when(task: dict[str, Any], key: str) -> datetime | None:
     if value is None or value.startswith("0000"):
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def summarise(connection: Connection) -> None:
+    """Write each task's kept summaries from the children inserted beside it, as the loader
+    writes them with the children."""
+    on = "c.task_id = finetune_tasks.task_id"
+    sets = ", ".join(f"{column} = ({sql.format(on=on)})" for column, sql in SUMMARY_ORACLE.items())
+    connection.execute(sa.text(f"UPDATE finetune_tasks SET {sets}"))

@@ -247,9 +247,56 @@ CAPTURED: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE
 
 
 def snapshot(engine: Engine) -> Snapshot:
-    """Every contract table as sorted plain rows, without run metadata and load timestamps."""
+    """Every contract table as sorted plain rows, without run metadata and load timestamps;
+    every kept task summary is first checked against the children it summarises."""
+    assert_summaries_true(engine)
     with engine.connect() as connection:
         return {table.name: _rows(connection, table) for table in ORACLE_TABLES}
+
+
+# Each kept summary column of finetune_tasks, and the aggregate of its children it must equal
+# (written here from the children, independently of etl.summary).
+SUMMARY_ORACLE = {
+    "checkpoint_count": "SELECT COUNT(*) FROM finetune_task_checkpoints c WHERE {on}",
+    "last_step": "SELECT MAX(step) FROM finetune_task_checkpoints c WHERE {on}",
+    "final_training_loss": (
+        "SELECT c.training_loss FROM finetune_task_checkpoints c WHERE {on} "
+        "ORDER BY c.step DESC LIMIT 1"
+    ),
+    "min_perplexity": "SELECT MIN(perplexity) FROM finetune_task_checkpoints c WHERE {on}",
+    **{
+        column: "SELECT value_percent FROM finetune_task_metrics c WHERE {on} "
+        f"AND c.metric_name = '{name}'"
+        for column, name in (
+            ("bleu_4", "BLEU-4"),
+            ("rouge_1", "ROUGE-1"),
+            ("rouge_2", "ROUGE-2"),
+            ("rouge_l", "ROUGE-L"),
+        )
+    },
+}
+
+
+def summary_disagreements(engine: Engine) -> list[tuple[str, str, Any, Any]]:
+    """(task, column, kept, aggregate) for every kept summary that differs from its children."""
+    on = "c.task_id = t.task_id"
+    kept = ", ".join(f"t.{column}" for column in SUMMARY_ORACLE)
+    computed = ", ".join(f"({sql.format(on=on)})" for sql in SUMMARY_ORACLE.values())
+    query = f"SELECT t.task_id, {kept}, {computed} FROM finetune_tasks t"
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text(query)).all()
+    width = len(SUMMARY_ORACLE)
+    return [
+        (row[0], column, row[1 + i], row[1 + width + i])
+        for row in rows
+        for i, column in enumerate(SUMMARY_ORACLE)
+        if row[1 + i] != row[1 + width + i]
+    ]
+
+
+def assert_summaries_true(engine: Engine) -> None:
+    """Every task's kept summary equals the aggregate of its stored children."""
+    assert summary_disagreements(engine) == []
 
 
 def _rows(connection: sa.Connection, table: sa.Table) -> list[Row]:

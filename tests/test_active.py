@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 
 from etl import db, schema
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
-from tests.harness import cli_env, invoke_cli, scratch_database, snapshot
+from tests.harness import cli_env, invoke_cli, scratch_database, snapshot, summary_disagreements
 
 TASK = "DescribeFineTuningTask"
 FAST = {"QIANFAN_ETL_API_ATTEMPTS": "2", "QIANFAN_ETL_API_RETRY_WAIT": "0"}
@@ -429,6 +429,7 @@ def test_any_sequence_of_active_only_runs_then_a_full_run_equals_a_lone_full_run
         for step, (change, pick) in enumerate(steps):
             if change == "run":
                 assert etl.sync("--active-only")["mode"] == "active"
+                assert summary_disagreements(etl.engine) == []  # kept with the children
             else:
                 change_upstream(sim, step, change, pick, untouched)
         etl.age_full_runs(hours=25)

@@ -18,7 +18,7 @@ from etl.schema import (
     finetune_task_metrics,
 )
 from etl.simulator import Simulator, SimulatorServer
-from tests.chart_rows import NOW, insert_task, load, sim_tasks, when
+from tests.chart_rows import NOW, insert_task, load, sim_tasks, summarise, when
 
 METRIC_COLUMNS = {name: column for column, name in charts.METRICS.items()}
 
@@ -215,6 +215,7 @@ def test_nulls_read_as_unknown_and_are_left_out_of_figures(engine: Engine) -> No
             finetune_task_checkpoints.insert(),
             [{"task_id": "done", "step": 1, "training_loss": None, "perplexity": None}],
         )
+        summarise(connection)
         selection = Selection()
         assert charts.task_counts(connection, selection) == {charts.UNKNOWN: 1, "Done": 1}
         assert charts.metric_means(connection, selection) == []
@@ -268,6 +269,7 @@ def test_long_curves_are_thinned_to_the_limit(engine: Engine) -> None:
                 for s in range(1, 1001)
             ],
         )
+        summarise(connection)
         steps = [row["step"] for row in charts.loss_curves(connection, Selection(), max_points=100)]
     assert steps == [*range(1, 1001, 10), 1000]
 
@@ -288,6 +290,7 @@ def test_category_charts_keep_the_largest_categories(engine: Engine) -> None:
                     task_id=f"d{n}", metric_name="BLEU-4", value_percent=1.0
                 )
             )
+        summarise(connection)
         selection = Selection()
         failures = charts.failures_by_code(connection, selection)
         scales = charts.durations_by_scale(connection, selection)

@@ -14,7 +14,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, make_url
 
-from etl import db
+from etl import db, load, transform
 from etl.schema import metadata
 from migrations import views
 from tests.harness import admin, admin_url, code_descriptions, descriptions, invoke_cli
@@ -228,34 +228,27 @@ def test_db_commands(tmp_path: Path) -> None:
 
 
 def test_views_compute_what_dashboards_chart(engine: sa.Engine) -> None:
+    """Through the load, which keeps the task's summaries with its children."""
+    job = transform.job_to_row({"jobId": "job-1", "name": "j"})
+    task = transform.task_to_rows(
+        {
+            "taskId": "task-1",
+            "runStatus": "Done",
+            "createTime": "2024-01-01T00:00:00Z",
+            "finishTime": "2024-01-01T01:30:00Z",
+            "metrics": {"BLEU-4": "17.03%", "ROUGE-L": "30.5%"},
+            "checkpointList": [
+                {"step": 10, "trainingLoss": 2.5, "perplexity": 9.0},
+                {"step": 25, "trainingLoss": 1.25, "perplexity": 4.5},
+                {"step": 20, "trainingLoss": 1.5, "perplexity": 4.0},
+            ],
+        },
+        "job-1",
+    )
+    assert isinstance(job, dict) and isinstance(task, transform.TaskRows)
     with engine.begin() as connection:
-        connection.execute(
-            sa.text(
-                "INSERT INTO finetune_jobs (job_id, name, raw, content_hash, first_seen_at, "
-                "last_changed_at) VALUES ('job-1', 'j', '{}', 'h', :t, :t)"
-            ),
-            {"t": "2024-01-01 00:00:00"},
-        )
-        connection.execute(
-            sa.text(
-                "INSERT INTO finetune_tasks (task_id, job_id, run_status, create_time, "
-                "finish_time, raw, content_hash, first_seen_at, last_changed_at) VALUES "
-                "('task-1', 'job-1', 'Done', :c, :f, '{}', 'h', :c, :c)"
-            ),
-            {"c": "2024-01-01 00:00:00", "f": "2024-01-01 01:30:00"},
-        )
-        connection.execute(
-            sa.text(
-                "INSERT INTO finetune_task_metrics VALUES "
-                "('task-1', 'BLEU-4', 17.03, '17.03%'), ('task-1', 'ROUGE-L', 30.5, '30.5%')"
-            )
-        )
-        connection.execute(
-            sa.text(
-                "INSERT INTO finetune_task_checkpoints VALUES "
-                "('task-1', 10, 2.5, 9.0), ('task-1', 20, 1.5, 4.0), ('task-1', 25, 1.25, 4.5)"
-            )
-        )
+        run_id = load.start_run(connection)
+        load.write_batch(connection, load.Batch(jobs=[job], tasks=[task]), run_id, {})
         row = connection.execute(sa.text("SELECT * FROM finetune_task_overview")).mappings().one()
     assert row["job_name"] == "j" and row["run_status"] == "Done"
     assert float(row["duration_seconds"]) == 5400.0

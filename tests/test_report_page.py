@@ -24,7 +24,7 @@ from etl.charts import Selection
 from etl.cli import cli
 from etl.schema import finetune_task_checkpoints, finetune_task_metrics
 from etl.simulator import Simulator, SimulatorServer
-from tests.chart_rows import NOW, insert_task, load, sim_tasks, when
+from tests.chart_rows import NOW, insert_task, load, sim_tasks, summarise, when
 from tests.chromium import Page, browser, find_chromium
 from tests.harness import run_cli
 
@@ -162,6 +162,7 @@ def hostile_rows(engine: Engine) -> None:
                     for step, loss in [(1, 2.0), (2, nan), (3, 1.0)]
                 ],
             )
+        summarise(connection)
         connection.execute(
             sa.text("INSERT INTO etl_runs (started_at, status, error) VALUES (:t, :s, :e)"),
             {"t": NOW, "s": HOSTILE, "e": HOSTILE},
@@ -284,6 +285,7 @@ def huge_rows(engine: Engine) -> None:
                 finetune_task_checkpoints.insert(),
                 [{"task_id": task_id, "step": s, "training_loss": 3.0 / s} for s in range(1, 2001)],
             )
+        summarise(connection)
         connection.execute(
             sa.text("INSERT INTO etl_runs (started_at, status, error) VALUES (:t, 'failed', :e)"),
             {"t": NOW, "e": huge},
@@ -332,6 +334,7 @@ def running_rows(engine: Engine, now: datetime) -> None:
                 finetune_task_checkpoints.insert(),
                 [{"task_id": f"r{n:02d}", "step": s, "training_loss": 3 / s} for s in steps],
             )
+        summarise(connection)
         stale = {"run_status": "Running", "create_time": now, "run_progress": 60.0}
         insert_task(connection, "gone", deleted_at=now, **stale)
         insert_task(connection, "done", **(stale | {"run_status": "Done"}))
@@ -432,6 +435,7 @@ def test_loss_curves_of_200_and_2000_steps_both_span_the_axis(
                     for s in range(10, last + 1, 10)
                 ],
             )
+        summarise(connection)
     output = tmp_path / "steps.html"
     assert report(sqlite_url, output).exit_code == 0
     rendered(chromium, output)
