@@ -25,6 +25,9 @@ from etl.simulator_config import JOB_FAULTS, PAGINATION_FAULTS, SimulatorConfig
 from etl.transform import faithful_json
 
 API_PATH = "/v2/finetuning"
+# Not part of the API: what the simulator counted, for tests and the benchmark (GET; `?reset=1`
+# starts the count afresh). The API's own path stays as faithful as before.
+STATS_PATH = "/simulator/stats"
 ACTIONS = ("DescribeFineTuningJobs", "DescribeFineTuningTasks", "DescribeFineTuningTask")
 SENTINEL_TIME = "0000-00-00T00:00:00Z"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -454,6 +457,49 @@ def verify_authorization(
 # --- the simulator: dataset + faults + observation behind one lock ---
 
 
+class CallStats:
+    """Requests received on the API path, counted by action, and how many were in flight at
+    once (from the request read to the response written, latency included)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self.max_in_flight = 0
+        self.max_by_action: dict[str, int] = {}
+
+    def reset(self) -> None:
+        """Start counting afresh (requests in flight stay counted as in flight)."""
+        with self._lock:
+            self.calls, self.max_by_action = {}, {}
+            self.max_in_flight = sum(self._in_flight.values())
+
+    def enter(self, action: str) -> None:
+        """A request for `action` arrived."""
+        with self._lock:
+            self.calls[action] = self.calls.get(action, 0) + 1
+            self._in_flight[action] = self._in_flight.get(action, 0) + 1
+            self.max_in_flight = max(self.max_in_flight, sum(self._in_flight.values()))
+            busy = max(self.max_by_action.get(action, 0), self._in_flight[action])
+            self.max_by_action[action] = busy
+
+    def leave(self, action: str) -> None:
+        """The request for `action` was answered (or its connection reset)."""
+        with self._lock:
+            self._in_flight[action] -= 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counts as JSON: calls by action, their total, the most in flight at once."""
+        with self._lock:
+            return {
+                "calls": dict(self.calls),
+                "total": sum(self.calls.values()),
+                "in_flight": sum(self._in_flight.values()),
+                "max_in_flight": self.max_in_flight,
+                "max_in_flight_by_action": dict(self.max_by_action),
+            }
+
+
 class Simulator:
     """The fake Qianfan account; its methods are the test oracle and the upstream changes."""
 
@@ -475,6 +521,7 @@ class Simulator:
         # job id -> fault of that job's task listing (JOB_FAULTS; "slow" as "slow:SECONDS")
         self.job_faults: dict[str, str] = {}
         self._progress: dict[str, Any] = {}
+        self.stats = CallStats()
 
     @property
     def api_calls(self) -> int:
@@ -707,6 +754,30 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, allowed: bool) -> None:
         sim = cast(_Server, self.server).simulator
+        if urlsplit(self.path).path == STATS_PATH:
+            return self._send_stats(sim)
+        action = dict(parse_qsl(urlsplit(self.path).query)).get("Action") or ""
+        sim.stats.enter(action)
+        try:
+            self._serve(sim, allowed)
+        finally:
+            sim.stats.leave(action)
+
+    def _send_stats(self, sim: Simulator) -> None:
+        """The call counts, unrecorded and without latency; `?reset=1` resets them after."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 0:
+            self.rfile.read(length)
+        data = json.dumps(sim.stats.snapshot()).encode()
+        if dict(parse_qsl(urlsplit(self.path).query)).get("reset"):
+            sim.stats.reset()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _serve(self, sim: Simulator, allowed: bool) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         payload = self.rfile.read(length) if length > 0 else b""
         url = urlsplit(self.path)
