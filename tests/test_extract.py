@@ -1,24 +1,26 @@
 """fetch_account: every job with all its tasks, concurrently, against the simulator."""
 
 from collections.abc import Iterator
-from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import requests
 
 from etl.errors import AuthError, ConfigError, TransientError
 from etl.extract import (
     BREAKER_FAILURES,
     JobListing,
     WalkStats,
-    _Breaker,
-    _completed,
+    _none_stored,
+    _Settings,
+    _Walk,
     fetch_account,
 )
 from etl.qianfan import QianfanClient, RetryPolicy
-from etl.simulator import Fault, Simulator, SimulatorConfig
+from etl.simulator import STATS_PATH, Fault, Simulator, SimulatorConfig
 
 TASKS = "DescribeFineTuningTasks"
+DETAIL = "DescribeFineTuningTask"
 
 
 @pytest.fixture
@@ -179,18 +181,35 @@ def test_a_success_between_failures_resets_the_breaker(
 
 
 def test_listings_finished_beside_a_fatal_error_are_yielded_before_it() -> None:
-    """When the wait hands back many finished jobs and one of them raised (403: the run ends),
-    every listing that did finish is yielded first, so the run commits all it fetched."""
+    """When many jobs are done and the walk then meets an error that ends it (403 on the job
+    list's second page), every listing that was done is yielded first, so the run commits all
+    it fetched."""
+
+    def pages() -> Iterator[list[Any]]:
+        yield [{"name": f"job {n} without an id"} for n in range(30)]
+        raise AuthError("HTTP 403 AccessDenied")
+
     for _ in range(5):
-        pending: set[Future[JobListing]] = set()
-        for n in range(30):
-            future: Future[JobListing] = Future()
-            future.set_result(JobListing({"jobId": f"job-{n}"}, []))
-            pending.add(future)
-        refused: Future[JobListing] = Future()
-        refused.set_exception(AuthError("HTTP 403 AccessDenied"))
-        pending.add(refused)
+        settings = _Settings(4, None, WalkStats(), True, _none_stored)
         seen: list[JobListing] = []
-        with pytest.raises(AuthError):
-            seen.extend(_completed(pending, True, WalkStats(), _Breaker()))
+        with pytest.raises(AuthError), _Walk(cast(QianfanClient, None), pages(), settings) as walk:
+            seen.extend(walk.listings())
         assert len(seen) == 30
+
+
+def test_one_jobs_detail_calls_run_beside_each_other_in_the_pool() -> None:
+    """Task pages and detail calls are units of one pool: the 30 Running tasks of a lone job
+    are asked for side by side (as the simulator counts them), not one after another."""
+    sim = Simulator(SimulatorConfig(jobs=1, tasks_per_job=30, checkpoints=1, latency_ms=20))
+    job_id = sim.jobs()[0]["jobId"]
+    for task in sim.tasks(job_id):
+        sim.put_task(job_id, {**task, "runStatus": "Running"})
+    with (
+        sim.serve() as server,
+        QianfanClient(server.url, "sim-access-key", "sim-secret-key") as client,
+    ):
+        [listing] = fetch_account(client, concurrency=4)
+        stats = requests.get(server.url + STATS_PATH, timeout=5).json()
+    assert len(listing.details) == 30 and listing.details_failed == 0
+    assert stats["calls"] == {"DescribeFineTuningJobs": 1, TASKS: 1, DETAIL: 30}
+    assert stats["max_in_flight_by_action"][DETAIL] == stats["max_in_flight"] == 4
