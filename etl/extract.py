@@ -241,12 +241,15 @@ Unit = Callable[[], None]
 
 class _Walk:
     """The pool: worker threads taking units (one API call each) from one queue; the jobs they
-    complete wait in `_done` for the consumer. One condition guards all of the state."""
+    complete wait in `_done` for the consumer. One lock guards all of the state; workers and
+    the consumer wait on conditions of their own, each woken only as far as there is work."""
 
     def __init__(self, client: QianfanClient, pages: Iterator[list[Any]], settings: _Settings):
         self._client, self._settings = client, settings
         self._max_open = OPEN_JOBS_PER_WORKER * settings.concurrency
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the workers wait on it for units
+        self._handed = threading.Condition(lock)  # the consumer waits on it for jobs
         self._job_pages: Iterator[list[Any]] | None = pages
         self._listing_jobs = False  # a page of the job list is being fetched
         self._unstarted: deque[Any] = deque()
@@ -275,6 +278,7 @@ class _Walk:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._handed.notify_all()
         if not stopping.requested():
             for thread in self._threads:
                 thread.join()
@@ -294,12 +298,12 @@ class _Walk:
         """The jobs completed so far (waiting for one), [] at the end; raise the walk's error."""
         with self._cond:
             while not self._done and self._error is None and not self._finished():
-                self._cond.wait(WAIT_SLICE)
+                self._handed.wait(WAIT_SLICE)
             if self._done:
                 batch = list(self._done)
                 self._done.clear()
                 self._open -= len(batch)
-                self._cond.notify_all()
+                self._cond.notify(len(batch))  # room for as many new jobs
                 return batch
             if self._error is not None:
                 raise self._error
@@ -354,6 +358,7 @@ class _Walk:
             for job in page or []:
                 self._admit(job)
             self._cond.notify_all()
+            self._handed.notify_all()
 
     def _admit(self, job: Any) -> None:
         """A listed job: handed on at once without a usable id (to be rejected), passed over if
@@ -422,7 +427,7 @@ class _Walk:
         """Queue a job's follow-up units (the lock is held)."""
         job.units += len(units)
         self._ready.extend(units)
-        self._cond.notify_all()
+        self._cond.notify(len(units))
 
     def _unit_done(self, job: _Job) -> None:
         """One unit of a job ended; the last one hands the whole job on."""
@@ -439,7 +444,8 @@ class _Walk:
                 self._breaker.note(listing.failure)
             except TransientError as exc:
                 self._error = exc
-            self._cond.notify_all()
+                self._cond.notify_all()
+            self._handed.notify()
 
     def _fail(self, exc: BaseException) -> None:
         """End the walk with this error (the first one wins)."""
@@ -447,6 +453,7 @@ class _Walk:
             if self._error is None:
                 self._error = exc
             self._cond.notify_all()
+            self._handed.notify_all()
 
 
 def _failure(job_id: str, exc: EtlError) -> JobFailure:
