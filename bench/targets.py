@@ -56,11 +56,12 @@ def latency_target(results: Results, key: str) -> Target:
     phase = _phase(results, key)
     ideal = (phase.api_calls or 0) * latency_s / results.settings["concurrency"]
     ratio = phase.wall_s / ideal
-    busiest = phase.details.get("simulator_calls", {}).get("max_in_flight")
+    calls = phase.details.get("simulator_calls", {})
+    mean = calls.get("busy_s", 0.0) / phase.wall_s
     measured = (
         f"{phase.wall_s:.2f} s / ({phase.api_calls} calls x {latency_s * 1000:g} ms / "
-        f"{results.settings['concurrency']}) {ideal:.2f} s = {ratio:.2f}x, "
-        f"at most {busiest} in flight"
+        f"{results.settings['concurrency']}) {ideal:.2f} s = {ratio:.2f}x; in flight: "
+        f"{mean:.1f} on average, {calls.get('max_in_flight')} at most"
     )
     return Target(goal, measured, ratio <= LATENCY_FACTOR)
 

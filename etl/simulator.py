@@ -489,12 +489,14 @@ class CallStats:
         self.calls: dict[str, int] = {}
         self.max_in_flight = 0
         self.max_by_action: dict[str, int] = {}
+        self.busy_s = 0.0  # the requests' seconds, summed: / wall time = the mean in flight
 
     def reset(self) -> None:
         """Start counting afresh (requests in flight stay counted as in flight)."""
         with self._lock:
             self.calls, self.max_by_action = {}, {}
             self.max_in_flight = sum(self._in_flight.values())
+            self.busy_s = 0.0
 
     def enter(self, action: str) -> None:
         """A request for `action` arrived."""
@@ -505,10 +507,11 @@ class CallStats:
             busy = max(self.max_by_action.get(action, 0), self._in_flight[action])
             self.max_by_action[action] = busy
 
-    def leave(self, action: str) -> None:
-        """The request for `action` was answered (or its connection reset)."""
+    def leave(self, action: str, seconds: float) -> None:
+        """The request for `action` was answered (or its connection reset) after `seconds`."""
         with self._lock:
             self._in_flight[action] -= 1
+            self.busy_s += seconds
 
     def snapshot(self) -> dict[str, Any]:
         """The counts as JSON: calls by action, their total, the most in flight at once."""
@@ -519,6 +522,7 @@ class CallStats:
                 "in_flight": sum(self._in_flight.values()),
                 "max_in_flight": self.max_in_flight,
                 "max_in_flight_by_action": dict(self.max_by_action),
+                "busy_s": self.busy_s,
             }
 
 
@@ -780,10 +784,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_stats(sim)
         action = dict(parse_qsl(urlsplit(self.path).query)).get("Action") or ""
         sim.stats.enter(action)
+        began = time.monotonic()
         try:
             self._serve(sim, allowed)
         finally:
-            sim.stats.leave(action)
+            sim.stats.leave(action, time.monotonic() - began)
 
     def _send_stats(self, sim: Simulator) -> None:
         """The call counts, unrecorded and without latency; `?reset=1` resets them after."""
