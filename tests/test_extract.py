@@ -1,5 +1,6 @@
 """fetch_account: every job with all its tasks, concurrently, against the simulator."""
 
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -9,6 +10,7 @@ import requests
 from etl.errors import AuthError, ConfigError, TransientError
 from etl.extract import (
     BREAKER_FAILURES,
+    OPEN_JOBS_PER_WORKER,
     JobListing,
     WalkStats,
     _none_stored,
@@ -213,3 +215,30 @@ def test_one_jobs_detail_calls_run_beside_each_other_in_the_pool() -> None:
     assert len(listing.details) == 30 and listing.details_failed == 0
     assert stats["calls"] == {"DescribeFineTuningJobs": 1, TASKS: 1, DETAIL: 30}
     assert stats["max_in_flight_by_action"][DETAIL] == stats["max_in_flight"] == 4
+
+
+def test_the_walk_goes_on_while_the_consumer_is_busy_as_far_as_its_bound() -> None:
+    """While the consumer holds on to its first listing (the writer committing a batch), the
+    workers go on through the next jobs, up to OPEN_JOBS_PER_WORKER per worker and no further:
+    calls decoupled from consumption, memory bounded."""
+    sim = Simulator(SimulatorConfig(jobs=150, tasks_per_job=1, checkpoints=0, running_jobs=0))
+    bound = OPEN_JOBS_PER_WORKER * 2
+    with (
+        sim.serve() as server,
+        QianfanClient(server.url, "sim-access-key", "sim-secret-key") as client,
+    ):
+        listings = fetch_account(client, concurrency=2)
+        next(listings)
+        deadline = time.monotonic() + 30
+        while task_pages(sim) < bound and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        # the bound, plus the few jobs the consumer took with its first listing
+        assert bound <= task_pages(sim) < 2 * bound
+        assert len(list(listings)) == 149
+    assert task_pages(sim) == 150
+
+
+def task_pages(sim: Simulator) -> int:
+    """Task pages the simulator was asked for so far."""
+    return sum(1 for request in list(sim.requests) if request.action == TASKS)
