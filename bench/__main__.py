@@ -108,11 +108,14 @@ def child_env(sim: SimulatorProcess, url: str) -> dict[str, str]:
 
 def run_with_simulator(
     argv: list[str], settings: Settings, sim: SimulatorProcess, env: dict[str, str], cwd: Path
-) -> tuple[Measured, float]:
-    """Run one measured phase against the simulator; also the simulator's CPU seconds in it."""
+) -> tuple[Measured, dict[str, Any]]:
+    """Run one measured phase against the simulator; also the simulator's CPU seconds in it
+    and the calls it received (counted by the simulator, not by the client)."""
     before = sim.cpu_seconds()
+    sim.call_stats(reset=True)
     measured = run_measured(argv, env, cwd, settings.timeout)
-    return measured, sim.cpu_seconds() - before
+    calls = sim.call_stats()
+    return measured, {"simulator_cpu_s": sim.cpu_seconds() - before, "simulator_calls": calls}
 
 
 def phase_of(measured: Measured, **figures: Any) -> Phase:
@@ -126,14 +129,14 @@ def sync_phase(
     """One measured `qianfan-etl sync ARGS`, with its summary line."""
     argv = [QIANFAN_ETL, "sync", "--log-format=json", f"--concurrency={settings.concurrency}"]
     argv += args
-    measured, sim_cpu = run_with_simulator(argv, settings, sim, env, cwd)
+    measured, seen = run_with_simulator(argv, settings, sim, env, cwd)
     summary = summary_line(measured.stdout)
     return phase_of(
         measured,
-        api_calls=summary["api_calls"],
+        api_calls=seen["simulator_calls"]["total"],
         tasks=summary["tasks_seen"],
         rows_written=summary["rows_written"],
-        details={"summary": summary, "simulator_cpu_s": sim_cpu},
+        details={"summary": summary, **seen},
     )
 
 
@@ -150,13 +153,13 @@ def summary_line(stdout: str) -> dict[str, Any]:
 def fetch_phase(settings: Settings, sim: SimulatorProcess, env: dict[str, str], cwd: Path) -> Phase:
     """The fetch floor: the same pages, the same concurrency, no transform or load."""
     argv = python_module("bench.fetch_floor", sim.url, str(settings.concurrency))
-    measured, sim_cpu = run_with_simulator(argv, settings, sim, env, cwd)
+    measured, seen = run_with_simulator(argv, settings, sim, env, cwd)
     counts = json.loads(measured.stdout)
     return phase_of(
         measured,
-        api_calls=counts["api_calls"],
+        api_calls=seen["simulator_calls"]["total"],
         tasks=counts["tasks"],
-        details={"jobs": counts["jobs"], "simulator_cpu_s": sim_cpu},
+        details={"jobs": counts["jobs"], "client_api_calls": counts["api_calls"], **seen},
     )
 
 

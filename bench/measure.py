@@ -1,5 +1,6 @@
 """Child processes: run one to completion measuring wall time and peak RSS; run the simulator."""
 
+import json
 import os
 import re
 import subprocess
@@ -10,7 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
+from urllib.request import urlopen
 
 ROOT = Path(__file__).resolve().parent.parent
 QIANFAN_ETL = str(Path(sys.executable).parent / "qianfan-etl")
@@ -115,6 +117,14 @@ class SimulatorProcess:
             f"--latency-ms={self.latency_ms}",
             *([] if self.running_jobs is None else [f"--running-jobs={self.running_jobs}"]),
         ]
+
+    def call_stats(self, reset: bool = False) -> dict[str, Any]:
+        """The calls the simulator received (GET /simulator/stats): by action, their total and
+        the most in flight at once; `reset` starts the count afresh after reading it."""
+        query = "?reset=1" if reset else ""
+        with urlopen(f"{self.url}/simulator/stats{query}", timeout=10) as response:
+            stats: dict[str, Any] = json.loads(response.read())
+        return stats
 
     def cpu_seconds(self) -> float:
         """User + system CPU the simulator has used so far (from /proc)."""

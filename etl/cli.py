@@ -262,7 +262,7 @@ Example:
     default=SyncOptions.concurrency,
     show_default=True,
     envvar="QIANFAN_ETL_CONCURRENCY",
-    help="Jobs whose tasks are fetched at once.",
+    help="API calls in flight at once (job pages, task pages, detail calls: one pool).",
 )
 @click.option(
     "--qps",

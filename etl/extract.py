@@ -1,4 +1,12 @@
-"""Walk every job of the account and fetch each job's tasks concurrently.
+"""Walk every job of the account: job pages, task pages and detail calls, in one pool.
+
+Every API call is a unit of work of its own: a page of the job list, a page of one job's tasks,
+the detail (DescribeFineTuningTask) of one Running or lean task. `concurrency` worker threads
+take units from one queue, so that many calls stay in flight whatever the consumer (the run's
+writer) is doing; a unit that finishes a page queues what follows from it (the next page, the
+page's detail calls). A job is handed on whole, once its last unit is done, so its tasks still
+commit together; at most OPEN_JOBS_PER_WORKER x concurrency jobs are open at once (started, or
+done and not yet taken), which bounds memory while the consumer is busy.
 
 A job whose task listing fails with one of JOB_LEVEL_ERRORS (retries exhausted, broken
 pagination, a 4xx such as 404 for a job deleted mid-listing) comes back with its error and no
@@ -7,10 +15,14 @@ failing job after job (the circuit breaker) ends the walk.
 """
 
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from types import TracebackType
+from typing import Any, Self
 
 from etl import stopping
 from etl.canonical import lean_hash
@@ -21,8 +33,8 @@ from etl.errors import (
     EtlError,
     TransientError,
 )
-from etl.qianfan import QianfanClient, fetch_job_pages, fetch_tasks
-from etl.qianfan.pagination import id_of, job_paginator, task_paginator
+from etl.qianfan import QianfanClient, fetch_job_pages, fetch_pages
+from etl.qianfan.pagination import TASKS, MarkerPaginator, id_of, job_paginator, task_paginator
 from etl.transform import TERMINAL_STATUSES, enriched, is_lean
 
 log = logging.getLogger("etl.extract")
@@ -33,6 +45,15 @@ DETAIL_ACTION = "DescribeFineTuningTask"
 # between, before the walk stops with 75: the API is down, and every further job would only
 # spend its own retry budget. Broken listings (65) neither count nor reset the streak.
 BREAKER_FAILURES = 5
+
+# Jobs open at once per worker: started, or done and waiting for the consumer. While the writer
+# commits a batch (about a second at size M), the workers go on through the next ~80 jobs; the
+# bound keeps a slow consumer from letting the walk hold the whole account in memory.
+OPEN_JOBS_PER_WORKER = 16
+# The next page of the job list is fetched while fewer jobs than this wait to be started.
+JOB_BACKLOG = 100
+# How long the consumer waits at a time, so a signal is handled promptly.
+WAIT_SLICE = 0.5
 
 
 @dataclass(frozen=True)
@@ -125,42 +146,29 @@ def fetch_account(
     task_details: bool = True,
     stored_hashes: StoredHashes | None = None,
 ) -> Iterator[JobListing]:
-    """Yield each wanted job with its tasks, in completion order, 2x workers in flight at most.
+    """Yield each wanted job with its tasks and details, in completion order.
 
     `select`, if given, says which identified jobs to list the tasks of; the others are left out.
     `stored_hashes` tells which lean tasks are stored as enriched already (none, if not given).
     """
-    stored = stored_hashes or (lambda _ids: {})
     stats = stats if stats is not None else WalkStats()
-    jobs: Iterable[Any] = _listed_jobs(client, stats)
+    pages = _job_list_pages(client, stats)
     if job_ids is not None:
-        chosen = _wanted_jobs(jobs, frozenset(job_ids))
+        chosen = _wanted_jobs((job for page in pages for job in page), frozenset(job_ids))
         stats.jobs_passed = stats.jobs_listed - len(chosen)
-        jobs = chosen
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qianfan-tasks")
-    pending: set[Future[JobListing]] = set()
-    breaker = _Breaker()
-    try:
-        for job in jobs:
-            job_id = id_of(job, "jobId") or None  # "" is no id either: the job is rejected
-            if job_id is None:
-                yield JobListing(job, [])
-                continue
-            if select is not None and not select(job_id):
-                stats.jobs_passed += 1
-                continue
-            pending.add(pool.submit(_fetch_listing, client, job, job_id, task_details, stored))
-            full = len(pending) >= 2 * concurrency
-            yield from _completed(pending, full, stats, breaker)
-        while pending:
-            yield from _completed(pending, True, stats, breaker)
-    finally:
-        # A run that is stopping does not wait for a worker blocked in a slow read.
-        pool.shutdown(wait=not stopping.requested(), cancel_futures=True)
+        pages = iter([chosen])
+    settings = _Settings(concurrency, select, stats, task_details, stored_hashes or _none_stored)
+    with _Walk(client, pages, settings) as walk:
+        yield from walk.listings()
 
 
-def _listed_jobs(client: QianfanClient, stats: WalkStats) -> Iterator[Any]:
-    """Every raw job, one at a time."""
+def _none_stored(_ids: list[str]) -> dict[str, str]:
+    """No lean task is stored as enriched."""
+    return {}
+
+
+def _job_list_pages(client: QianfanClient, stats: WalkStats) -> Iterator[list[Any]]:
+    """Every raw job, a page at a time."""
     paginator = job_paginator()
     listed = 0
     for page in fetch_job_pages(client, paginator):
@@ -168,86 +176,357 @@ def _listed_jobs(client: QianfanClient, stats: WalkStats) -> Iterator[Any]:
         listed += len(page)
         stats.jobs_listed = listed
         stats.job_list_done = not paginator.has_next_page
-        yield from page
+        yield page
     log.info("listed %d jobs", listed)
 
 
-def _fetch_listing(
-    client: QianfanClient, job: Any, job_id: str, task_details: bool, stored: StoredHashes
-) -> JobListing:
-    """Fetch one job's tasks, the detail of its Running ones and of lean ones (runs in a worker
-    thread); a failure of the job's own listing is returned, not raised."""
-    paginator = task_paginator(job_id)
-    try:
-        tasks = fetch_tasks(client, job_id, paginator)
-    except JOB_LEVEL_ERRORS as exc:
-        message = str(exc) if job_id in str(exc) else f"job {job_id}: {exc}"
-        log.warning("%s; the job's stored rows stay as they are", message)
-        failure = JobFailure(job_id, type(exc).__name__, exc.exit_code, message)
-        return JobListing(job, [], failure=failure, warnings=paginator.warnings)
-    log.debug("job %s: %d tasks", job_id, len(tasks))
-    running = running_task_ids(tasks) if task_details else []
-    details, failed = fetch_details(client, running)
-    tasks, lean = enrich_lean(client, tasks, details, stored, task_details)
-    return JobListing(
-        job,
-        tasks,
-        details,
-        failed,
-        warnings=paginator.warnings,
-        digests=lean.digests,
-        enrichment_failed=lean.failed,
-    )
+@dataclass(frozen=True)
+class _Settings:
+    """What the walk lists and asks for."""
+
+    concurrency: int
+    select: Callable[[str], bool] | None
+    stats: WalkStats
+    task_details: bool
+    stored_hashes: StoredHashes
 
 
-def enrich_lean(
-    client: QianfanClient,
-    tasks: list[Any],
-    details: dict[str, Any],
-    stored_hashes: StoredHashes,
-    task_details: bool = True,
-) -> tuple[list[Any], _Enrichment]:
-    """Give lean tasks (README, "Lean listings") the children of their detail: a
-    Running one from its progress call, a finished one by a call of its own unless it is
-    stored as enriched from this very listing. One left without (its call failed) stands for
-    its stored hash, so it stays as stored this run and the next run tries again."""
+@dataclass
+class _LeanPlan:
+    """A listed job's lean tasks by taskId, their stored hashes, the hash each finished one
+    stands for, and the finished ones that need a call of their own."""
+
+    tasks: dict[str, Any]
+    stored: dict[str, str]
+    digests: dict[str, str] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Job:
+    """One job being walked: its pages so far, the details asked for and got, its open units."""
+
+    raw: Any
+    job_id: str
+    paginator: MarkerPaginator
+    pages: Iterator[list[Any]]
+    tasks: list[Any] = field(default_factory=list)
+    asked: set[str] = field(default_factory=set)
+    details: dict[str, Any] = field(default_factory=dict)
+    details_failed: int = 0
+    # finished lean tasks' details, None where the call failed
+    children: dict[str, Any] = field(default_factory=dict)
+    lean: _LeanPlan | None = None
+    units: int = 1
+    failure: JobFailure | None = None
+
+    def listing(self, task_details: bool) -> JobListing:
+        """The whole listing, once every unit of the job is done."""
+        warnings = self.paginator.warnings
+        if self.failure is not None:
+            return JobListing(self.raw, [], failure=self.failure, warnings=warnings)
+        tasks, lean = _enrich(self.tasks, self.lean, self.details, self.children, task_details)
+        return JobListing(
+            self.raw,
+            tasks,
+            self.details,
+            self.details_failed,
+            warnings=warnings,
+            digests=lean.digests,
+            enrichment_failed=lean.failed,
+        )
+
+
+Unit = Callable[[], None]
+
+
+class _Walk:
+    """The pool: worker threads taking units (one API call each) from one queue; the jobs they
+    complete wait in `_done` for the consumer. One lock guards all of the state; workers and
+    the consumer wait on conditions of their own, each woken only as far as there is work."""
+
+    def __init__(self, client: QianfanClient, pages: Iterator[list[Any]], settings: _Settings):
+        self._client, self._settings = client, settings
+        self._max_open = OPEN_JOBS_PER_WORKER * settings.concurrency
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the workers wait on it for units
+        self._handed = threading.Condition(lock)  # the consumer waits on it for jobs
+        self._job_pages: Iterator[list[Any]] | None = pages
+        self._listing_jobs = False  # a page of the job list is being fetched
+        self._unstarted: deque[Any] = deque()
+        self._ready: deque[Unit] = deque()
+        self._open = 0
+        self._done: deque[JobListing] = deque()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._breaker = _Breaker()
+        self._held_up = 0.0  # worker seconds spent waiting for the consumer to take jobs
+        self._threads = [
+            threading.Thread(target=self._work, name=f"qianfan-calls-{n}", daemon=True)
+            for n in range(settings.concurrency)
+        ]
+
+    def __enter__(self) -> Self:
+        """Start the workers."""
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop the workers after their current call; a stopping run does not wait for them."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            self._handed.notify_all()
+        if not stopping.requested():
+            for thread in self._threads:
+                thread.join()
+        log.debug("walk: workers waited %.2f s in all for the consumer", self._held_up)
+
+    def listings(self) -> Iterator[JobListing]:
+        """The completed jobs as they come; an error that ended the walk is raised only after
+        the jobs completed before it: the run commits everything it fetched."""
+        stats = self._settings.stats
+        while batch := self._collect():
+            for listing in batch:
+                stats.task_warnings += listing.warnings
+                stats.tasks_listed += len(listing.tasks)
+                yield listing
+
+    def _collect(self) -> list[JobListing]:
+        """The jobs completed so far (waiting for one), [] at the end; raise the walk's error."""
+        with self._cond:
+            while not self._done and self._error is None and not self._finished():
+                self._handed.wait(WAIT_SLICE)
+            if self._done:
+                batch = list(self._done)
+                self._done.clear()
+                self._open -= len(batch)
+                self._cond.notify(len(batch))  # room for as many new jobs
+                return batch
+            if self._error is not None:
+                raise self._error
+            return []
+
+    def _finished(self) -> bool:
+        """Whether every job was listed and handed on."""
+        return self._job_pages is None and not (self._listing_jobs or self._unstarted or self._open)
+
+    def _work(self) -> None:
+        """A worker: run units until the walk ends; an error ends the walk."""
+        while (unit := self._next_unit()) is not None:
+            try:
+                unit()
+            except BaseException as exc:  # handed to the consumer, which raises it
+                self._fail(exc)
+
+    def _next_unit(self) -> Unit | None:
+        """The next unit to run, waiting for one; None once the walk is over."""
+        with self._cond:
+            while not self._closed and self._error is None:
+                unit = self._take()
+                if unit is not None:
+                    return unit
+                waited = time.monotonic()
+                self._cond.wait()
+                if self._unstarted:
+                    self._held_up += time.monotonic() - waited
+            return None
+
+    def _take(self) -> Unit | None:
+        """The job list's next page while few jobs wait to start, else the open jobs' units,
+        else a new job, while not too many are open."""
+        backlog = len(self._unstarted)
+        if self._job_pages is not None and not self._listing_jobs and backlog < JOB_BACKLOG:
+            self._listing_jobs = True
+            return self._list_jobs
+        if self._ready:
+            return self._ready.popleft()
+        if self._unstarted and self._open < self._max_open:
+            return self._start(self._unstarted.popleft())
+        return None
+
+    def _list_jobs(self) -> None:
+        """Unit: one page of the job list; its identified, wanted jobs wait to be started."""
+        assert self._job_pages is not None
+        page = next(self._job_pages, None)
+        with self._cond:
+            self._listing_jobs = False
+            if page is None:
+                self._job_pages = None
+            for job in page or []:
+                self._admit(job)
+            self._cond.notify_all()
+            self._handed.notify_all()
+
+    def _admit(self, job: Any) -> None:
+        """A listed job: handed on at once without a usable id (to be rejected), passed over if
+        not selected, else queued to be started."""
+        job_id = id_of(job, "jobId") or None  # "" is no id either: the job is rejected
+        select = self._settings.select
+        if job_id is None:
+            self._open += 1
+            self._done.append(JobListing(job, []))
+        elif select is not None and not select(job_id):
+            self._settings.stats.jobs_passed += 1
+        else:
+            self._unstarted.append(job)
+
+    def _start(self, raw: Any) -> Unit:
+        """Open a job: its first task page is its first unit."""
+        job_id = id_of(raw, "jobId")
+        assert job_id is not None
+        paginator = task_paginator(job_id)
+        pages = fetch_pages(self._client, TASKS, {"jobId": job_id}, "taskList", paginator)
+        self._open += 1
+        return partial(self._task_page, _Job(raw, job_id, paginator, pages))
+
+    def _task_page(self, job: _Job) -> None:
+        """Unit: one page of a job's tasks; queues its Running tasks' details, then the next
+        page, or once the last page is in, the calls its lean tasks need."""
+        try:
+            page = next(job.pages)
+        except JOB_LEVEL_ERRORS as exc:
+            job.failure = _failure(job.job_id, exc)
+            return self._unit_done(job)
+        job.tasks.extend(page)  # only this job's page unit touches its tasks
+        running = running_task_ids(page) if self._settings.task_details else []
+        last = not job.paginator.has_next_page
+        plan = _plan_lean(job.tasks, self._settings.stored_hashes) if last else None
+        with self._cond:
+            new = [task_id for task_id in running if task_id not in job.asked]
+            job.asked.update(new)
+            units: list[Unit] = [partial(self._detail, job, task_id) for task_id in new]
+            if not last:
+                units.append(partial(self._task_page, job))
+            elif plan is not None:
+                job.lean = plan
+                units += [partial(self._children, job, task_id) for task_id in plan.calls]
+            self._queue(job, units)
+        self._unit_done(job)
+
+    def _detail(self, job: _Job, task_id: str) -> None:
+        """Unit: a Running task's detail, for its live progress (a failure costs only that)."""
+        detail = _progress_detail(self._client, task_id)
+        with self._cond:
+            if detail is None:
+                job.details_failed += 1
+            else:
+                job.details[task_id] = detail
+        self._unit_done(job)
+
+    def _children(self, job: _Job, task_id: str) -> None:
+        """Unit: a finished lean task's detail, for its metrics and checkpoints."""
+        detail = _children_detail(self._client, task_id)
+        with self._cond:
+            job.children[task_id] = detail
+        self._unit_done(job)
+
+    def _queue(self, job: _Job, units: list[Unit]) -> None:
+        """Queue a job's follow-up units (the lock is held)."""
+        job.units += len(units)
+        self._ready.extend(units)
+        self._cond.notify(len(units))
+
+    def _unit_done(self, job: _Job) -> None:
+        """One unit of a job ended; the last one hands the whole job on."""
+        with self._cond:
+            job.units -= 1
+            if job.units:
+                return
+        listing = job.listing(self._settings.task_details)
+        with self._cond:
+            if self._error is not None or self._closed:
+                return
+            self._done.append(listing)
+            try:
+                self._breaker.note(listing.failure)
+            except TransientError as exc:
+                self._error = exc
+                self._cond.notify_all()
+            self._handed.notify()
+
+    def _fail(self, exc: BaseException) -> None:
+        """End the walk with this error (the first one wins)."""
+        with self._cond:
+            if self._error is None:
+                self._error = exc
+            self._cond.notify_all()
+            self._handed.notify_all()
+
+
+def _failure(job_id: str, exc: EtlError) -> JobFailure:
+    """A job whose own listing failed: warned, and kept as stored."""
+    message = str(exc) if job_id in str(exc) else f"job {job_id}: {exc}"
+    log.warning("%s; the job's stored rows stay as they are", message)
+    return JobFailure(job_id, type(exc).__name__, exc.exit_code, message)
+
+
+def _plan_lean(tasks: list[Any], stored_hashes: StoredHashes) -> _LeanPlan | None:
+    """What a listed job's lean tasks need (README, "Lean listings"): a finished one a call
+    of its own unless it is stored as enriched from this very listing; None without any."""
     lean = {key: task for task in tasks if is_lean(task) and (key := id_of(task, "taskId"))}
-    result = _Enrichment()
     if not lean:
-        return tasks, result
-    stored = stored_hashes(list(lean))
+        return None
+    plan = _LeanPlan(lean, stored_hashes(list(lean)))
     for task_id, task in lean.items():
+        if task.get("runStatus") not in TERMINAL_STATUSES:
+            continue
+        digest = lean_hash(task)
+        if digest is None:
+            continue  # it cannot be hashed: it is set aside when typed
+        plan.digests[task_id] = digest
+        if plan.stored.get(task_id) != digest:
+            plan.calls.append(task_id)
+    return plan
+
+
+def _enrich(
+    tasks: list[Any],
+    plan: _LeanPlan | None,
+    details: dict[str, Any],
+    children: dict[str, Any],
+    task_details: bool,
+) -> tuple[list[Any], _Enrichment]:
+    """Give lean tasks the children of their detail: a Running one from its progress call, a
+    finished one from its own call. One left without (its call failed) stands for its stored
+    hash, so it stays as stored this run and the next run tries again."""
+    result = _Enrichment()
+    if plan is None:
+        return tasks, result
+    for task_id, task in plan.tasks.items():
         status = task.get("runStatus")
         if status in TERMINAL_STATUSES:
-            _enrich_finished(client, task_id, task, stored, result)
+            _enrich_finished(task_id, task, plan, children, result)
         elif status == "Running" and task_id in details:
             result.merged[task_id] = enriched(task, details[task_id])
         elif status == "Running":
             result.failed += task_details  # its progress call failed (or was turned off)
-            result.keep_stored(task_id, stored)
+            result.keep_stored(task_id, plan.stored)
     merged = result.merged
     return [merged.get(id_of(task, "taskId") or "", task) for task in tasks], result
 
 
 def _enrich_finished(
-    client: QianfanClient,
     task_id: str,
     task: dict[str, Any],
-    stored: dict[str, str],
+    plan: _LeanPlan,
+    children: dict[str, Any],
     result: _Enrichment,
 ) -> None:
-    """A finished lean task: stored under its lean hash once a call succeeded, so that an
-    unchanged listing needs no call again."""
-    digest = lean_hash(task)
+    """A finished lean task, stored under its lean hash once a call succeeded, so that an
+    unchanged listing needs no call again (`children` holds the calls made, None if failed)."""
+    digest = plan.digests.get(task_id)
     if digest is None:
-        return  # it cannot be hashed: it is set aside when typed
-    if stored.get(task_id) != digest:
-        detail = _children_detail(client, task_id)
-        if detail is None:
+        return
+    if task_id in children:
+        if children[task_id] is None:
             result.failed += 1
-            result.keep_stored(task_id, stored)
+            result.keep_stored(task_id, plan.stored)
             return
-        result.merged[task_id] = enriched(task, detail)
+        result.merged[task_id] = enriched(task, children[task_id])
     result.digests[task_id] = digest
 
 
@@ -266,6 +545,16 @@ def _children_detail(client: QianfanClient, task_id: str) -> Any:
         return None
 
 
+def _progress_detail(client: QianfanClient, task_id: str) -> Any:
+    """A Running task's DescribeFineTuningTask result; None if the call failed, which costs
+    only that task's progress (warned and counted), never the run."""
+    try:
+        return client.call(DETAIL_ACTION, {"taskId": task_id})
+    except EtlError as exc:
+        log.warning("no live progress for task %s this run (kept as it was): %s", task_id, exc)
+        return None
+
+
 def running_task_ids(tasks: Iterable[Any]) -> list[str]:
     """The taskIds of the listed tasks in `Running` state, each once."""
     ids = (
@@ -274,40 +563,6 @@ def running_task_ids(tasks: Iterable[Any]) -> list[str]:
         if isinstance(task, dict) and task.get("runStatus") == "Running"
     )
     return list(dict.fromkeys(i for i in ids if isinstance(i, str) and i))
-
-
-def fetch_details(client: QianfanClient, task_ids: Iterable[str]) -> tuple[dict[str, Any], int]:
-    """Each task's DescribeFineTuningTask result; a call that fails costs only that task's
-    progress (warned and counted), never the run."""
-    details: dict[str, Any] = {}
-    failed = 0
-    for task_id in task_ids:
-        try:
-            details[task_id] = client.call(DETAIL_ACTION, {"taskId": task_id})
-        except EtlError as exc:
-            failed += 1
-            log.warning("no live progress for task %s this run (kept as it was): %s", task_id, exc)
-    return details, failed
-
-
-def _completed(
-    pending: set[Future[JobListing]], block: bool, stats: WalkStats, breaker: "_Breaker"
-) -> Iterator[JobListing]:
-    """Yield the finished futures' listings (waiting for one if asked), raising any error
-    only after the listings that finished beside it: the run commits everything it fetched."""
-    done = wait(pending, return_when=FIRST_COMPLETED)[0] if block else _done(pending)
-    for future in sorted(done, key=lambda future: future.exception() is not None):
-        pending.discard(future)
-        listing = future.result()
-        stats.task_warnings += listing.warnings
-        stats.tasks_listed += len(listing.tasks)
-        yield listing
-        breaker.note(listing.failure)
-
-
-def _done(pending: set[Future[JobListing]]) -> set[Future[JobListing]]:
-    """The futures that have already finished."""
-    return {future for future in pending if future.done()}
 
 
 class _Breaker:

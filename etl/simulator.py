@@ -25,6 +25,9 @@ from etl.qianfan.signing import AUTH_VERSION, signature
 from etl.simulator_config import JOB_FAULTS, PAGINATION_FAULTS, SimulatorConfig
 
 API_PATH = "/v2/finetuning"
+# Not part of the API: what the simulator counted, for tests and the benchmark (GET; `?reset=1`
+# starts the count afresh). The API's own path stays as faithful as before.
+STATS_PATH = "/simulator/stats"
 ACTIONS = ("DescribeFineTuningJobs", "DescribeFineTuningTasks", "DescribeFineTuningTask")
 SENTINEL_TIME = "0000-00-00T00:00:00Z"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -127,10 +130,11 @@ def _make_checkpoints(rng: random.Random, count: int) -> list[dict[str, Any]]:
     if steps and rng.random() < 0.5:
         steps[-1] = interval * (count - 1) + rng.randrange(1, interval)
     loss, points = rng.uniform(1.5, 3.0), []
+    draw, exp = rng.random, math.exp
     for step in steps:
-        loss *= rng.uniform(0.9, 0.99)
+        loss *= 0.9 + (0.99 - 0.9) * draw()  # rng.uniform(0.9, 0.99), inlined: the same floats
         points.append(
-            {"step": step, "perplexity": round(math.exp(loss), 4), "trainingLoss": round(loss, 4)}
+            {"step": step, "perplexity": round(exp(loss), 4), "trainingLoss": round(loss, 4)}
         )
     return points
 
@@ -282,10 +286,31 @@ class _Dataset:
     def find_task(self, task_id: str) -> Any:
         """The listed task with this id, or None."""
         try:
-            listing = self.task_listing(self.locate_task(task_id))
+            job_id = self.locate_task(task_id)
         except KeyError:
             return None
+        generated = self._generated_task(job_id, task_id)
+        if generated is not None:
+            return generated
+        listing = self.task_listing(job_id)
         return next((raw for raw in listing if id_of(raw, "taskId") == task_id), None)
+
+    def _generated_task(self, job_id: str, task_id: str) -> Any:
+        """The task as its job's listing gives it, when the job generated it and lists it
+        first: made alone, since a detail call must not generate the whole job (the simulator's
+        CPU is the client's in a benchmark). None when only the listing can tell."""
+        index = self._index.get(job_id)
+        if index is None or self._generated_task_jobs().get(task_id) != index:
+            return None
+        if task_id in self._task_overrides:
+            return self._task_overrides[task_id]
+        if task_id in self._deleted_tasks:
+            return None
+        job, number = self.find_job(job_id), self._task_ids(index).index(task_id)
+        done = task_id in self._done_tasks
+        task = _make_task(self.config, self._base_job(index), index, number, done)
+        task.update(jobName=job.get("name"), jobDescription=job.get("description"))
+        return task
 
     def finish_task(self, task_id: str) -> None:
         job_id = self.locate_task(task_id)
@@ -454,6 +479,53 @@ def verify_authorization(
 # --- the simulator: dataset + faults + observation behind one lock ---
 
 
+class CallStats:
+    """Requests received on the API path, counted by action, and how many were in flight at
+    once (from the request read to the response written, latency included)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self.max_in_flight = 0
+        self.max_by_action: dict[str, int] = {}
+        self.busy_s = 0.0  # the requests' seconds, summed: / wall time = the mean in flight
+
+    def reset(self) -> None:
+        """Start counting afresh (requests in flight stay counted as in flight)."""
+        with self._lock:
+            self.calls, self.max_by_action = {}, {}
+            self.max_in_flight = sum(self._in_flight.values())
+            self.busy_s = 0.0
+
+    def enter(self, action: str) -> None:
+        """A request for `action` arrived."""
+        with self._lock:
+            self.calls[action] = self.calls.get(action, 0) + 1
+            self._in_flight[action] = self._in_flight.get(action, 0) + 1
+            self.max_in_flight = max(self.max_in_flight, sum(self._in_flight.values()))
+            busy = max(self.max_by_action.get(action, 0), self._in_flight[action])
+            self.max_by_action[action] = busy
+
+    def leave(self, action: str, seconds: float) -> None:
+        """The request for `action` was answered (or its connection reset) after `seconds`."""
+        with self._lock:
+            self._in_flight[action] -= 1
+            self.busy_s += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counts as JSON: calls by action, their total, the most in flight at once."""
+        with self._lock:
+            return {
+                "calls": dict(self.calls),
+                "total": sum(self.calls.values()),
+                "in_flight": sum(self._in_flight.values()),
+                "max_in_flight": self.max_in_flight,
+                "max_in_flight_by_action": dict(self.max_by_action),
+                "busy_s": self.busy_s,
+            }
+
+
 class Simulator:
     """The fake Qianfan account; its methods are the test oracle and the upstream changes."""
 
@@ -475,6 +547,7 @@ class Simulator:
         # job id -> fault of that job's task listing (JOB_FAULTS; "slow" as "slow:SECONDS")
         self.job_faults: dict[str, str] = {}
         self._progress: dict[str, Any] = {}
+        self.stats = CallStats()
 
     @property
     def api_calls(self) -> int:
@@ -707,6 +780,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, allowed: bool) -> None:
         sim = cast(_Server, self.server).simulator
+        if urlsplit(self.path).path == STATS_PATH:
+            return self._send_stats(sim)
+        action = dict(parse_qsl(urlsplit(self.path).query)).get("Action") or ""
+        sim.stats.enter(action)
+        began = time.monotonic()
+        try:
+            self._serve(sim, allowed)
+        finally:
+            sim.stats.leave(action, time.monotonic() - began)
+
+    def _send_stats(self, sim: Simulator) -> None:
+        """The call counts, unrecorded and without latency; `?reset=1` resets them after."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 0:
+            self.rfile.read(length)
+        data = json.dumps(sim.stats.snapshot()).encode()
+        if dict(parse_qsl(urlsplit(self.path).query)).get("reset"):
+            sim.stats.reset()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _serve(self, sim: Simulator, allowed: bool) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         payload = self.rfile.read(length) if length > 0 else b""
         url = urlsplit(self.path)

@@ -1,24 +1,28 @@
 """fetch_account: every job with all its tasks, concurrently, against the simulator."""
 
+import time
 from collections.abc import Iterator
-from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import requests
 
 from etl.errors import AuthError, ConfigError, TransientError
 from etl.extract import (
     BREAKER_FAILURES,
+    OPEN_JOBS_PER_WORKER,
     JobListing,
     WalkStats,
-    _Breaker,
-    _completed,
+    _none_stored,
+    _Settings,
+    _Walk,
     fetch_account,
 )
 from etl.qianfan import QianfanClient, RetryPolicy
-from etl.simulator import Fault, Simulator, SimulatorConfig
+from etl.simulator import STATS_PATH, Fault, Simulator, SimulatorConfig
 
 TASKS = "DescribeFineTuningTasks"
+DETAIL = "DescribeFineTuningTask"
 
 
 @pytest.fixture
@@ -179,18 +183,62 @@ def test_a_success_between_failures_resets_the_breaker(
 
 
 def test_listings_finished_beside_a_fatal_error_are_yielded_before_it() -> None:
-    """When the wait hands back many finished jobs and one of them raised (403: the run ends),
-    every listing that did finish is yielded first, so the run commits all it fetched."""
+    """When many jobs are done and the walk then meets an error that ends it (403 on the job
+    list's second page), every listing that was done is yielded first, so the run commits all
+    it fetched."""
+
+    def pages() -> Iterator[list[Any]]:
+        yield [{"name": f"job {n} without an id"} for n in range(30)]
+        raise AuthError("HTTP 403 AccessDenied")
+
     for _ in range(5):
-        pending: set[Future[JobListing]] = set()
-        for n in range(30):
-            future: Future[JobListing] = Future()
-            future.set_result(JobListing({"jobId": f"job-{n}"}, []))
-            pending.add(future)
-        refused: Future[JobListing] = Future()
-        refused.set_exception(AuthError("HTTP 403 AccessDenied"))
-        pending.add(refused)
+        settings = _Settings(4, None, WalkStats(), True, _none_stored)
         seen: list[JobListing] = []
-        with pytest.raises(AuthError):
-            seen.extend(_completed(pending, True, WalkStats(), _Breaker()))
+        with pytest.raises(AuthError), _Walk(cast(QianfanClient, None), pages(), settings) as walk:
+            seen.extend(walk.listings())
         assert len(seen) == 30
+
+
+def test_one_jobs_detail_calls_run_beside_each_other_in_the_pool() -> None:
+    """Task pages and detail calls are units of one pool: the 30 Running tasks of a lone job
+    are asked for side by side (as the simulator counts them), not one after another."""
+    sim = Simulator(SimulatorConfig(jobs=1, tasks_per_job=30, checkpoints=1, latency_ms=20))
+    job_id = sim.jobs()[0]["jobId"]
+    for task in sim.tasks(job_id):
+        sim.put_task(job_id, {**task, "runStatus": "Running"})
+    with (
+        sim.serve() as server,
+        QianfanClient(server.url, "sim-access-key", "sim-secret-key") as client,
+    ):
+        [listing] = fetch_account(client, concurrency=4)
+        stats = requests.get(server.url + STATS_PATH, timeout=5).json()
+    assert len(listing.details) == 30 and listing.details_failed == 0
+    assert stats["calls"] == {"DescribeFineTuningJobs": 1, TASKS: 1, DETAIL: 30}
+    assert stats["max_in_flight_by_action"][DETAIL] == stats["max_in_flight"] == 4
+
+
+def test_the_walk_goes_on_while_the_consumer_is_busy_as_far_as_its_bound() -> None:
+    """While the consumer holds on to its first listing (the writer committing a batch), the
+    workers go on through the next jobs, up to OPEN_JOBS_PER_WORKER per worker and no further:
+    calls decoupled from consumption, memory bounded."""
+    sim = Simulator(SimulatorConfig(jobs=150, tasks_per_job=1, checkpoints=0, running_jobs=0))
+    bound = OPEN_JOBS_PER_WORKER * 2
+    with (
+        sim.serve() as server,
+        QianfanClient(server.url, "sim-access-key", "sim-secret-key") as client,
+    ):
+        listings = fetch_account(client, concurrency=2)
+        next(listings)
+        deadline = time.monotonic() + 30
+        while task_pages(sim) < bound and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        # the bound, plus the few jobs the consumer took with its first listing
+        assert bound <= task_pages(sim) < 2 * bound
+        assert len(list(listings)) == 149
+    assert task_pages(sim) == 150
+
+
+def task_pages(sim: Simulator) -> int:
+    """Task pages the simulator was asked for so far."""
+    return sum(1 for request in list(sim.requests) if request.action == TASKS)

@@ -640,6 +640,25 @@ def test_concurrent_requests_are_all_served_and_recorded(start: Start) -> None:
     assert sim.api_calls == 16 * 2 and all(r.status == 200 for r in sim.requests)
 
 
+def test_stats_count_calls_by_action_and_the_most_in_flight(start: Start) -> None:
+    """GET /simulator/stats counts what the server received (failures too, itself not), and
+    how many requests were in flight at once; `?reset=1` starts afresh."""
+    sim, server = start(jobs=8, tasks_per_job=3, checkpoints=1, latency_ms=100)
+    job_ids = [job["jobId"] for job in sim.jobs()]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda j: result(server, TASKS, {"jobId": j}), job_ids[:4]))
+    post(server, JOBS, sign=False)  # refused (400), still a call received
+    stats = requests.get(f"{server.url}/simulator/stats", timeout=5).json()
+    assert stats["calls"] == {TASKS: 4, JOBS: 1} and stats["total"] == 5
+    assert stats["max_in_flight"] == 4 == stats["max_in_flight_by_action"][TASKS]
+    assert stats["in_flight"] == 0 and stats["busy_s"] >= 5 * 0.1
+    reset = requests.get(f"{server.url}/simulator/stats?reset=1", timeout=5).json()
+    assert reset["total"] == 5
+    after = requests.get(f"{server.url}/simulator/stats", timeout=5).json()
+    assert (after["total"], after["max_in_flight"]) == (0, 0)
+    assert sim.api_calls == 5  # the stats requests are not recorded as calls
+
+
 def test_short_body_fault_closes_before_the_promised_length(start: Start) -> None:
     sim, server = start(jobs=3, tasks_per_job=2, checkpoints=1)
     sim.inject(Fault(kind="short_body"))
