@@ -161,8 +161,7 @@ def sync(
             copy = partial(
                 _copy_account, connection, client, options, run, counts, progress, state, stats
             )
-            with db.translated_errors(engine.url):
-                outcome = _recorded(connection, run, counts, options.dry_run, copy)
+            outcome = _recorded(connection, run, counts, options.dry_run, copy)
             if outer is not None:
                 outer.rollback()
     log.info("run %d finished: %s", run_id, _figures(counts))
@@ -203,17 +202,19 @@ def _recorded(
     """Copy the account and finish the run record; a run that fails or is interrupted is
     recorded with what its batches committed, and says so on a signal."""
     try:
-        outcome = copy()
-        counts.api_calls = run.api_calls()
-        with _transaction(connection, dry_run, run.lock):
-            load.finish_run(
-                connection,
-                run.run_id,
-                counts,
-                outcome.message,
-                status=outcome.status,
-                exit_code=outcome.exit_code,
-            )
+        # translated here, so that the run is recorded with the error's own exit code
+        with db.translated_errors(connection.engine.url):
+            outcome = copy()
+            counts.api_calls = run.api_calls()
+            with _transaction(connection, dry_run, run.lock):
+                load.finish_run(
+                    connection,
+                    run.run_id,
+                    counts,
+                    outcome.message,
+                    status=outcome.status,
+                    exit_code=outcome.exit_code,
+                )
     except BaseException as exc:
         # what the batches committed, not what was fetched: the rest was rolled back
         run.committed.api_calls = run.api_calls()
