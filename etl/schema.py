@@ -16,18 +16,13 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 # jsonb on Postgres, JSON text elsewhere.
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
 Timestamp = sa.DateTime(timezone=True)
-# Partial indexes over live tasks (deleted_at IS NULL), each with the columns its panels read,
-# so that they answer without the table. deleted_at (NULL in all of them) ends each one: SQLite
-# counts a partial index as covering only if it holds the column of its own WHERE.
+# Partial indexes over live tasks (deleted_at IS NULL) for what dashboards sort and filter by.
+# Only columns of bounded size are keys: a btree refuses an entry over about 2,700 bytes on
+# Postgres, so an index on text the API sends (model, status, parameter scale) would fail the
+# load of a task with a long one. deleted_at (NULL in all of them) ends each one: SQLite counts a
+# partial index as covering only if it holds the column of its own WHERE.
 LIVE_TASK_INDEXES = {
-    "ix_finetune_tasks_live_create_time": ("create_time", "run_status", "deleted_at"),
-    "ix_finetune_tasks_live_status_scale": (
-        "run_status",
-        "parameter_scale",
-        "final_training_loss",
-        "deleted_at",
-    ),
-    "ix_finetune_tasks_live_model": ("model", "bleu_4", "task_id", "deleted_at"),
+    "ix_finetune_tasks_live_create_time": ("create_time", "deleted_at"),
     "ix_finetune_tasks_live_checkpoint_count": ("checkpoint_count", "task_id", "deleted_at"),
 }
 

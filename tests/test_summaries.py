@@ -1,6 +1,7 @@
 """Kept task summaries (revision 0008): the views read the same rows as before, every summary
 equals the aggregate of its children, and a database loaded at 0007 is backfilled."""
 
+import secrets
 from typing import Any
 
 import pytest
@@ -121,3 +122,28 @@ def test_simulated_tasks_have_summaries_to_compare(sim: Simulator) -> None:
     tasks = [task for job in sim.jobs() for task in sim.tasks(job["jobId"])]
     assert any(task.get("checkpointList") for task in tasks)
     assert any("BLEU-4" in (task.get("metrics") or {}) for task in tasks)
+
+
+# 12,000 characters that no compression shortens: more than a btree entry takes (Postgres
+# refuses one over about 2,700 bytes once compressed), and nothing stops the API sending them.
+LONG = secrets.token_hex(6000)
+
+
+def test_no_index_refuses_a_long_text_the_api_sends(etl: Etl) -> None:
+    job_id = etl.sim.jobs()[0]["jobId"]
+    long_task = {"taskId": "task-long", "jobId": job_id, "runStatus": f"Done {LONG}"}
+    long_task |= {"model": f"m {LONG}", "parameterScale": f"p {LONG}", "trainMode": LONG}
+    etl.sim.put_task(job_id, long_task)
+    result = etl.sync_here()
+    assert (result.exit_code, result.counts.rejects) == (0, 0)
+    with etl.engine.connect() as connection:
+        stored = connection.execute(
+            sa.text(
+                "SELECT run_status, model, parameter_scale FROM finetune_tasks "
+                "WHERE task_id = 'task-long'"
+            )
+        ).one()
+    assert tuple(stored) == (f"Done {LONG}", f"m {LONG}", f"p {LONG}")
+    db.downgrade(etl.engine, OLD)  # a database an earlier release loaded with it upgrades
+    db.upgrade(etl.engine)
+    assert summary_disagreements(etl.engine) == []

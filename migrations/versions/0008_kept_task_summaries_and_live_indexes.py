@@ -6,8 +6,8 @@
   load writes them in the transaction that replaces the task's children; this revision
   backfills them from the child tables.
 - Partial indexes over live tasks (deleted_at IS NULL) for what dashboards filter and sort by:
-  creation time (with status), status (with parameter scale and final loss), model (with
-  BLEU-4), checkpoint count; the job already has one.
+  creation time and checkpoint count; the job already has one. Text the API sends (model,
+  status, parameter scale) is no index key: a long value would fail the load.
 - `finetune_task_metrics_wide` and `finetune_task_overview` read the kept columns (SQL frozen in
   migrations/frozen/views_0008.py): same names, columns, order and values. On Postgres they are
   replaced in place (CREATE OR REPLACE), so their descriptions stay.
@@ -34,17 +34,12 @@ depends_on: str | Sequence[str] | None = None
 
 KEPT = " Kept by the load with its checkpoints."
 METRICS = {"bleu_4": "BLEU-4", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2", "rouge_l": "ROUGE-L"}
-# deleted_at (NULL in all of them) ends each: SQLite counts a partial index as covering only if
-# it holds the column of its own WHERE.
+# Only columns of bounded size are keys (a btree refuses an entry over about 2,700 bytes on
+# Postgres: an index on text the API sends would fail the load of a long one). deleted_at (NULL
+# in all of them) ends each: SQLite counts a partial index as covering only if it holds the
+# column of its own WHERE.
 INDEXES = {
-    "ix_finetune_tasks_live_create_time": ["create_time", "run_status", "deleted_at"],
-    "ix_finetune_tasks_live_status_scale": [
-        "run_status",
-        "parameter_scale",
-        "final_training_loss",
-        "deleted_at",
-    ],
-    "ix_finetune_tasks_live_model": ["model", "bleu_4", "task_id", "deleted_at"],
+    "ix_finetune_tasks_live_create_time": ["create_time", "deleted_at"],
     "ix_finetune_tasks_live_checkpoint_count": ["checkpoint_count", "task_id", "deleted_at"],
 }
 LIVE = "deleted_at IS NULL"
