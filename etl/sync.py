@@ -650,7 +650,8 @@ class _Writer:
             _type_tasks(pending, stored)
             pending.batch.reject_room = self._reject_room
             written = load.write_batch(connection, pending.batch, self._run.run_id, stored)
-            written.counts.rows_written += load.save_progress(connection, pending.progress)
+            progress = _progress_of_typed(pending)
+            written.counts.rows_written += load.save_progress(connection, progress)
             batch = RunCounts(jobs_seen=pending.jobs)
             batch.add(written.counts)
             self._record(batch)
@@ -704,6 +705,15 @@ def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:
         if pending.deletes:
             pending.batch.listed[job_id] = {t.task_id for t in tasks if t.task_id}
     pending.batch.tasks.extend(row for _, row in chosen.values())
+
+
+def _progress_of_typed(pending: _Pending) -> list[dict[str, Any]]:
+    """The batch's live progress, but for tasks whose record was set aside: their stored row
+    stays as it was, progress included, as a run from scratch would leave it."""
+    refused = {r.source_id for r in pending.batch.rejects if r.entity == "task" and r.source_id}
+    if not refused:
+        return pending.progress
+    return [row for row in pending.progress if row["task_id"] not in refused]
 
 
 def _record_failure(

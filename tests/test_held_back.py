@@ -118,6 +118,25 @@ def test_a_set_aside_record_never_deletes_its_own_stored_row(
     assert scalar(engine, "SELECT source_id FROM etl_rejects") == long_id
 
 
+def test_a_set_aside_record_leaves_its_stored_rows_progress_alone(
+    sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
+) -> None:
+    job_id = sim.jobs()[0]["jobId"]
+    task = {"taskId": "task-live", "jobId": job_id, "runStatus": "Running", "checkpointList": []}
+    sim.put_task(job_id, task)
+    seeded(sim, server, db_url, tmp_path)
+    before = scalar(engine, "SELECT run_progress FROM finetune_tasks WHERE task_id = 'task-live'")
+    # still Running upstream, its record now one the transformer sets aside, its progress on
+    sim.put_task(job_id, {**task, "checkpointList": "broken"})
+    sim.set_progress("task-live", "42%")
+    run = sync(sim, server, db_url, tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "1 rejects" in run.stdout
+    # as a full run from scratch would leave it: the stored row stays as it was, progress too
+    after = scalar(engine, "SELECT run_progress FROM finetune_tasks WHERE task_id = 'task-live'")
+    assert (before, after) == (0.0, 0.0)
+
+
 def _flood(sim: Simulator, count: int) -> str:
     """`count` untypable tasks (readable ids) in the account's first job."""
     job_id = sim.jobs()[0]["jobId"]
