@@ -9,7 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from etl.schema import etl_runs, finetune_jobs, finetune_task_checkpoints, finetune_tasks
+from etl.schema import (
+    PIVOTED_METRICS,
+    etl_runs,
+    finetune_jobs,
+    finetune_task_checkpoints,
+    finetune_tasks,
+)
 
 DONE = "Done"
 FAILED = "Failed"
@@ -26,7 +32,7 @@ TEXT_LIMIT = 300
 LABEL_LIMIT = 60
 BEST_TASKS = 10
 RECENT_FAILURES = 10
-METRICS = {"bleu_4": "BLEU-4", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2", "rouge_l": "ROUGE-L"}
+METRICS = PIVOTED_METRICS
 UNKNOWN = "(unknown)"
 
 metrics_wide = sa.table(

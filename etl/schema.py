@@ -16,6 +16,13 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 # jsonb on Postgres, JSON text elsewhere.
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
 Timestamp = sa.DateTime(timezone=True)
+# The metrics the wide view pivots and finetune_tasks keeps, by column: column -> metric_name.
+PIVOTED_METRICS = {
+    "bleu_4": "BLEU-4",
+    "rouge_1": "ROUGE-1",
+    "rouge_2": "ROUGE-2",
+    "rouge_l": "ROUGE-L",
+}
 # Partial indexes over live tasks (deleted_at IS NULL) for what dashboards sort and filter by.
 # Only columns of bounded size are keys: a btree refuses an entry over about 2,700 bytes on
 # Postgres, so an index on text the API sends (model, status, parameter scale) would fail the
@@ -301,12 +308,7 @@ finetune_tasks = sa.Table(
                 "task has no such metric or it is not a number. Kept by the load with its metrics."
             ),
         )
-        for column, name in (
-            ("bleu_4", "BLEU-4"),
-            ("rouge_1", "ROUGE-1"),
-            ("rouge_2", "ROUGE-2"),
-            ("rouge_l", "ROUGE-L"),
-        )
+        for column, name in PIVOTED_METRICS.items()
     ),
     # What dashboards filter and sort live tasks by (README, Performance).
     *(

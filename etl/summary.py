@@ -5,26 +5,8 @@ replaces the task's metrics and checkpoints, so it always equals the aggregate o
 
 from typing import Any
 
+from etl.schema import PIVOTED_METRICS
 from etl.transform import TaskRows
-
-# The summary columns of finetune_tasks, in table order.
-SUMMARY_COLUMNS = (
-    "checkpoint_count",
-    "last_step",
-    "final_training_loss",
-    "min_perplexity",
-    "bleu_4",
-    "rouge_1",
-    "rouge_2",
-    "rouge_l",
-)
-# The metrics the views pivot: column -> metric_name.
-METRIC_COLUMNS = {
-    "bleu_4": "BLEU-4",
-    "rouge_1": "ROUGE-1",
-    "rouge_2": "ROUGE-2",
-    "rouge_l": "ROUGE-L",
-}
 
 
 def summarised(rows: TaskRows) -> dict[str, Any]:
@@ -55,4 +37,4 @@ def checkpoint_summary(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
 def metric_summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     """The four pivoted metrics in percent; NULL for a metric the task lacks."""
     by_name = {row["metric_name"]: row["value_percent"] for row in metrics}
-    return {column: by_name.get(name) for column, name in METRIC_COLUMNS.items()}
+    return {column: by_name.get(name) for column, name in PIVOTED_METRICS.items()}
