@@ -61,6 +61,16 @@ SHAPES = (
         "WHERE run_status = 'Done' GROUP BY parameter_scale",
     ),
     Shape(
+        "one model's 50 latest tasks (overview)",
+        "SELECT * FROM finetune_task_overview WHERE model = :model "
+        "ORDER BY create_time DESC LIMIT 50",
+    ),
+    Shape(
+        "failed tasks of one model and scale (overview)",
+        "SELECT task_id, create_time, error_code FROM finetune_task_overview "
+        "WHERE run_status = 'Failed' AND model = :model AND parameter_scale = :scale",
+    ),
+    Shape(
         "one task's loss curve (checkpoints_live)",
         "SELECT step, training_loss FROM finetune_task_checkpoints_live "
         "WHERE task_id = :task ORDER BY step",
@@ -122,10 +132,14 @@ def _parameters(connection: Connection) -> dict[str, Any]:
             "LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM finetune_jobs WHERE deleted_at IS NULL)"
         )
     ).scalar()
-    task = connection.execute(
-        sa.text("SELECT MIN(task_id) FROM finetune_tasks WHERE job_id = :job"), {"job": job}
-    ).scalar()
-    return {"job": job, "task": task}
+    task, model, scale = connection.execute(
+        sa.text(
+            "SELECT task_id, model, parameter_scale FROM finetune_tasks WHERE task_id = "
+            "(SELECT MIN(task_id) FROM finetune_tasks WHERE job_id = :job)"
+        ),
+        {"job": job},
+    ).one()
+    return {"job": job, "task": task, "model": model, "scale": scale}
 
 
 def _run(connection: Connection, shape: Shape, params: dict[str, Any]) -> None:

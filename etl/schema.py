@@ -32,6 +32,13 @@ LIVE_TASK_INDEXES = {
     "ix_finetune_tasks_live_create_time": ("create_time", "deleted_at"),
     "ix_finetune_tasks_live_checkpoint_count": ("checkpoint_count", "task_id", "deleted_at"),
 }
+# What dashboards filter live tasks by equality on, text the API sends: a hash index on
+# Postgres keeps a 4-byte hash of any value, however long (SQLite's btree takes long keys).
+LIVE_TASK_FILTER_INDEXES = {
+    "ix_finetune_tasks_live_run_status": "run_status",
+    "ix_finetune_tasks_live_model": "model",
+    "ix_finetune_tasks_live_parameter_scale": "parameter_scale",
+}
 
 finetune_jobs = sa.Table(
     "finetune_jobs",
@@ -319,6 +326,16 @@ finetune_tasks = sa.Table(
             sqlite_where=sa.text("deleted_at IS NULL"),
         )
         for name, columns in LIVE_TASK_INDEXES.items()
+    ),
+    *(
+        sa.Index(
+            name,
+            column,
+            postgresql_using="hash",
+            postgresql_where=sa.text("deleted_at IS NULL"),
+            sqlite_where=sa.text("deleted_at IS NULL"),
+        )
+        for name, column in LIVE_TASK_FILTER_INDEXES.items()
     ),
     comment=(
         "Fine-tuning tasks (runs) of every job (DescribeFineTuningTasks), one row per task. A row "

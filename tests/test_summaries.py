@@ -147,3 +147,34 @@ def test_no_index_refuses_a_long_text_the_api_sends(etl: Etl) -> None:
     db.downgrade(etl.engine, OLD)  # a database an earlier release loaded with it upgrades
     db.upgrade(etl.engine)
     assert summary_disagreements(etl.engine) == []
+
+
+FILTERS = {
+    "ix_finetune_tasks_live_run_status": "run_status",
+    "ix_finetune_tasks_live_model": "model",
+    "ix_finetune_tasks_live_parameter_scale": "parameter_scale",
+}
+
+
+@pytest.mark.parametrize("index, column", FILTERS.items())
+def test_a_dashboards_filter_on_text_the_api_sends_has_its_index(
+    etl: Etl, index: str, column: str
+) -> None:
+    """A filter on the overview by status, model or scale can read its index (the planner
+    chooses it once a table scan is priced out), long values included."""
+    job_id = etl.sim.jobs()[0]["jobId"]
+    long_task = {"taskId": "task-long", "jobId": job_id, "runStatus": f"Done {LONG}"}
+    etl.sim.put_task(job_id, long_task | {"model": LONG, "parameterScale": LONG})
+    assert etl.sync_here().exit_code == 0
+    query = f"SELECT task_id FROM finetune_task_overview WHERE {column} = :value"
+    with etl.engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text("ANALYZE finetune_tasks"))
+            connection.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            plan = connection.execute(sa.text(f"EXPLAIN {query}"), {"value": "x"}).scalars()
+        else:
+            plan = connection.execute(sa.text(f"EXPLAIN QUERY PLAN {query}"), {"value": "x"})
+            plan = (row[-1] for row in plan)
+        assert index in " ".join(plan)
+        found = connection.execute(sa.text(query), {"value": LONG}).scalars().all()
+    assert found == (["task-long"] if column != "run_status" else [])
