@@ -28,8 +28,9 @@ from bench.measure import (
 )
 from bench.report import Phase, Results
 
-SIZES = {"S": 200, "M": 2000, "L": 8000}
-TASKS_PER_JOB = 25
+# Jobs of 25 tasks by size; J is one job of 50,000 tasks (the memory bound of a big job).
+SIZES = {"S": 200, "M": 2000, "L": 8000, "J": 1}
+TASKS_PER_JOB = {"S": 25, "M": 25, "L": 25, "J": 50_000}
 CHECKPOINTS = 20
 
 
@@ -52,7 +53,7 @@ class Settings:
             "steady_state": self.steady_state,
             "size": self.size,
             "jobs": SIZES[self.size],
-            "tasks_per_job": TASKS_PER_JOB,
+            "tasks_per_job": TASKS_PER_JOB[self.size],
             "checkpoints": CHECKPOINTS,
             "latency_ms": self.latency_ms,
             "concurrency": self.concurrency,
@@ -208,7 +209,9 @@ def run(settings: Settings) -> Results:
     jobs = SIZES[settings.size]
     with (
         tempfile.TemporaryDirectory(prefix="qfetl-bench-") as tmp,
-        SimulatorProcess(jobs, TASKS_PER_JOB, CHECKPOINTS, settings.latency_ms) as sim,
+        SimulatorProcess(
+            jobs, TASKS_PER_JOB[settings.size], CHECKPOINTS, settings.latency_ms
+        ) as sim,
         target_database(settings, Path(tmp)) as target,
     ):
         cwd, env = Path(tmp), child_env(sim, target.url)
@@ -233,7 +236,11 @@ def run_steady(settings: Settings) -> Results:
     with (
         tempfile.TemporaryDirectory(prefix="qfetl-bench-") as tmp,
         SimulatorProcess(
-            jobs, TASKS_PER_JOB, CHECKPOINTS, settings.latency_ms, steady.RUNNING_JOBS
+            jobs,
+            TASKS_PER_JOB[settings.size],
+            CHECKPOINTS,
+            settings.latency_ms,
+            steady.RUNNING_JOBS,
         ) as sim,
         target_database(settings, Path(tmp)) as target,
     ):
@@ -259,7 +266,9 @@ def run_queries(settings: Settings) -> dict[str, float]:
     """Sync a fresh database at the size asked for, then time the dashboards' queries on it."""
     with (
         tempfile.TemporaryDirectory(prefix="qfetl-bench-") as tmp,
-        SimulatorProcess(SIZES[settings.size], TASKS_PER_JOB, CHECKPOINTS, 0.0) as sim,
+        SimulatorProcess(
+            SIZES[settings.size], TASKS_PER_JOB[settings.size], CHECKPOINTS, 0.0
+        ) as sim,
         target_database(settings, Path(tmp)) as target,
     ):
         cwd, env = Path(tmp), child_env(sim, target.url)
@@ -307,7 +316,12 @@ def progress(message: str) -> None:
 
 
 @click.command()
-@click.option("--size", type=click.Choice(list(SIZES)), required=True, help="S, M or L.")
+@click.option(
+    "--size",
+    type=click.Choice(list(SIZES)),
+    required=True,
+    help="S, M, L, or J (one job of 50,000 tasks).",
+)
 @click.option("--latency-ms", type=click.FloatRange(0), default=0.0, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option(
@@ -353,7 +367,8 @@ def main(
 ) -> None:
     """Time full and no-op `qianfan-etl sync` against the simulator and the fetch/COPY floors.
 
-    Sizes: S = 200, M = 2,000, L = 8,000 jobs of 25 tasks, 4 metrics and 20 checkpoints each.
+    Sizes: S = 200, M = 2,000, L = 8,000 jobs of 25 tasks, 4 metrics and 20 checkpoints each;
+    J = one job of 50,000 such tasks.
     Prints one table and the targets; saves the same as JSON (default bench/results/).
 
     \b
@@ -374,7 +389,7 @@ def main(
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
     if steady_state:
-        expected = steady.formula(SIZES[size], TASKS_PER_JOB, CHECKPOINTS)
+        expected = steady.formula(SIZES[size], TASKS_PER_JOB[size], CHECKPOINTS)
         results.targets = steady.evaluate(results, expected)
     else:
         baseline = report.size_s_baseline(results.settings)

@@ -16,7 +16,8 @@ PHASE_NAMES = {
     "steady_active": "steady --active-only",
 }
 COLUMNS = ("phase", "wall s", "API calls", "tasks/s", "rows/s", "peak RSS MB", "rows written")
-RSS_LIMIT_MB = 250.0
+# Peak RSS of sync by size (issue 16: 150 MB at M, 300 MB for one job of 50,000 tasks).
+RSS_LIMIT_MB = {"S": 150.0, "M": 150.0, "L": 250.0, "J": 300.0}
 
 
 @dataclass

@@ -19,7 +19,9 @@ from pathlib import Path
 from etl import stopping
 from etl.errors import ConfigError
 
-POINTS = frozenset({"after_fetch", "before_commit", "after_commit", "after_revision"})
+POINTS = frozenset(
+    {"after_fetch", "after_piece", "before_commit", "after_commit", "after_revision"}
+)
 ACTIONS = frozenset({"sigkill", "sigterm", "sigint", "raise", "pause"})
 PAUSE_POLL_SECONDS = 0.01
 PAUSE_LIMIT_SECONDS = 30.0

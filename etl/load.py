@@ -301,6 +301,15 @@ class Written:
     reject_keys: set[str] = field(default_factory=set)
     rejects_recorded: int = 0
 
+    def add(self, other: "Written") -> None:
+        """Take in what another piece of the same transaction wrote."""
+        self.counts.add(other.counts)
+        self.seen |= other.seen
+        self.absent.update(other.absent)
+        self.deferred += other.deferred
+        self.reject_keys |= other.reject_keys
+        self.rejects_recorded += other.rejects_recorded
+
 
 def has_tasks(connection: Connection) -> bool:
     """Whether any task is stored yet."""

@@ -206,8 +206,14 @@ class _Listing:
     first_next: str = ""
 
 
+# Jobs whose generated task listing is kept between pages: a job of 50,000 tasks is listed in
+# 500 pages, and generating it for each page made its listing quadratic.
+LISTINGS_KEPT = 64
+
+
 class _Dataset:
-    """The account: generated jobs/tasks plus overlays; tasks are regenerated on every read."""
+    """The account: generated jobs/tasks plus overlays. The task listings of the jobs listed
+    last are kept until anything changes; other tasks are generated when read."""
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
@@ -221,7 +227,9 @@ class _Dataset:
         self._deleted_tasks: set[str] = set()
         self._done_tasks: set[str] = set()
         self._added_tasks: dict[str, list[Any]] = {}
-        self._task_jobs: dict[str, int] = {}  # generated task id -> job index, built once
+        # generated task id -> (job index, position in its job), built once
+        self._task_places: dict[str, tuple[int, int]] = {}
+        self._listings: dict[str, list[Any]] = {}  # job id -> its task listing, as last made
 
     def _base_job(self, index: int) -> dict[str, Any]:
         if index not in self._job_cache:
@@ -245,7 +253,19 @@ class _Dataset:
         return next((raw for raw in self._added_jobs if id_of(raw, "jobId") == job_id), None)
 
     def task_listing(self, job_id: str) -> list[Any]:
-        """Every listed task of a listed job, in listing order ([] for an unknown job)."""
+        """Every listed task of a listed job, in listing order ([] for an unknown job); the
+        caller must not change it."""
+        if job_id not in self._listings:
+            if len(self._listings) >= LISTINGS_KEPT:
+                del self._listings[next(iter(self._listings))]
+            self._listings[job_id] = self._made_listing(job_id)
+        return self._listings[job_id]
+
+    def changed(self) -> None:
+        """Forget the kept listings: the account changed."""
+        self._listings.clear()
+
+    def _made_listing(self, job_id: str) -> list[Any]:
         job = self.find_job(job_id)
         if job is None:
             return []
@@ -269,19 +289,26 @@ class _Dataset:
                 id_of(raw, "taskId") == task_id for raw in raws
             ):
                 return job_id
-        index = self._generated_task_jobs().get(task_id)
+        index = self._generator_of(task_id)
         if index is None or self._ids[index] in self._deleted_jobs:
             raise KeyError(task_id)
         if task_id in self._deleted_tasks and task_id not in self._task_overrides:
             raise KeyError(task_id)
         return self._ids[index]
 
-    def _generated_task_jobs(self) -> dict[str, int]:
-        """Which job generated each task id: a detail call must not hash the whole account."""
-        if not self._task_jobs and self.config.tasks_per_job:
+    def _place(self, task_id: str | None) -> tuple[int, int] | None:
+        """Which job generated a task id, and where in its listing: a detail call must not
+        generate (nor hash) the whole account."""
+        if not self._task_places and self.config.tasks_per_job:
             for index in range(self.config.jobs):
-                self._task_jobs.update(dict.fromkeys(self._task_ids(index), index))
-        return self._task_jobs
+                ids = self._task_ids(index)
+                self._task_places.update((task_id, (index, n)) for n, task_id in enumerate(ids))
+        return self._task_places.get(task_id) if task_id is not None else None
+
+    def _generator_of(self, task_id: str | None) -> int | None:
+        """The index of the job that generated this task id, or None."""
+        place = self._place(task_id)
+        return place[0] if place is not None else None
 
     def find_task(self, task_id: str) -> Any:
         """The listed task with this id, or None."""
@@ -300,13 +327,13 @@ class _Dataset:
         first: made alone, since a detail call must not generate the whole job (the simulator's
         CPU is the client's in a benchmark). None when only the listing can tell."""
         index = self._index.get(job_id)
-        if index is None or self._generated_task_jobs().get(task_id) != index:
+        if index is None or self._generator_of(task_id) != index:
             return None
         if task_id in self._task_overrides:
             return self._task_overrides[task_id]
         if task_id in self._deleted_tasks:
             return None
-        job, number = self.find_job(job_id), self._task_ids(index).index(task_id)
+        job, number = self.find_job(job_id), self._task_places[task_id][1]
         done = task_id in self._done_tasks
         task = _make_task(self.config, self._base_job(index), index, number, done)
         task.update(jobName=job.get("name"), jobDescription=job.get("description"))
@@ -324,7 +351,7 @@ class _Dataset:
         job_id = self.locate_task(task_id)
         added = self._added_tasks.get(job_id, [])
         self._added_tasks[job_id] = [raw for raw in added if id_of(raw, "taskId") != task_id]
-        if job_id in self._index and task_id in self._task_ids(self._index[job_id]):
+        if job_id in self._index and self._generator_of(task_id) == self._index[job_id]:
             self._task_overrides.pop(task_id, None)
             self._deleted_tasks.add(task_id)
 
@@ -348,7 +375,7 @@ class _Dataset:
 
     def put_task(self, job_id: str, raw: Any) -> None:
         task_id = id_of(raw, "taskId")
-        if job_id in self._index and task_id in self._task_ids(self._index[job_id]):
+        if task_id is not None and self._generator_of(task_id) == self._index.get(job_id):
             self._task_overrides[task_id] = raw
             self._deleted_tasks.discard(task_id)
             return
@@ -566,7 +593,10 @@ class Simulator:
 
     def _mutate(self, change: Callable[..., None], *args: Any) -> None:
         with self._lock:
-            change(*_copy(args))
+            try:
+                change(*_copy(args))
+            finally:
+                self._data.changed()
 
     def finish_task(self, task_id: str) -> None:
         """Running/Waiting → Done with full checkpoints, metrics (text modes) and finish time."""
@@ -597,6 +627,7 @@ class Simulator:
         takes back a record whose id is a number, null, empty or missing."""
         with self._lock:
             self._data.remove_added(match)
+            self._data.changed()
 
     def set_progress(self, task_id: str, value: Any) -> None:
         """What the detail call answers as runProgress while the task is Running (any JSON)."""
@@ -656,6 +687,7 @@ class Simulator:
             )
             if kind == "deleted_mid_listing" and page["pageInfo"]["isTruncated"] is True:
                 self._data.delete_job(job_id)
+                self._data.changed()
             if self.config.lean_listings:
                 page["taskList"] = [_lean(task) for task in page["taskList"]]
             return page

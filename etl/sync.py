@@ -141,6 +141,24 @@ class _Pending:
     deletes: bool
     jobs: int
 
+    def pieces(self, size: int) -> Iterator["_Pending"]:
+        """The batch in pieces to type and write one after another in its transaction: a job
+        of more than `size` tasks (a batch alone) in pieces of `size` (of each task id listed
+        twice, the last copy), so that memory holds one piece's rows, not the whole job's. The
+        last piece says what the job listed, for its absent tasks."""
+        listed = {job_id: {t.task_id for t in tasks if t.task_id} for job_id, tasks in self.untyped}
+        if len(self.untyped) != 1 or len(self.untyped[0][1]) <= size:
+            self.batch.listed = listed if self.deletes else {}
+            yield self
+            return
+        [(job_id, tasks)] = self.untyped
+        unique = list({t.task_id or id(t): t for t in tasks}.values())
+        for start in range(0, len(unique), size):
+            batch = self.batch if start == 0 else Batch()
+            if start + size >= len(unique) and self.deletes:
+                batch.listed = listed
+            yield _Pending(batch, [(job_id, unique[start : start + size])], [], False, 0)
+
 
 def sync(
     engine: Engine,
@@ -279,7 +297,7 @@ def _copy_account(
     with _transaction(connection, options.dry_run):
         state.type_ahead = not load.has_tasks(connection)
         select = None if state.ledger.deletes else _active_selection(connection, options.full_every)
-    writer = _Writer(connection, run, options.dry_run, options.max_rejects)
+    writer = _Writer(connection, run, options)
     try:
         listings = fetch_account(
             client,
@@ -292,7 +310,10 @@ def _copy_account(
         )
         for listing in _until_stopped(listings, state):
             fault_point("after_fetch")
-            _add_listing(state, listing)
+            big = len(listing.tasks) > options.batch_tasks
+            if big and state.untyped_tasks:  # a job bigger than a batch is a batch alone
+                _check(state, counts, writer.submit(_take(state)))
+            _add_listing(state, listing, big)
             counts.jobs_seen += 1
             if state.untyped_tasks >= options.batch_tasks:
                 _check(state, counts, writer.submit(_take(state)))
@@ -367,9 +388,10 @@ def _count_skipped(counts: RunCounts, select: ActiveSelection) -> None:
     log.info("%d jobs carried over without listing their tasks", counts.jobs_skipped)
 
 
-def _add_listing(state: _State, listing: JobListing) -> None:
+def _add_listing(state: _State, listing: JobListing, big: bool) -> None:
     """Type one job into the batch and prepare its tasks; note in the ledger what each scope
-    listed, readable or not."""
+    listed, readable or not. A big job's tasks are left to the writer to type a piece at a
+    time."""
     if listing.failure is not None:
         _add_failure(state, listing.failure)
         return
@@ -383,7 +405,7 @@ def _add_listing(state: _State, listing: JobListing) -> None:
     state.ledger.saw(ACCOUNT, [job_id])
     state.batch.jobs.append(job)
     # Hashing here, while the fetch workers wait on the network, keeps the writer short.
-    ahead = job_id if state.type_ahead else None
+    ahead = job_id if state.type_ahead and not big else None
     tasks = _prepared(listing, ahead)
     _note_ids(state.ledger, job_scope(job_id), [task.task_id for task in tasks])
     state.untyped.append((job_id, tasks))
@@ -609,11 +631,12 @@ class _Writer:
     waits on the API. A batch commits only while the run holds its lock and is not stopping,
     so a signal rolls back the batch in progress instead of racing its commit."""
 
-    def __init__(self, connection: Connection, run: _Run, dry_run: bool, max_rejects: int) -> None:
+    def __init__(self, connection: Connection, run: _Run, options: SyncOptions) -> None:
         self._connection = connection
         self._run = run
-        self._dry_run = dry_run
-        self._reject_room = max_rejects
+        self._dry_run = options.dry_run
+        self._reject_room = options.max_rejects
+        self._piece_tasks = options.batch_tasks
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qianfan-writer")
         self._pending: Future[Written] | None = None
 
@@ -647,10 +670,8 @@ class _Writer:
         with _transaction(connection, self._dry_run):
             ids = [t.task_id for _, tasks in pending.untyped for t in tasks if t.task_id]
             stored = load.stored_tasks(connection, ids)
-            _type_tasks(pending, stored)
-            pending.batch.reject_room = self._reject_room
-            written = load.write_batch(connection, pending.batch, self._run.run_id, stored)
-            progress = _progress_of_typed(pending)
+            written, refused = self._write_pieces(pending, stored)
+            progress = [row for row in pending.progress if row["task_id"] not in refused]
             written.counts.rows_written += load.save_progress(connection, progress)
             batch = RunCounts(jobs_seen=pending.jobs)
             batch.add(written.counts)
@@ -660,8 +681,22 @@ class _Writer:
         if not self._dry_run:  # a dry run commits nothing
             self._run.committed.add(batch)
             fault_point("after_commit")
-        self._reject_room -= written.rejects_recorded
         return written
+
+    def _write_pieces(self, pending: _Pending, stored: dict[str, Any]) -> tuple[Written, set[str]]:
+        """Type and write the batch a piece at a time; what it wrote, and the ids of the
+        tasks set aside (their stored rows keep their progress, as a run from scratch would
+        leave them)."""
+        written, refused = Written(counts=RunCounts()), set[str]()
+        for piece in pending.pieces(self._piece_tasks):
+            _type_tasks(piece, stored)
+            piece.batch.reject_room = self._reject_room
+            done = load.write_batch(self._connection, piece.batch, self._run.run_id, stored)
+            self._reject_room -= done.rejects_recorded
+            written.add(done)
+            refused |= {r.source_id or "" for r in piece.batch.rejects if r.entity == "task"}
+            fault_point("after_piece")
+        return written, refused
 
     def _record(self, batch: RunCounts) -> None:
         """Record the run's counts as they are once this batch commits, in its transaction."""
@@ -702,18 +737,7 @@ def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:
             if task_id not in chosen or job_id < chosen[task_id][0]:
                 chosen[task_id] = (job_id, row)
         pending.batch.rejects.extend(replace(reject, scope=job_id) for reject in rejects)
-        if pending.deletes:
-            pending.batch.listed[job_id] = {t.task_id for t in tasks if t.task_id}
     pending.batch.tasks.extend(row for _, row in chosen.values())
-
-
-def _progress_of_typed(pending: _Pending) -> list[dict[str, Any]]:
-    """The batch's live progress, but for tasks whose record was set aside: their stored row
-    stays as it was, progress included, as a run from scratch would leave it."""
-    refused = {r.source_id for r in pending.batch.rejects if r.entity == "task" and r.source_id}
-    if not refused:
-        return pending.progress
-    return [row for row in pending.progress if row["task_id"] not in refused]
 
 
 def _record_failure(
