@@ -15,6 +15,9 @@ failing job after job (the circuit breaker) ends the walk.
 """
 
 import logging
+import os
+import pickle
+import tempfile
 import threading
 import time
 from collections import deque
@@ -54,6 +57,53 @@ OPEN_JOBS_PER_WORKER = 16
 JOB_BACKLOG = 100
 # How long the consumer waits at a time, so a signal is handled promptly.
 WAIT_SLICE = 0.5
+# A job's tasks are held as they come until it lists more than this many; from then on its
+# pages wait in a temporary file, so that a job of any size holds a page in memory, not itself.
+SPOOL_AFTER = 2000
+
+
+class Spool:
+    """A big job's raw tasks, a pickle per page in an unlinked temporary file (gone when the
+    spool is): iterable any number of times, each page read at its own offset, with the lean
+    tasks' enrichments laid over. Pickle, since it gives back exactly what the client parsed
+    (any integer, any float); the file is this process's own."""
+
+    def __init__(self, tasks: list[Any]) -> None:
+        # no context manager: the file lives as long as the spool, and is unlinked already
+        self._file = tempfile.TemporaryFile(prefix="qianfan-etl-job-")  # noqa: SIM115
+        self._pages: list[tuple[int, int]] = []
+        self._count = 0
+        self.enriched: dict[str, Any] = {}
+        self.add(tasks)
+
+    def add(self, tasks: list[Any]) -> None:
+        """Append a page of raw tasks."""
+        data = pickle.dumps(tasks, pickle.HIGHEST_PROTOCOL)
+        offset = self._pages[-1][0] + self._pages[-1][1] if self._pages else 0
+        self._file.write(data)
+        self._file.flush()
+        self._pages.append((offset, len(data)))
+        self._count += len(tasks)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Any]:
+        fd, enriched = self._file.fileno(), self.enriched
+        for offset, size in self._pages:
+            for task in pickle.loads(os.pread(fd, size, offset)):
+                yield enriched.get(id_of(task, "taskId") or "", task) if enriched else task
+
+
+def _kept(tasks: "list[Any] | Spool", page: list[Any]) -> "list[Any] | Spool":
+    """A job's tasks with a page more: in memory up to SPOOL_AFTER, then spooled."""
+    if isinstance(tasks, list) and len(tasks) + len(page) <= SPOOL_AFTER:
+        tasks.extend(page)
+        return tasks
+    if isinstance(tasks, list):
+        return Spool(tasks + page)
+    tasks.add(page)
+    return tasks
 
 
 @dataclass(frozen=True)
@@ -71,7 +121,7 @@ class JobListing:
     """One listed job, raw, with every raw task of it (or the failure that left it without)."""
 
     job: Any
-    tasks: list[Any]
+    tasks: "list[Any] | Spool"
     # The raw detail of each Running task, by taskId; details that could not be fetched.
     details: dict[str, Any] = field(default_factory=dict)
     details_failed: int = 0
@@ -210,7 +260,7 @@ class _Job:
     job_id: str
     paginator: MarkerPaginator
     pages: Iterator[list[Any]]
-    tasks: list[Any] = field(default_factory=list)
+    tasks: list[Any] | Spool = field(default_factory=list)
     asked: set[str] = field(default_factory=set)
     details: dict[str, Any] = field(default_factory=dict)
     details_failed: int = 0
@@ -391,7 +441,7 @@ class _Walk:
         except JOB_LEVEL_ERRORS as exc:
             job.failure = _failure(job.job_id, exc)
             return self._unit_done(job)
-        job.tasks.extend(page)  # only this job's page unit touches its tasks
+        job.tasks = _kept(job.tasks, page)  # only this job's page unit touches its tasks
         running = running_task_ids(page) if self._settings.task_details else []
         last = not job.paginator.has_next_page
         plan = _plan_lean(job.tasks, self._settings.stored_hashes) if last else None
@@ -464,7 +514,7 @@ def _failure(job_id: str, exc: EtlError) -> JobFailure:
     return JobFailure(job_id, type(exc).__name__, exc.exit_code, message)
 
 
-def _plan_lean(tasks: list[Any], stored_hashes: StoredHashes) -> _LeanPlan | None:
+def _plan_lean(tasks: Iterable[Any], stored_hashes: StoredHashes) -> _LeanPlan | None:
     """What a listed job's lean tasks need (README, "Lean listings"): a finished one a call
     of its own unless it is stored as enriched from this very listing; None without any."""
     lean = {key: task for task in tasks if is_lean(task) and (key := id_of(task, "taskId"))}
@@ -484,12 +534,12 @@ def _plan_lean(tasks: list[Any], stored_hashes: StoredHashes) -> _LeanPlan | Non
 
 
 def _enrich(
-    tasks: list[Any],
+    tasks: list[Any] | Spool,
     plan: _LeanPlan | None,
     details: dict[str, Any],
     children: dict[str, Any],
     task_details: bool,
-) -> tuple[list[Any], _Enrichment]:
+) -> tuple[list[Any] | Spool, _Enrichment]:
     """Give lean tasks the children of their detail: a Running one from its progress call, a
     finished one from its own call. One left without (its call failed) stands for its stored
     hash, so it stays as stored this run and the next run tries again."""
@@ -506,6 +556,9 @@ def _enrich(
             result.failed += task_details  # its progress call failed (or was turned off)
             result.keep_stored(task_id, plan.stored)
     merged = result.merged
+    if isinstance(tasks, Spool):
+        tasks.enriched = merged
+        return tasks, result
     return [merged.get(id_of(task, "taskId") or "", task) for task in tasks], result
 
 

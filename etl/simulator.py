@@ -375,7 +375,8 @@ class _Dataset:
 
     def put_task(self, job_id: str, raw: Any) -> None:
         task_id = id_of(raw, "taskId")
-        if task_id is not None and self._generator_of(task_id) == self._index.get(job_id):
+        index = self._index.get(job_id)
+        if task_id is not None and index is not None and self._generator_of(task_id) == index:
             self._task_overrides[task_id] = raw
             self._deleted_tasks.discard(task_id)
             return

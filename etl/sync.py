@@ -32,7 +32,7 @@ from etl.errors import (
     EtlError,
     exit_code_of,
 )
-from etl.extract import ActiveSelection, JobFailure, JobListing, WalkStats, fetch_account
+from etl.extract import ActiveSelection, JobFailure, JobListing, Spool, WalkStats, fetch_account
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts, Written
 from etl.qianfan import QianfanClient
@@ -46,6 +46,7 @@ from etl.transform import (
     job_to_row,
     prepare_task,
     progress_to_row,
+    readable_id,
     tasks_to_rows,
     typed_ahead,
 )
@@ -118,6 +119,8 @@ class _State:
     stopped: EtlError | None = None
     # tasks held back by the ownership rule (task id -> rows, job stored under)
     deferred: dict[str, tuple[TaskRows, str]] = field(default_factory=dict)
+    # the job bigger than a batch that is the batch
+    big: "tuple[str, _BigJob] | None" = None
 
 
 @dataclass
@@ -141,23 +144,60 @@ class _Pending:
     deletes: bool
     jobs: int
 
+    # a job of more than a batch's tasks, alone in its batch, prepared as the writer goes
+    big: "tuple[str, _BigJob] | None" = None
+
+    def task_ids(self) -> list[str]:
+        """The readable ids of the batch's tasks, to read what is stored of them."""
+        if self.big is not None:
+            return [task_id for task_id in self.big[1].ids if task_id]
+        return [t.task_id for _, tasks in self.untyped for t in tasks if t.task_id]
+
     def pieces(self, size: int) -> Iterator["_Pending"]:
-        """The batch in pieces to type and write one after another in its transaction: a job
-        of more than `size` tasks (a batch alone) in pieces of `size` (of each task id listed
-        twice, the last copy), so that memory holds one piece's rows, not the whole job's. The
-        last piece says what the job listed, for its absent tasks."""
-        listed = {job_id: {t.task_id for t in tasks if t.task_id} for job_id, tasks in self.untyped}
-        if len(self.untyped) != 1 or len(self.untyped[0][1]) <= size:
-            self.batch.listed = listed if self.deletes else {}
+        """The batch in pieces to type and write one after another in its transaction: a big
+        job in pieces of `size` tasks, so that memory holds one piece's rows, not the whole
+        job's. The first piece has the job's row and says what the job listed, for its
+        absent tasks."""
+        if self.big is None:
+            if self.deletes:
+                self.batch.listed = {
+                    job: {t.task_id for t in tasks if t.task_id} for job, tasks in self.untyped
+                }
             yield self
             return
-        [(job_id, tasks)] = self.untyped
-        unique = list({t.task_id or id(t): t for t in tasks}.values())
-        for start in range(0, len(unique), size):
-            batch = self.batch if start == 0 else Batch()
-            if start + size >= len(unique) and self.deletes:
-                batch.listed = listed
-            yield _Pending(batch, [(job_id, unique[start : start + size])], [], False, 0)
+        job_id, big = self.big
+        if self.deletes:
+            self.batch.listed = {job_id: {task_id for task_id in big.ids if task_id}}
+        batch = self.batch
+        for tasks in big.pieces(size):
+            yield _Pending(batch, [(job_id, tasks)], [], False, 0)
+            batch = Batch()
+
+
+@dataclass(frozen=True)
+class _BigJob:
+    """A big job's raw tasks (in memory, or spooled by the walk), the hash its lean tasks
+    stand for, and the readable id of each, in listing order."""
+
+    raws: list[Any] | Spool
+    digests: dict[str, str]
+    ids: list[str | None]
+
+    def pieces(self, size: int) -> Iterator[list[PreparedTask]]:
+        """The tasks prepared, `size` at a time; of a task id listed twice, the last copy
+        (pieces are written one after another: one id must not be in two)."""
+        last = {task_id: n for n, task_id in enumerate(self.ids) if task_id}
+        piece: list[PreparedTask] = []
+        for n, raw in enumerate(self.raws):
+            task_id = self.ids[n]
+            if task_id is not None and last[task_id] != n:
+                continue
+            piece.append(prepare_task(raw, self.digests.get(task_id or "")))
+            if len(piece) == size:
+                yield piece
+                piece = []
+        if piece:
+            yield piece
 
 
 def sync(
@@ -404,11 +444,15 @@ def _add_listing(state: _State, listing: JobListing, big: bool) -> None:
     job_id = job["job_id"]
     state.ledger.saw(ACCOUNT, [job_id])
     state.batch.jobs.append(job)
-    # Hashing here, while the fetch workers wait on the network, keeps the writer short.
-    ahead = job_id if state.type_ahead and not big else None
-    tasks = _prepared(listing, ahead)
-    _note_ids(state.ledger, job_scope(job_id), [task.task_id for task in tasks])
-    state.untyped.append((job_id, tasks))
+    if big:
+        ids = [readable_id(raw, "taskId") for raw in listing.tasks]
+        state.big = (job_id, _BigJob(listing.tasks, listing.digests, ids))
+    else:
+        # Hashing here, while the fetch workers wait on the network, keeps the writer short.
+        tasks = _prepared(listing, job_id if state.type_ahead else None)
+        ids = [task.task_id for task in tasks]
+        state.untyped.append((job_id, tasks))
+    _note_ids(state.ledger, job_scope(job_id), ids)
     state.untyped_tasks += len(listing.tasks)
     state.progress += [progress_to_row(key, raw) for key, raw in listing.details.items()]
     state.progress_failed += listing.details_failed
@@ -452,8 +496,9 @@ def _take(state: _State) -> _Pending:
     batch = state.batch
     # each listed job is a job row, a job reject or a failed job, until the writer adds tasks'
     jobs = len(batch.jobs) + len(batch.rejects) + len(batch.failed_jobs)
-    pending = _Pending(batch, state.untyped, state.progress, state.ledger.deletes, jobs)
+    pending = _Pending(batch, state.untyped, state.progress, state.ledger.deletes, jobs, state.big)
     state.batch, state.untyped, state.untyped_tasks, state.progress = Batch(), [], 0, []
+    state.big = None
     return pending
 
 
@@ -668,8 +713,7 @@ class _Writer:
         """In the writer thread: type what changed, write it and commit."""
         connection = self._connection
         with _transaction(connection, self._dry_run):
-            ids = [t.task_id for _, tasks in pending.untyped for t in tasks if t.task_id]
-            stored = load.stored_tasks(connection, ids)
+            stored = load.stored_tasks(connection, pending.task_ids())
             written, refused = self._write_pieces(pending, stored)
             progress = [row for row in pending.progress if row["task_id"] not in refused]
             written.counts.rows_written += load.save_progress(connection, progress)

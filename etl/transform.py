@@ -150,7 +150,7 @@ def prepare_task(raw: Any, digest: str | None = None) -> PreparedTask:
 
     A `digest` given stands for the record's own (a lean listing's enrichment decides it).
     """
-    task_id = _readable_id(raw, "taskId")
+    task_id = readable_id(raw, "taskId")
     try:
         digest = digest or content_hash(raw)
     except Untypable as exc:
@@ -263,7 +263,7 @@ def _key_text(text: str, what: str) -> str:
 def _reject(entity: str, raw: Any, key: str, error: Untypable) -> Reject:
     """A Reject with its full readable id and a raw value that can be stored: a bounded excerpt
     of the JSON text in place of a record nested too deep to store."""
-    source_id = _readable_id(raw, key)
+    source_id = readable_id(raw, key)
     try:
         stored = excerpt(raw) if isinstance(error, TooDeep) else cleaned_json(raw)[0]
     except TooDeep:
@@ -271,7 +271,7 @@ def _reject(entity: str, raw: Any, key: str, error: Untypable) -> Reject:
     return Reject(entity=entity, source_id=source_id, reason=str(error), raw=stored)
 
 
-def _readable_id(raw: Any, key: str) -> str | None:
+def readable_id(raw: Any, key: str) -> str | None:
     """The record's id for a Reject, when it is a non-empty string."""
     value = raw.get(key) if isinstance(raw, dict) else None
     return (clean_text(value) or None) if isinstance(value, str) else None
