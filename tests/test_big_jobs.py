@@ -5,12 +5,17 @@ through the CLI against the simulator over HTTP, on Postgres and SQLite."""
 
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 
+from etl import extract
+from etl.extract import SPOOL_AFTER
 from etl.simulator import Simulator, SimulatorConfig
-from tests.harness import Etl, Snapshot, assert_whole_jobs, scalar, snapshot
+from tests.harness import Etl, Snapshot, assert_whole_jobs, etl_for, scalar, snapshot
 
 CHECKPOINTS = "finetune_task_checkpoints"
 
@@ -69,3 +74,29 @@ def test_a_big_job_commits_whole_or_not_at_all(
     assert assert_whole_jobs(etl.engine, expected) == set()  # no piece of it committed
     assert scalar(etl.engine, "SELECT COUNT(*) FROM finetune_tasks") == 0
     etl.assert_converges(expected)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["full-listing", "lean-listing"])
+def test_a_spooled_job_loads_what_a_job_held_in_memory_loads(
+    lean: bool,
+    db_url: URL,
+    engine: Engine,
+    tmp_path: Path,
+    golden: Callable[[Etl], Snapshot],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past SPOOL_AFTER tasks the walk keeps a job's pages in a temporary file (lean tasks'
+    enrichments laid over them); the reference run holds the job in memory."""
+    config = SimulatorConfig(
+        jobs=1, tasks_per_job=SPOOL_AFTER + 150, checkpoints=2, seed=9 + lean, lean_listings=lean
+    )
+    with etl_for(config, db_url, engine, tmp_path) as etl:
+        job_id = etl.sim.jobs()[0]["jobId"]
+        etl.sim.job_faults[job_id] = "duplicate_across_pages"
+        with monkeypatch.context() as patch:
+            patch.setattr(extract, "SPOOL_AFTER", 10**9)
+            expected = golden(etl)
+        result = etl.invoke("--batch-tasks", "700")
+        assert result.returncode == 0, result.stderr
+        assert snapshot(etl.engine) == expected
+        assert len(expected[CHECKPOINTS]) > SPOOL_AFTER
