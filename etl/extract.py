@@ -14,6 +14,7 @@ tasks; the walk goes on. Any other error (auth, configuration), a failing job li
 failing job after job (the circuit breaker) ends the walk.
 """
 
+import errno
 import logging
 import os
 import pickle
@@ -33,6 +34,7 @@ from etl.errors import (
     EXIT_TEMPFAIL,
     JOB_LEVEL_ERRORS,
     ConfigError,
+    DiskFullError,
     EtlError,
     TransientError,
 )
@@ -77,11 +79,21 @@ class Spool:
         self.add(tasks)
 
     def add(self, tasks: list[Any]) -> None:
-        """Append a page of raw tasks."""
+        """Append a page of raw tasks; a full disk ends the run (74), saying where."""
         data = pickle.dumps(tasks, pickle.HIGHEST_PROTOCOL)
         offset = self._pages[-1][0] + self._pages[-1][1] if self._pages else 0
-        self._file.write(data)
-        self._file.flush()
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DiskFullError(
+                f"the temporary directory {tempfile.gettempdir()} is full: a job of more than "
+                f"{SPOOL_AFTER} tasks waits there while it is listed (about 1.5 KB a task). "
+                "Nothing of that job was written. Free space there, or point TMPDIR at a disk "
+                "with room, and run again."
+            ) from None
         self._pages.append((offset, len(data)))
         self._count += len(tasks)
 

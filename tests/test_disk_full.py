@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL, make_url
 
 from etl import db
 from etl.errors import EtlError
+from etl.extract import SPOOL_AFTER
 from etl.simulator import SimulatorConfig
 from tests.disks import fill, tmpfs
 from tests.harness import (
@@ -229,3 +230,20 @@ def test_the_report_file_mode_follows_the_umask(reported: Etl, tmp_path: Path) -
         os.umask(previous)
     assert result.returncode == 0, result.stderr
     assert page.stat().st_mode & 0o777 == 0o640  # neither a fixed 0644 nor mkstemp's 0600
+
+
+def test_a_full_temporary_directory_under_a_big_job_exits_74_and_says_where(
+    pg_url: URL, pg_engine: Engine, tmp_path: Path
+) -> None:
+    """A job past SPOOL_AFTER tasks waits in TMPDIR while it is listed: a full one ends the
+    run with 74, naming the directory, and nothing of the job is written."""
+    big = SimulatorConfig(jobs=1, tasks_per_job=SPOOL_AFTER + 150, checkpoints=1, seed=4)
+    with tmpfs("1m") as disk, etl_for(big, pg_url, pg_engine, tmp_path) as etl:
+        fill(disk, leave=16 * 1024)  # room for tempfile's probe (a full one is passed over)
+        result = etl.run(TMPDIR=str(disk))
+    assert result.returncode == 74, result.stderr
+    assert f"temporary directory {disk} is full" in result.stderr
+    assert "TMPDIR" in result.stderr
+    with pg_engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT COUNT(*) FROM finetune_tasks")).scalar() == 0
+    assert [row[1:3] for row in runs(pg_engine)] == [("failed", 74)]
