@@ -192,7 +192,7 @@ class _BigJob:
             task_id = self.ids[n]
             if task_id is not None and last[task_id] != n:
                 continue
-            piece.append(prepare_task(raw, self.digests.get(task_id or "")))
+            piece.append(prepare_task(raw, self.digests.get(id_of(raw, "taskId") or "")))
             if len(piece) == size:
                 yield piece
                 piece = []
