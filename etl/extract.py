@@ -6,7 +6,9 @@ take units from one queue, so that many calls stay in flight whatever the consum
 writer) is doing; a unit that finishes a page queues what follows from it (the next page, the
 page's detail calls). A job is handed on whole, once its last unit is done, so its tasks still
 commit together; at most OPEN_JOBS_PER_WORKER x concurrency jobs are open at once (started, or
-done and not yet taken), which bounds memory while the consumer is busy.
+done and not yet taken), which bounds memory while the consumer is busy. What is listed, by which
+action and id, is declared in etl.resources; a further resource the account lists
+(`listed`) is a page unit at a time of the same pool, handed on whole once its last page is in.
 
 A job whose task listing fails with one of JOB_LEVEL_ERRORS (retries exhausted, broken
 pagination, a 4xx such as 404 for a job deleted mid-listing) comes back with its error and no
@@ -38,13 +40,12 @@ from etl.errors import (
     EtlError,
     TransientError,
 )
-from etl.qianfan import QianfanClient, fetch_job_pages, fetch_pages
-from etl.qianfan.pagination import TASKS, MarkerPaginator, id_of, job_paginator, task_paginator
+from etl.qianfan import QianfanClient, fetch_pages
+from etl.qianfan.pagination import MarkerPaginator, id_of
+from etl.resources import JOBS, TASK_DETAIL, TASKS, Resource
 from etl.transform import TERMINAL_STATUSES, enriched, is_lean
 
 log = logging.getLogger("etl.extract")
-
-DETAIL_ACTION = "DescribeFineTuningTask"
 
 # Jobs whose listing failed with a transient error in a row, with no listing succeeding in
 # between, before the walk stops with 75: the API is down, and every further job would only
@@ -104,7 +105,7 @@ class Spool:
         fd, enriched = self._file.fileno(), self.enriched
         for offset, size in self._pages:
             for task in pickle.loads(os.pread(fd, size, offset)):
-                yield enriched.get(id_of(task, "taskId") or "", task) if enriched else task
+                yield enriched.get(id_of(task, TASKS.id_field) or "", task) if enriched else task
 
 
 def _kept(tasks: "list[Any] | Spool", page: list[Any]) -> "list[Any] | Spool":
@@ -142,6 +143,14 @@ class JobListing:
     # lean tasks: the content hash each stands for, by taskId; enrichments that failed
     digests: dict[str, str] = field(default_factory=dict)
     enrichment_failed: int = 0
+
+
+@dataclass
+class Listed:
+    """Every raw record of a resource the account lists beside its jobs (SyncOptions.listed)."""
+
+    resource: Resource
+    records: list[Any] = field(default_factory=list)
 
 
 # The content hashes stored for some task ids (a lean listing's enrichment asks for them).
@@ -207,8 +216,10 @@ def fetch_account(
     stats: WalkStats | None = None,
     task_details: bool = True,
     stored_hashes: StoredHashes | None = None,
-) -> Iterator[JobListing]:
-    """Yield each wanted job with its tasks and details, in completion order.
+    listed: tuple[Resource, ...] = (),
+) -> Iterator[JobListing | Listed]:
+    """Yield each wanted job with its tasks and details, in completion order, and each
+    resource of `listed` once listed whole.
 
     `select`, if given, says which identified jobs to list the tasks of; the others are left out.
     `stored_hashes` tells which lean tasks are stored as enriched already (none, if not given).
@@ -219,7 +230,9 @@ def fetch_account(
         chosen = _wanted_jobs((job for page in pages for job in page), frozenset(job_ids))
         stats.jobs_passed = stats.jobs_listed - len(chosen)
         pages = iter([chosen])
-    settings = _Settings(concurrency, select, stats, task_details, stored_hashes or _none_stored)
+    settings = _Settings(
+        concurrency, select, stats, task_details, stored_hashes or _none_stored, listed
+    )
     with _Walk(client, pages, settings) as walk:
         yield from walk.listings()
 
@@ -231,9 +244,9 @@ def _none_stored(_ids: list[str]) -> dict[str, str]:
 
 def _job_list_pages(client: QianfanClient, stats: WalkStats) -> Iterator[list[Any]]:
     """Every raw job, a page at a time."""
-    paginator = job_paginator()
+    paginator, pages = listing_pages(client, JOBS)
     listed = 0
-    for page in fetch_job_pages(client, paginator):
+    for page in pages:
         stats.job_list_warnings = paginator.warnings
         listed += len(page)
         stats.jobs_listed = listed
@@ -251,6 +264,7 @@ class _Settings:
     stats: WalkStats
     task_details: bool
     stored_hashes: StoredHashes
+    listed: tuple[Resource, ...] = ()
 
 
 @dataclass
@@ -318,11 +332,15 @@ class _Walk:
         self._unstarted: deque[Any] = deque()
         self._ready: deque[Unit] = deque()
         self._open = 0
-        self._done: deque[JobListing] = deque()
+        self._done: deque[JobListing | Listed] = deque()
         self._error: BaseException | None = None
         self._closed = False
         self._breaker = _Breaker()
         self._held_up = 0.0  # worker seconds spent waiting for the consumer to take jobs
+        for resource in settings.listed:
+            self._open += 1
+            pages = listing_pages(client, resource)[1]
+            self._ready.append(partial(self._resource_page, Listed(resource), pages))
         self._threads = [
             threading.Thread(target=self._work, name=f"qianfan-calls-{n}", daemon=True)
             for n in range(settings.concurrency)
@@ -347,17 +365,18 @@ class _Walk:
                 thread.join()
         log.debug("walk: workers waited %.2f s in all for the consumer", self._held_up)
 
-    def listings(self) -> Iterator[JobListing]:
-        """The completed jobs as they come; an error that ended the walk is raised only after
-        the jobs completed before it: the run commits everything it fetched."""
+    def listings(self) -> Iterator[JobListing | Listed]:
+        """The completed jobs (and listed resources) as they come; an error that ended the walk
+        is raised only after the jobs completed before it: the run commits all it fetched."""
         stats = self._settings.stats
         while batch := self._collect():
             for listing in batch:
-                stats.task_warnings += listing.warnings
-                stats.tasks_listed += len(listing.tasks)
+                if isinstance(listing, JobListing):
+                    stats.task_warnings += listing.warnings
+                    stats.tasks_listed += len(listing.tasks)
                 yield listing
 
-    def _collect(self) -> list[JobListing]:
+    def _collect(self) -> list[JobListing | Listed]:
         """The jobs completed so far (waiting for one), [] at the end; raise the walk's error."""
         with self._cond:
             while not self._done and self._error is None and not self._finished():
@@ -426,7 +445,7 @@ class _Walk:
     def _admit(self, job: Any) -> None:
         """A listed job: handed on at once without a usable id (to be rejected), passed over if
         not selected, else queued to be started."""
-        job_id = id_of(job, "jobId") or None  # "" is no id either: the job is rejected
+        job_id = id_of(job, JOBS.id_field) or None  # "" is no id either: the job is rejected
         select = self._settings.select
         if job_id is None:
             self._open += 1
@@ -438,10 +457,9 @@ class _Walk:
 
     def _start(self, raw: Any) -> Unit:
         """Open a job: its first task page is its first unit."""
-        job_id = id_of(raw, "jobId")
+        job_id = id_of(raw, JOBS.id_field)
         assert job_id is not None
-        paginator = task_paginator(job_id)
-        pages = fetch_pages(self._client, TASKS, {"jobId": job_id}, "taskList", paginator)
+        paginator, pages = listing_pages(self._client, TASKS, job_id)
         self._open += 1
         return partial(self._task_page, _Job(raw, job_id, paginator, pages))
 
@@ -486,6 +504,19 @@ class _Walk:
             job.children[task_id] = detail
         self._unit_done(job)
 
+    def _resource_page(self, listed: Listed, pages: Iterator[list[Any]]) -> None:
+        """Unit: one page of a resource the account lists; the next page follows, and the
+        listing is handed on whole once its last page is in."""
+        page = next(pages, None)
+        with self._cond:
+            if page is not None:
+                listed.records += page
+                self._ready.append(partial(self._resource_page, listed, pages))
+                self._cond.notify()
+            elif self._error is None and not self._closed:
+                self._done.append(listed)
+                self._handed.notify()
+
     def _queue(self, job: _Job, units: list[Unit]) -> None:
         """Queue a job's follow-up units (the lock is held)."""
         job.units += len(units)
@@ -519,6 +550,18 @@ class _Walk:
             self._handed.notify_all()
 
 
+def listing_pages(
+    client: QianfanClient, resource: Resource, parent_id: str = ""
+) -> tuple[MarkerPaginator, Iterator[list[Any]]]:
+    """The pages of a resource's listing, for the account or (with a parent) one parent
+    record, whose id the request carries under the parent's id field; and their paginator."""
+    where, body = resource.action, {}
+    if resource.parent is not None:
+        where, body = f"{resource.action} {parent_id}", {resource.parent.id_field: parent_id}
+    paginator = MarkerPaginator(where, resource.id_field)
+    return paginator, fetch_pages(client, resource.action, body, resource.list_key, paginator)
+
+
 def _failure(job_id: str, exc: EtlError) -> JobFailure:
     """A job whose own listing failed: warned, and kept as stored."""
     message = str(exc) if job_id in str(exc) else f"job {job_id}: {exc}"
@@ -529,7 +572,7 @@ def _failure(job_id: str, exc: EtlError) -> JobFailure:
 def _plan_lean(tasks: Iterable[Any], stored_hashes: StoredHashes) -> _LeanPlan | None:
     """What a listed job's lean tasks need (README, "Lean listings"): a finished one a call
     of its own unless it is stored as enriched from this very listing; None without any."""
-    lean = {key: task for task in tasks if is_lean(task) and (key := id_of(task, "taskId"))}
+    lean = {key: task for task in tasks if is_lean(task) and (key := id_of(task, TASKS.id_field))}
     if not lean:
         return None
     plan = _LeanPlan(lean, stored_hashes(list(lean)))
@@ -571,7 +614,7 @@ def _enrich(
     if isinstance(tasks, Spool):
         tasks.enriched = merged
         return tasks, result
-    return [merged.get(id_of(task, "taskId") or "", task) for task in tasks], result
+    return [merged.get(id_of(task, TASKS.id_field) or "", task) for task in tasks], result
 
 
 def _enrich_finished(
@@ -599,7 +642,7 @@ def _children_detail(client: QianfanClient, task_id: str) -> Any:
     """A finished lean task's detail, for its metrics and checkpoints; None if the call failed
     (warned: the task is kept as stored, and the next run tries again)."""
     try:
-        return client.call(DETAIL_ACTION, {"taskId": task_id})
+        return client.call(TASK_DETAIL.action, {TASK_DETAIL.id_field: task_id})
     except EtlError as exc:
         log.warning(
             "no metrics or checkpoints for task %s this run (its listing is lean; kept as "
@@ -614,7 +657,7 @@ def _progress_detail(client: QianfanClient, task_id: str) -> Any:
     """A Running task's DescribeFineTuningTask result; None if the call failed, which costs
     only that task's progress (warned and counted), never the run."""
     try:
-        return client.call(DETAIL_ACTION, {"taskId": task_id})
+        return client.call(TASK_DETAIL.action, {TASK_DETAIL.id_field: task_id})
     except EtlError as exc:
         log.warning("no live progress for task %s this run (kept as it was): %s", task_id, exc)
         return None
@@ -623,7 +666,7 @@ def _progress_detail(client: QianfanClient, task_id: str) -> Any:
 def running_task_ids(tasks: Iterable[Any]) -> list[str]:
     """The taskIds of the listed tasks in `Running` state, each once."""
     ids = (
-        task.get("taskId")
+        task.get(TASKS.id_field)
         for task in tasks
         if isinstance(task, dict) and task.get("runStatus") == "Running"
     )
@@ -657,8 +700,8 @@ def _wanted_jobs(jobs: Iterable[Any], wanted: frozenset[str]) -> list[Any]:
     """The listed jobs --job-id asks for, once the whole job list is read (only those are kept):
     an id it does not hold is a ConfigError before any task is listed or row written (README,
     "Exit codes")."""
-    chosen = [job for job in jobs if id_of(job, "jobId") in wanted]
-    missing = sorted(wanted - {id_of(job, "jobId") for job in chosen})
+    chosen = [job for job in jobs if id_of(job, JOBS.id_field) in wanted]
+    missing = sorted(wanted - {id_of(job, JOBS.id_field) for job in chosen})
     if missing:
         raise ConfigError(
             f"--job-id {', '.join(missing)}: not in the account's job list (a typo, another "

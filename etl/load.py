@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from etl import pgcopy, redact
 from etl.canonical import content_hash, same_content
 from etl.errors import LockBusyError, LockLostError
+from etl.resources import TASKS, Resource
 from etl.schema import (
     etl_failed_jobs,
     etl_held_back_scopes,
@@ -278,6 +279,8 @@ class Batch:
     failed_jobs: list[dict[str, Any]] = field(default_factory=list)
     # tasks whose owning job the run already settled (written as given, never deferred)
     owners_settled: bool = False
+    # the rows of resources the account lists beside its jobs, each with its declaration
+    records: list[tuple[Resource, list[dict[str, Any]]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.jobs) + len(self.tasks)
@@ -372,8 +375,10 @@ def _write(
     status changes and failed jobs. Returns the rows written."""
     stamp = now()
     history = _status_changes(changed, stored, run_id, stamp)
+    records = sum(_save_records(connection, r.table, rows, stamp) for r, rows in batch.records)
     return (
-        _save_jobs(connection, batch.jobs, stamp)
+        records
+        + _save_records(connection, finetune_jobs, batch.jobs, stamp)
         + _save_tasks(connection, changed, stored, stamp)
         + _insert(connection, finetune_task_status_history, history)
         + _insert(connection, etl_failed_jobs, _failure_rows(batch.failed_jobs, run_id, stamp))
@@ -418,18 +423,22 @@ def _changed(rows: TaskRows, stored: dict[str, sa.Row[Any]]) -> bool:
 # -- one verb per table --------------------------------------------------------------------
 
 
-def _save_jobs(connection: Connection, jobs: list[dict[str, Any]], stamp: datetime) -> int:
-    """Save the jobs whose content changed (of a job listed twice, the last copy)."""
-    unique = {job["job_id"]: job for job in jobs}
-    stored = _stored(connection, finetune_jobs, list(unique))
-    changed = [job for job in unique.values() if not _same_job(job, stored)]
-    return _save(connection, finetune_jobs, changed, stored, stamp)
+def _save_records(
+    connection: Connection, table: sa.Table, rows: list[dict[str, Any]], stamp: datetime
+) -> int:
+    """Save the records (jobs, or a listed resource's) whose content changed; of one listed
+    twice, the last copy."""
+    key = _key(table).name
+    unique = {row[key]: row for row in rows}
+    stored = _stored(connection, table, list(unique))
+    changed = [row for row in unique.values() if not _same_record(row, stored, key)]
+    return _save(connection, table, changed, stored, stamp)
 
 
-def _same_job(job: dict[str, Any], stored: dict[str, sa.Row[Any]]) -> bool:
-    """Whether the job is stored with this content (a legacy hash of it counts)."""
-    before = stored.get(job["job_id"])
-    return before is not None and same_content(before.content_hash, job["content_hash"], job["raw"])
+def _same_record(row: dict[str, Any], stored: dict[str, sa.Row[Any]], key: str) -> bool:
+    """Whether the record is stored with this content (a legacy hash of it counts)."""
+    before = stored.get(row[key])
+    return before is not None and same_content(before.content_hash, row["content_hash"], row["raw"])
 
 
 def _save_tasks(
@@ -453,7 +462,7 @@ def _replace_children(
     ids = [rows.task["task_id"] for rows in changed if rows.task["task_id"] in stored]
     deleted = sum(
         _rowcount(_for_ids(connection, table.delete(), table.c.task_id, ids))
-        for table in (finetune_task_metrics, finetune_task_checkpoints)
+        for table in TASKS.children
     )
     metrics = [metric for rows in changed for metric in rows.metrics]
     checkpoints = [checkpoint for rows in changed for checkpoint in rows.checkpoints]
@@ -698,11 +707,6 @@ def _undelete(connection: Connection, table: sa.Table, ids: list[str], stamp: da
 # -- soft deletes at the end of the run ----------------------------------------------------
 
 
-def live_counts(connection: Connection) -> tuple[int, int]:
-    """How many jobs and tasks are live (not soft-deleted)."""
-    return (_count(connection, finetune_jobs), _count(connection, finetune_tasks))
-
-
 def live_tasks_of(connection: Connection, job_ids: Sequence[str]) -> int:
     """How many live tasks these jobs hold."""
     results = _for_ids(connection, _live_count(finetune_tasks), finetune_tasks.c.job_id, job_ids)
@@ -717,9 +721,15 @@ def delete_jobs(connection: Connection, gone: Sequence[str]) -> int:
     )
 
 
-def delete_tasks(connection: Connection, task_ids: Sequence[str]) -> int:
-    """Soft-delete these tasks (those still live)."""
-    return _soft_delete(connection, finetune_tasks.c.task_id, task_ids, now())
+def delete_records(connection: Connection, table: sa.Table, ids: Sequence[str]) -> int:
+    """Soft-delete these rows of a table keyed by record id (those still live): tasks, or a
+    listed resource's."""
+    return _soft_delete(connection, _key(table), ids, now())
+
+
+def live_count(connection: Connection, table: sa.Table) -> int:
+    """How many rows of the table are live (not soft-deleted)."""
+    return _count(connection, table)
 
 
 def _absent_tasks(connection: Connection, listed: Mapping[str, set[str]]) -> dict[str, list[str]]:
@@ -800,7 +810,12 @@ def _stored_progress(
 
 def live_job_ids(connection: Connection) -> set[str]:
     """Every job stored and not soft-deleted."""
-    query = sa.select(finetune_jobs.c.job_id).where(finetune_jobs.c.deleted_at.is_(None))
+    return live_ids(connection, finetune_jobs)
+
+
+def live_ids(connection: Connection, table: sa.Table) -> set[str]:
+    """The id of every row of the table stored and not soft-deleted."""
+    query = sa.select(_key(table)).where(table.c.deleted_at.is_(None))
     return set(connection.execute(query).scalars())
 
 
@@ -858,7 +873,7 @@ def _stored(connection: Connection, table: sa.Table, ids: Sequence[str]) -> dict
     """What is already stored for these ids: hash, deletion mark and (for tasks) status."""
     key = _key(table)
     columns = [key, table.c.content_hash, table.c.deleted_at]
-    if "run_status" in table.c:
+    if table is finetune_tasks:
         columns += [table.c.run_status, table.c.job_id]
     results = _for_ids(connection, sa.select(*columns), key, ids)
     return {row[0]: row for result in results for row in result}

@@ -1,7 +1,8 @@
 """The scope ledger: per listing scope, whether the run read it to its end, what it saw and what
 it could not read; it answers what the run may soft-delete and what it must say it held back.
 
-A scope is the account (its listing is the job list) or one job (its task list). Deleting by
+A scope is one listing of a declared resource (etl.resources): the account's (the job list) or
+one parent record's (one job's task list); its kind is the resource's `scope_kind`. Deleting by
 absence needs a complete listing of the scope: read to its end, every record's id readable.
 A record set aside whose id is readable is still seen, so it never makes its scope incomplete;
 one whose id cannot be read might be any stored row, so its scope holds back its deletes. Pure:
@@ -11,22 +12,22 @@ no I/O, the caller feeds it what the listings and the database said.
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-ACCOUNT_KIND = "account"
-JOB_KIND = "job"
-# what each kind of scope lists
-CHILD_KIND = {ACCOUNT_KIND: "job", JOB_KIND: "task"}
-ID_KEY = {ACCOUNT_KIND: "jobId", JOB_KIND: "taskId"}
+from etl.resources import BUILT_IN, JOBS, TASKS, Resource
+
+ACCOUNT_KIND = JOBS.scope_kind
+JOB_KIND = TASKS.scope_kind
 
 
 @dataclass(frozen=True, order=True)
 class Scope:
-    """The account (id "") or one job (its id)."""
+    """One listing: of its kind's resource for the account (id ""), or for one parent record
+    (its id), as a job's task list is."""
 
     kind: str
     id: str = ""
 
     def __str__(self) -> str:
-        return self.kind if self.kind == ACCOUNT_KIND else f"{self.kind} {self.id}"
+        return f"{self.kind} {self.id}" if self.id else self.kind
 
 
 ACCOUNT = Scope(ACCOUNT_KIND)
@@ -45,12 +46,13 @@ class HeldBack:
     scope: Scope
     count: int
     unreadable: int
+    lists: Resource  # what the scope lists
 
     @property
     def reason(self) -> str:
         """Why, in words."""
-        child, key = CHILD_KIND[self.scope.kind], ID_KEY[self.scope.kind]
-        return f"{self.unreadable} {child}(s) listed without a readable {key}"
+        listed = self.lists
+        return f"{self.unreadable} {listed.entity}(s) listed without a readable {listed.id_field}"
 
 
 @dataclass
@@ -62,13 +64,15 @@ class _Entry:
 
 
 class Ledger:
-    """What a run's listings said, scope by scope. `deletes=False` (an --active-only run):
-    nothing is complete, nothing deleted, nothing held back."""
+    """What a run's listings of these resources said, scope by scope. `deletes=False` (an
+    --active-only run): nothing is complete, nothing deleted, nothing held back."""
 
-    def __init__(self, deletes: bool = True) -> None:
+    def __init__(self, deletes: bool = True, resources: Iterable[Resource] = BUILT_IN) -> None:
         self.deletes = deletes
         self._entries: dict[Scope, _Entry] = {}
-        self._seen: dict[str, set[str]] = {kind: set() for kind in CHILD_KIND.values()}
+        # what each kind of scope lists, and the ids listed of each
+        self._lists = {resource.scope_kind: resource for resource in resources}
+        self._seen: dict[str, set[str]] = {kind: set() for kind in self._lists}
 
     def _entry(self, scope: Scope) -> _Entry:
         return self._entries.setdefault(scope, _Entry())
@@ -76,7 +80,7 @@ class Ledger:
     def saw(self, scope: Scope, ids: Iterable[str]) -> None:
         """The scope listed records with these readable ids (full values)."""
         self._entry(scope)
-        self._seen[CHILD_KIND[scope.kind]].update(ids)
+        self._seen[scope.kind].update(ids)
 
     def unreadable(self, scope: Scope, count: int = 1) -> None:
         """The scope listed `count` records whose id could not be read."""
@@ -91,7 +95,17 @@ class Ledger:
 
     def seen(self, scope: Scope, record_id: str) -> bool:
         """Whether any listing of the scope's kind listed this id."""
-        return record_id in self._seen[CHILD_KIND[scope.kind]]
+        return record_id in self._seen[scope.kind]
+
+    def scope_of(self, entity: str, parent_id: str | None) -> Scope | None:
+        """The scope that lists records of this entity (for a record with a parent, the
+        listing of that parent's id); None for an entity the run does not list."""
+        lists = next((r for r in self._lists.values() if r.entity == entity), None)
+        if lists is None:
+            return None
+        if lists.parent is None:
+            return Scope(lists.scope_kind)
+        return Scope(lists.scope_kind, parent_id) if parent_id is not None else None
 
     def is_listed(self, scope: Scope) -> bool:
         """Whether the scope's listing was read to its end."""
@@ -112,13 +126,15 @@ class Ledger:
         job, a complete account listing without that job."""
         if self.is_listed(scope):
             return True
-        return (
-            scope.kind == JOB_KIND and self.complete(ACCOUNT) and not self.seen(ACCOUNT, scope.id)
-        )
+        parent = self._lists[scope.kind].parent
+        if parent is None:
+            return False
+        listing = Scope(parent.scope_kind)
+        return self.complete(listing) and not self.seen(listing, scope.id)
 
     def deletable(self, kind: str) -> list[str]:
         """The stored ids, listed by no scope, that complete scopes of `kind` lacked."""
-        seen = self._seen[CHILD_KIND[kind]]
+        seen = self._seen[kind]
         gone = (
             entry.lacked - seen
             for scope, entry in self._entries.items()
@@ -132,7 +148,10 @@ class Ledger:
             return []
         return [
             HeldBack(
-                scope, len(entry.lacked - self._seen[CHILD_KIND[scope.kind]]), entry.unreadable
+                scope,
+                len(entry.lacked - self._seen[scope.kind]),
+                entry.unreadable,
+                self._lists[scope.kind],
             )
             for scope, entry in sorted(self._entries.items())
             if entry.listed and entry.unreadable

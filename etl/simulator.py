@@ -575,6 +575,9 @@ class Simulator:
         # job id -> fault of that job's task listing (JOB_FAULTS; "slow" as "slow:SECONDS")
         self.job_faults: dict[str, str] = {}
         self._progress: dict[str, Any] = {}
+        # action -> (list key, id key, records): further account-level listings, as a
+        # resource declared beside jobs lists (tests of the extension point)
+        self._listings: dict[str, tuple[str, str, list[Any]]] = {}
         self.stats = CallStats()
 
     @property
@@ -630,6 +633,18 @@ class Simulator:
             self._data.remove_added(match)
             self._data.changed()
 
+    def serve_listing(self, action: str, list_key: str, id_key: str, records: list[Any]) -> None:
+        """Serve `action` as an account-level listing of these records under `list_key`,
+        paginated by `id_key` like the job list (replacing what it served before)."""
+        with self._lock:
+            self._listings[action] = (list_key, id_key, _copy(records))
+            self._walks.pop((action, ""), None)
+
+    def serves(self, action: str) -> bool:
+        """Whether the action is one this simulator answers."""
+        with self._lock:
+            return action in ACTIONS or action in self._listings
+
     def set_progress(self, task_id: str, value: Any) -> None:
         """What the detail call answers as runProgress while the task is Running (any JSON)."""
         with self._lock:
@@ -661,6 +676,8 @@ class Simulator:
         with self._lock:
             if action == "DescribeFineTuningJobs":
                 return self._list(action, "", "jobList", "jobId", self._data.job_listing(), body)
+            if action in self._listings:
+                return self._list(action, "", *self._listings[action], body)
             return self._detail(body.get("taskId"))
 
     def _task_page(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -865,7 +882,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> tuple[int, bytes, dict[str, str]]:
         try:
             verify_authorization(sim.config, path, query, self.headers, time.time())
-            if self._action not in ACTIONS:
+            if self._action is None or not sim.serves(self._action):
                 raise ApiError(400, "InvalidAction", f"unknown Action {self._action!r}")
             if self._body is None:
                 raise ApiError(400, "InappropriateJSON", "the body is not a JSON object")

@@ -32,11 +32,20 @@ from etl.errors import (
     EtlError,
     exit_code_of,
 )
-from etl.extract import ActiveSelection, JobFailure, JobListing, Spool, WalkStats, fetch_account
+from etl.extract import (
+    ActiveSelection,
+    JobFailure,
+    JobListing,
+    Listed,
+    Spool,
+    WalkStats,
+    fetch_account,
+)
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts, Written
 from etl.qianfan import QianfanClient
 from etl.qianfan.pagination import id_of
+from etl.resources import BUILT_IN, JOBS, LISTED, SOFT_DELETE, TASKS, Resource
 from etl.scopes import ACCOUNT, ACCOUNT_KIND, JOB_KIND, HeldBack, Ledger, Scope, job_scope
 from etl.transform import (
     PreparedTask,
@@ -47,6 +56,7 @@ from etl.transform import (
     prepare_task,
     progress_to_row,
     readable_id,
+    record_to_row,
     tasks_to_rows,
     typed_ahead,
 )
@@ -75,6 +85,8 @@ class SyncOptions:
     full_every: float = 86400.0
     # one DescribeFineTuningTask call per Running task, for its live progress
     task_details: bool = True
+    # resources the account lists beside its jobs (etl.resources.LISTED)
+    listed: tuple[Resource, ...] = LISTED
 
 
 @dataclass(kw_only=True)
@@ -214,7 +226,8 @@ def sync(
             outer = connection.begin() if options.dry_run else None
             mode, run_id = _start(connection, options)
             counts, stats = RunCounts(), WalkStats()
-            state = _State(ledger=Ledger(deletes=mode != "active"))
+            resources = (*BUILT_IN, *options.listed)
+            state = _State(ledger=Ledger(deletes=mode != "active", resources=resources))
             run = _Run(run_id, lock, RunCounts(), lambda: client.api_calls)
             copy = partial(
                 _copy_account, connection, client, options, run, counts, progress, state, stats
@@ -347,8 +360,12 @@ def _copy_account(
             stats=stats,
             task_details=options.task_details,
             stored_hashes=_hash_reader(connection.engine),
+            listed=() if options.job_ids else options.listed,
         )
         for listing in _until_stopped(listings, state):
+            if isinstance(listing, Listed):
+                _add_listed(state.batch, state.ledger, listing)
+                continue
             fault_point("after_fetch")
             big = len(listing.tasks) > options.batch_tasks
             if big and state.untyped_tasks:  # a job bigger than a batch is a batch alone
@@ -386,8 +403,10 @@ def _settle(
     with _transaction(connection, options.dry_run, run.lock):
         counts.add(_write_deferred(connection, state, run_id))
         if full and not options.job_ids:
-            _list_account(connection, state.ledger)
-        deleted, refusal = _delete_absent(connection, state.ledger, options.max_delete_fraction)
+            _list_account(connection, state.ledger, (JOBS, *options.listed))
+        deleted, refusal = _delete_absent(
+            connection, state.ledger, options.listed, options.max_delete_fraction
+        )
         counts.rows_written += _settle_rejects(connection, state, run_id)
         load.save_held_back(connection, run_id, state.ledger.held_back())
     counts.rows_written += deleted
@@ -407,7 +426,9 @@ def _hash_reader(engine: Engine) -> Callable[[list[str]], dict[str, str]]:
     return read
 
 
-def _until_stopped(listings: Iterator[JobListing], state: _State) -> Iterator[JobListing]:
+def _until_stopped(
+    listings: Iterator[JobListing | Listed], state: _State
+) -> Iterator[JobListing | Listed]:
     """The listings until an error ends the walk; the error is kept for after the commit."""
     try:
         yield from listings
@@ -459,6 +480,19 @@ def _add_listing(state: _State, listing: JobListing, big: bool) -> None:
     state.enrichment_failed += listing.enrichment_failed
 
 
+def _add_listed(batch: Batch, ledger: Ledger, listed: Listed) -> None:
+    """Type a listed resource's records into the batch, and tell the ledger what its scope
+    listed; a record it cannot type is set aside, seen by its id where readable."""
+    resource = listed.resource
+    typed = [record_to_row(resource, raw) for raw in listed.records]
+    rows = [row for row in typed if not isinstance(row, Reject)]
+    rejects = [row for row in typed if isinstance(row, Reject)]
+    batch.records.append((resource, rows))
+    batch.rejects += rejects
+    ids = [row[resource.key] for row in rows] + [reject.source_id for reject in rejects]
+    _note_ids(ledger, Scope(resource.scope_kind), ids)
+
+
 def _prepared(listing: JobListing, ahead: str | None) -> list[PreparedTask]:
     """The listing's tasks prepared, each lean one under the hash its enrichment decided, and
     typed now as listed by job `ahead`, if given."""
@@ -495,7 +529,8 @@ def _take(state: _State) -> _Pending:
     """Hand the batch so far to the writer and start a new one."""
     batch = state.batch
     # each listed job is a job row, a job reject or a failed job, until the writer adds tasks'
-    jobs = len(batch.jobs) + len(batch.rejects) + len(batch.failed_jobs)
+    job_rejects = sum(1 for reject in batch.rejects if reject.entity == JOBS.entity)
+    jobs = len(batch.jobs) + job_rejects + len(batch.failed_jobs)
     pending = _Pending(batch, state.untyped, state.progress, state.ledger.deletes, jobs, state.big)
     state.batch, state.untyped, state.untyped_tasks, state.progress = Batch(), [], 0, []
     state.big = None
@@ -549,41 +584,53 @@ def _wins(state: _State, rows: TaskRows, stored_job: str) -> bool:
     return ledger.complete(ACCOUNT) and not ledger.seen(ACCOUNT, stored_job)
 
 
-def _list_account(connection: Connection, ledger: Ledger) -> None:
-    """The job list was read to its end: tell the ledger which stored live jobs it lacked."""
-    lacked = [
-        job_id for job_id in load.live_job_ids(connection) if not ledger.seen(ACCOUNT, job_id)
-    ]
-    ledger.listed(ACCOUNT, lacked)
+def _list_account(connection: Connection, ledger: Ledger, resources: tuple[Resource, ...]) -> None:
+    """The account's listings were read to their end: tell the ledger, for each resource,
+    which of its stored live rows its listing lacked (none, for one whose absence keeps)."""
+    for resource in resources:
+        scope = Scope(resource.scope_kind)
+        stored = load.live_ids(connection, resource.table) if resource.absent == SOFT_DELETE else ()
+        ledger.listed(scope, [key for key in stored if not ledger.seen(scope, key)])
 
 
 def _delete_absent(
-    connection: Connection, ledger: Ledger, max_fraction: float
+    connection: Connection, ledger: Ledger, listed: tuple[Resource, ...], max_fraction: float
 ) -> tuple[int, str | None]:
     """Soft-delete what the run found gone, unless it is more than the guard allows."""
     gone_jobs, absent = ledger.deletable(ACCOUNT_KIND), ledger.deletable(JOB_KIND)
-    if not (gone_jobs or absent):
+    gone = {resource: ledger.deletable(resource.scope_kind) for resource in listed}
+    if not (gone_jobs or absent or any(gone.values())):
         return 0, None
-    gone_tasks = len(absent) + load.live_tasks_of(connection, gone_jobs)
-    live_jobs, live_tasks = load.live_counts(connection)
-    refusal = _refusal(len(gone_jobs), live_jobs, gone_tasks, live_tasks, max_fraction)
+    shares = [
+        ("jobs", len(gone_jobs), load.live_count(connection, JOBS.table)),
+        (
+            "tasks",
+            len(absent) + load.live_tasks_of(connection, gone_jobs),
+            load.live_count(connection, TASKS.table),
+        ),
+    ]
+    shares += [
+        (f"{r.entity}s", len(ids), load.live_count(connection, r.table))
+        for r, ids in gone.items()
+        if ids
+    ]
+    refusal = _refusal(shares, max_fraction)
     if refusal is not None:
         return 0, refusal
-    return load.delete_tasks(connection, absent) + load.delete_jobs(connection, gone_jobs), None
+    deleted = load.delete_records(connection, TASKS.table, absent)
+    deleted += sum(load.delete_records(connection, r.table, ids) for r, ids in gone.items())
+    return deleted + load.delete_jobs(connection, gone_jobs), None
 
 
-def _refusal(
-    gone_jobs: int, live_jobs: int, gone_tasks: int, live_tasks: int, max_fraction: float
-) -> str | None:
-    """Why the run's soft deletes are refused, or None when they are within the guard."""
-    if max_fraction >= 1 or not (
-        gone_jobs > max_fraction * live_jobs or gone_tasks > max_fraction * live_tasks
-    ):
+def _refusal(shares: list[tuple[str, int, int]], max_fraction: float) -> str | None:
+    """Why the run's soft deletes are refused, or None when they are within the guard:
+    `shares` are (what, rows to delete, live rows)."""
+    if max_fraction >= 1 or all(gone <= max_fraction * live for _, gone, live in shares):
         return None
+    named = " and ".join(f"{gone} of {live} live {what}" for what, gone, live in shares)
     return (
-        f"refused to soft-delete {gone_jobs} of {live_jobs} live jobs and {gone_tasks} of "
-        f"{live_tasks} live tasks: more than --max-delete-fraction {max_fraction:g} of them, "
-        "as when an upstream listing comes back empty or collapsed. Nothing was deleted; "
+        f"refused to soft-delete {named}: more than --max-delete-fraction {max_fraction:g} of "
+        "them, as when an upstream listing comes back empty or collapsed. Nothing was deleted; "
         "everything else was loaded. If the deletions are real, run once with "
         "--max-delete-fraction 1 (or QIANFAN_ETL_MAX_DELETE_FRACTION=1)."
     )
@@ -594,9 +641,8 @@ def _settle_rejects(connection: Connection, state: _State, run_id: int) -> int:
     ledger = state.ledger
 
     def covered(entity: str, scope_id: str | None) -> bool:
-        if entity == "job":
-            return ledger.covers(ACCOUNT)
-        return scope_id is not None and ledger.covers(job_scope(scope_id))
+        scope = ledger.scope_of(entity, scope_id)
+        return scope is not None and ledger.covers(scope)
 
     return load.resolve_rejects(connection, run_id, state.reject_keys, covered)
 
@@ -688,7 +734,8 @@ class _Writer:
     def submit(self, pending: _Pending) -> Written | None:
         """Wait for the batch in progress (returning what it wrote), then start writing this one."""
         written = self.finish()
-        if pending.batch.jobs or pending.batch.rejects or pending.batch.failed_jobs:
+        batch = pending.batch
+        if batch.jobs or batch.rejects or batch.failed_jobs or batch.records:
             self._pending = self._pool.submit(self._write, pending)
         return written
 

@@ -3,9 +3,10 @@
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from etl.canonical import (
@@ -18,6 +19,7 @@ from etl.canonical import (
     excerpt,
     same_content,
 )
+from etl.resources import JOBS, TASKS, Field, Resource
 
 # Unfinished tasks carry this instead of a finish time.
 TIME_SENTINEL = "0000-00-00"
@@ -106,22 +108,38 @@ def parse_percent(value: Any) -> float | None:
 
 def job_to_row(raw: Any) -> dict[str, Any] | Reject:
     """One raw job as a finetune_jobs row, or a Reject."""
+    return record_to_row(JOBS, raw)
+
+
+def record_to_row(resource: Resource, raw: Any) -> dict[str, Any] | Reject:
+    """One raw record of a resource without children as its row, or a Reject."""
+    entity, id_field = resource.entity, resource.id_field
     try:
         digest = content_hash(raw)
         cleaned = cleaned_json(raw)[0]
-        job_id = _record_id(raw, "job", "jobId")
+        record_id = _record_id(raw, entity, id_field)
     except Untypable as exc:
-        return _reject("job", raw, "jobId", exc)
-    return {
-        "job_id": job_id,
-        "name": _text(raw, "name"),
-        "description": _text(raw, "description"),
-        "model": _text(raw, "model"),
-        "train_mode": _text(raw, "trainMode"),
-        "create_time": parse_time(_first(raw, "createTime", "createDate")),
-        "raw": cleaned,
-        "content_hash": digest,
-    }
+        return _reject(entity, raw, id_field, exc)
+    row = {resource.key: record_id, **_fields(resource, raw)}
+    return row | {"raw": cleaned, "content_hash": digest}
+
+
+def _fields(resource: Resource, raw: dict[str, Any]) -> dict[str, Any]:
+    """The declared fields of a raw record, by column."""
+    return {column: read(raw) for column, read in _readers(resource)}
+
+
+@cache
+def _readers(resource: Resource) -> tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]:
+    """Each declared field's column and reader, made once per resource: this runs per task."""
+    return tuple((column, _reader(spec)) for column, spec in resource.fields.items())
+
+
+def _reader(spec: Field) -> Callable[[dict[str, Any]], Any]:
+    read, keys = _READ[spec.kind], spec.keys
+    if len(keys) == 1:
+        return lambda raw: read(raw.get(keys[0]))
+    return lambda raw: read(_first(raw, *keys))
 
 
 def progress_to_row(task_id: str, detail: Any) -> dict[str, Any]:
@@ -184,16 +202,7 @@ def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
     task = {
         "task_id": task_id,
         "job_id": clean_text(job_id),
-        "job_name": _text(raw, "jobName"),
-        "job_description": _text(raw, "jobDescription"),
-        "model": _text(raw, "model"),
-        "train_mode": _text(raw, "trainMode"),
-        "parameter_scale": _text(raw, "parameterScale"),
-        "run_status": _text(raw, "runStatus"),
-        "create_time": parse_time(_first(raw, "createTime", "createDate")),
-        "finish_time": parse_time(_first(raw, "finishTime", "finishDate")),
-        "error_code": _bigint(raw.get("errorCode")),
-        "error_message": _text(raw, "errorMessage"),
+        **_fields(TASKS, raw),
         "raw": cleaned,
         "content_hash": digest,
     }
@@ -331,6 +340,10 @@ def _step(value: Any, where: str) -> int:
     return step
 
 
+def _clean_text(value: Any) -> str | None:
+    return clean_text(value) if isinstance(value, str) else None
+
+
 def _text(raw: dict[str, Any], key: str) -> str | None:
     """The cleaned string at `key`, or None when absent or not a string."""
     value = raw.get(key)
@@ -388,6 +401,14 @@ def _value_text(value: Any) -> str | None:
     if isinstance(value, str):
         return clean_text(value)
     return clean_text(json.dumps(value, ensure_ascii=False))
+
+
+# How each kind of declared field (etl.resources.Field) is read from its raw value.
+_READ: dict[str, Callable[[Any], Any]] = {
+    "text": _clean_text,
+    "time": parse_time,
+    "bigint": _bigint,
+}
 
 
 def _show(value: Any) -> str:

@@ -21,8 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl.errors import AuthError, ConfigError, ContractError, RetriableAPIError, TransientError
-from etl.qianfan import QianfanClient, RetryPolicy, fetch_job_pages, fetch_tasks, signing
+from etl.extract import listing_pages
+from etl.qianfan import QianfanClient, RetryPolicy, signing
 from etl.qianfan.client import classify, retry_after_seconds
+from etl.resources import JOBS as JOB_LIST
+from etl.resources import TASKS as TASK_LIST
 from etl.simulator import Fault, Simulator, SimulatorConfig
 from etl.transform import Reject, job_to_row
 from tests.harness import free_port
@@ -263,7 +266,7 @@ def test_job_listing_equals_the_oracle_across_pages() -> None:
     """More than two pages of jobs come back complete and in order."""
     sim = Simulator(SimulatorConfig(jobs=230, tasks_per_job=1, checkpoints=0))
     with sim.serve() as server, client_for(server.url) as client:
-        pages = list(fetch_job_pages(client))
+        pages = list(listing_pages(client, JOB_LIST)[1])
         assert [job for page in pages for job in page] == sim.jobs()
         assert len(pages) >= 3
         assert client.api_calls == len(sim.requests) == len(pages)
@@ -279,7 +282,8 @@ def test_task_listing_equals_the_oracle_across_pages() -> None:
     sim = Simulator(SimulatorConfig(jobs=1, tasks_per_job=250, checkpoints=1))
     job_id = sim.jobs()[0]["jobId"]
     with sim.serve() as server, client_for(server.url) as client:
-        assert fetch_tasks(client, job_id) == sim.tasks(job_id)
+        pages = listing_pages(client, TASK_LIST, job_id)[1]
+        assert [task for page in pages for task in page] == sim.tasks(job_id)
     assert [request.body.get("jobId") for request in sim.requests] == [job_id] * 3
     for request in sim.requests:
         assert_freshly_signed(request)
@@ -547,7 +551,7 @@ def test_broken_pagination_is_a_contract_error(mode: str) -> None:
     sim.pagination_fault_action = JOBS
     with sim.serve() as server, client_for(server.url) as client:
         with pytest.raises(ContractError) as caught:
-            list(fetch_job_pages(client))
+            list(listing_pages(client, JOB_LIST)[1])
         assert client.api_calls < 50
     assert caught.value.exit_code == 65
 
@@ -557,7 +561,7 @@ def test_a_page_longer_than_asked_is_tolerated() -> None:
     sim = Simulator(SimulatorConfig(jobs=350, tasks_per_job=1, checkpoints=0))
     sim.pagination_fault = "oversized_page"
     with sim.serve() as server, client_for(server.url) as client:
-        pages = list(fetch_job_pages(client))
+        pages = list(listing_pages(client, JOB_LIST)[1])
     assert max(len(page) for page in pages) == 151
     assert [job for page in pages for job in page] == sim.jobs()
 
@@ -567,7 +571,7 @@ def test_duplicate_across_pages_is_tolerated() -> None:
     sim = Simulator(SimulatorConfig(jobs=250, tasks_per_job=1, checkpoints=0))
     sim.pagination_fault = "duplicate_across_pages"
     with sim.serve() as server, client_for(server.url) as client:
-        jobs = [job for page in fetch_job_pages(client) for job in page]
+        jobs = [job for page in listing_pages(client, JOB_LIST)[1] for job in page]
     ids = [job["jobId"] for job in jobs]
     assert len(ids) > len(set(ids))
     assert set(ids) == {job["jobId"] for job in sim.jobs()}

@@ -1,5 +1,6 @@
 """The scope ledger on its own: no HTTP, no database."""
 
+from etl.resources import JOBS, TASKS
 from etl.scopes import ACCOUNT, ACCOUNT_KIND, JOB_KIND, HeldBack, Ledger, job_scope
 
 JOB_A, JOB_B = job_scope("job-a"), job_scope("job-b")
@@ -30,7 +31,7 @@ def test_an_unreadable_record_holds_back_only_its_own_scope() -> None:
     assert ledger.deletable(ACCOUNT_KIND) == ["job-gone"]
     assert ledger.deletable(JOB_KIND) == ["t-b-gone"]
     assert not ledger.complete(JOB_A) and ledger.complete(JOB_B)
-    assert ledger.held_back() == [HeldBack(JOB_A, 2, 1)]
+    assert ledger.held_back() == [HeldBack(JOB_A, 2, 1, TASKS)]
     assert ledger.held_back()[0].reason == "1 task(s) listed without a readable taskId"
 
 
@@ -43,7 +44,7 @@ def test_an_unreadable_job_holds_back_the_account_even_with_nothing_to_delete() 
     ledger.listed(JOB_A, ["t-gone"])
     assert ledger.deletable(ACCOUNT_KIND) == []
     assert ledger.deletable(JOB_KIND) == ["t-gone"]  # job scopes keep their own deletes
-    assert ledger.held_back() == [HeldBack(ACCOUNT, 0, 2)]
+    assert ledger.held_back() == [HeldBack(ACCOUNT, 0, 2, JOBS)]
     assert str(ACCOUNT) == "account" and str(JOB_A) == "job job-a"
 
 

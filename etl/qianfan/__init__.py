@@ -2,14 +2,12 @@
 
 from etl.qianfan import signing
 from etl.qianfan.client import QianfanClient, RetryPolicy
-from etl.qianfan.pagination import MarkerPaginator, fetch_job_pages, fetch_pages, fetch_tasks
+from etl.qianfan.pagination import MarkerPaginator, fetch_pages
 
 __all__ = [
     "MarkerPaginator",
     "QianfanClient",
     "RetryPolicy",
-    "fetch_job_pages",
     "fetch_pages",
-    "fetch_tasks",
     "signing",
 ]

@@ -13,8 +13,6 @@ log = logging.getLogger("etl.qianfan")
 
 PAGE_SIZE = 100
 MAX_EMPTY_TRUNCATED_PAGES = 3
-JOBS = "DescribeFineTuningJobs"
-TASKS = "DescribeFineTuningTasks"
 
 
 class MarkerPaginator:
@@ -128,35 +126,7 @@ def fetch_pages(
     paginator: MarkerPaginator | None = None,
 ) -> Iterator[list[Any]]:
     """Yield each page's list, following nextMarker while isTruncated is true."""
-    where = f"{action} {body['jobId']}" if "jobId" in body else action
-    pages = paginator or MarkerPaginator(where)
+    pages = paginator or MarkerPaginator(action)
     while pages.has_next_page:
         result = client.call(action, pages.request(body))
         yield pages.update_state(result.get(list_key), result.get("pageInfo"))
-
-
-def fetch_job_pages(
-    client: QianfanClient, paginator: MarkerPaginator | None = None
-) -> Iterator[list[Any]]:
-    """Every raw job of the account, page by page."""
-    return fetch_pages(client, JOBS, {}, "jobList", paginator or job_paginator())
-
-
-def fetch_tasks(
-    client: QianfanClient, job_id: str, paginator: MarkerPaginator | None = None
-) -> list[Any]:
-    """Every raw task of one job, all pages."""
-    pages = fetch_pages(
-        client, TASKS, {"jobId": job_id}, "taskList", paginator or task_paginator(job_id)
-    )
-    return [task for page in pages for task in page]
-
-
-def job_paginator() -> MarkerPaginator:
-    """A paginator for the job listing."""
-    return MarkerPaginator(JOBS, "jobId")
-
-
-def task_paginator(job_id: str) -> MarkerPaginator:
-    """A paginator for one job's task listing."""
-    return MarkerPaginator(f"{TASKS} {job_id}", "taskId")
