@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from sqlalchemy.engine import URL, make_url
 from etl import db
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
 from tests.harness import Etl, Snapshot, admin, admin_url, scratch_database, snapshot
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The processes the tests start get SIGINT at its default, as the tests that send it mean.
+    Started from nohup or a background job, pytest has SIGINT ignored, and a child inherits an
+    ignored signal through exec: a fault plan's SIGINT would then do nothing. A handled one is
+    reset to the default in the child."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import secrets
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -382,6 +383,22 @@ def test_an_interrupted_sqlite_upgrade_leaves_the_previous_revision(
     assert again.returncode == 0, again.stderr
     assert db.current_revision(engine) == db.head_revision()
     engine.dispose()
+
+
+def test_the_suite_sends_its_signals_however_it_is_started(tmp_path: Path) -> None:
+    """Run from a background job or nohup, pytest starts with SIGINT ignored; the interrupted
+    upgrade above must still see its SIGINT (it got 0 for 130 before conftest reset it)."""
+    test = f"{__file__}::test_an_interrupted_sqlite_upgrade_leaves_the_previous_revision"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+    ignored = subprocess.run(
+        ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ignored.returncode == 0, ignored.stdout[-2000:]
+    assert "2 passed" in ignored.stdout
 
 
 @pytest.fixture
