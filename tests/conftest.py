@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,14 +63,23 @@ def pg_engine(pg_url: URL) -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> URL:
-    """An embedded SQLite database at the Alembic head."""
-    url = make_url(f"sqlite:///{tmp_path / 'etl.db'}")
-    engine = db.create(url)
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An embedded SQLite database migrated to head once, copied for each test."""
+    path = tmp_path_factory.mktemp("sqlite_template") / "etl.db"
+    engine = db.create(make_url(f"sqlite:///{path}"))
     db.upgrade(engine)
     engine.dispose()
-    return url
+    return path
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> URL:
+    """An embedded SQLite database at the Alembic head: a copy of the migrated template, as
+    Postgres databases are."""
+    path = tmp_path / "etl.db"
+    shutil.copyfile(sqlite_template, path)
+    return make_url(f"sqlite:///{path}")
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
