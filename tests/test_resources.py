@@ -152,3 +152,25 @@ def test_every_column_of_a_listed_table_is_declared_or_kept_by_the_load() -> Non
         assert columns - by_the_load == declared, resource.entity
     job = transform.job_to_row({"jobId": "j-1"})
     assert isinstance(job, dict) and set(job) == {JOBS.key, *JOBS.fields, "raw", "content_hash"}
+
+
+def test_restricted_runs_delete_nothing_of_a_declared_resource(
+    etl: Etl, widgets: list[dict[str, Any]]
+) -> None:
+    """An --active-only run lists the resource (its listing is the account's, like the job
+    list) and loads what is new, but deletes nothing; a --job-id run does not list it."""
+    etl.sync_here(listed=(WIDGETS,))
+    served = [*widgets[1:], {"widgetId": "w-new", "name": "new"}]
+    etl.sim.serve_listing(ACTION, "widgetList", "widgetId", served)
+
+    active = etl.sync_here(listed=(WIDGETS,), active_only=True)
+    assert (active.mode, active.exit_code, active.deleted) == ("active", EXIT_OK, 0)
+    stored = _stored(etl)
+    assert stored["w-new"] == ("new", None, None) and stored["w-0000"][2] is None
+
+    etl.sim.requests.clear()
+    job_id = etl.sim.jobs()[0]["jobId"]
+    selected = etl.sync_here(listed=(WIDGETS,), job_ids=frozenset({job_id}))
+    assert (selected.mode, selected.exit_code) == ("selected", EXIT_OK)
+    assert not [r for r in etl.sim.requests if r.action == ACTION]
+    assert _stored(etl)["w-0000"][2] is None
