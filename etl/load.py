@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from etl import pgcopy, redact
 from etl.canonical import content_hash, same_content
 from etl.errors import LockBusyError, LockLostError
+from etl.ownership import outranked
 from etl.resources import TASKS, Resource
 from etl.schema import (
     etl_failed_jobs,
@@ -390,26 +391,9 @@ def _owned_now(
 ) -> tuple[list[TaskRows | Unchanged], list[tuple[TaskRows, str]]]:
     """The batch's tasks (the last of each id) to write now, and those deferred."""
     tasks = list({rows.task_id: rows for rows in batch.tasks}.values())
-    deferred = [] if batch.owners_settled else _outranked(tasks, stored)
+    deferred = [] if batch.owners_settled else outranked(tasks, stored)
     held = {rows.task_id for rows, _ in deferred}
     return [rows for rows in tasks if rows.task_id not in held], deferred
-
-
-def _outranked(
-    tasks: list[TaskRows | Unchanged], stored: dict[str, sa.Row[Any]]
-) -> list[tuple[TaskRows, str]]:
-    """Typed tasks listed by a job that ranks after the live one they are stored under (an
-    unchanged one was listed by the job it is stored under)."""
-    held = []
-    for rows in tasks:
-        if isinstance(rows, Unchanged):
-            continue
-        before = stored.get(rows.task_id)
-        if before is None or before.deleted_at is not None:
-            continue
-        if before.job_id < rows.task["job_id"]:
-            held.append((rows, before.job_id))
-    return held
 
 
 def _changed(rows: TaskRows, stored: dict[str, sa.Row[Any]]) -> bool:

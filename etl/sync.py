@@ -43,6 +43,7 @@ from etl.extract import (
 )
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts, Written
+from etl.ownership import Claim, Claims, owned
 from etl.qianfan import QianfanClient
 from etl.qianfan.pagination import id_of
 from etl.resources import BUILT_IN, JOBS, LISTED, SOFT_DELETE, TASKS, Resource
@@ -50,8 +51,6 @@ from etl.scopes import ACCOUNT, ACCOUNT_KIND, JOB_KIND, HeldBack, Ledger, Scope,
 from etl.transform import (
     PreparedTask,
     Reject,
-    TaskRows,
-    Unchanged,
     job_to_row,
     prepare_task,
     progress_to_row,
@@ -129,8 +128,8 @@ class _State:
     failed: list[JobFailure] = field(default_factory=list)
     # the error that ended the walk early: raised once what was fetched is committed
     stopped: EtlError | None = None
-    # tasks held back by the ownership rule (task id -> rows, job stored under)
-    deferred: dict[str, tuple[TaskRows, str]] = field(default_factory=dict)
+    # tasks held back by the ownership rule
+    claims: Claims = field(default_factory=Claims)
     # the job bigger than a batch that is the batch
     big: "tuple[str, _BigJob] | None" = None
 
@@ -553,35 +552,17 @@ def _note_pending_work(state: _State, written: Written) -> None:
     for job_id, lacked in written.absent.items():
         state.ledger.listed(job_scope(job_id), lacked)
     state.reject_keys |= written.reject_keys
-    # a task written again came from a job ranking before any deferred claim on it
-    for task_id in [task_id for task_id in state.deferred if task_id in written.seen]:
-        del state.deferred[task_id]
-    for rows, stored_job in written.deferred:
-        task_id = rows.task["task_id"]
-        held = state.deferred.get(task_id)
-        if held is None or rows.task["job_id"] < held[0].task["job_id"]:
-            state.deferred[task_id] = (rows, stored_job)
+    state.claims.note(written.seen, written.deferred)
 
 
 def _write_deferred(connection: Connection, state: _State, run_id: int) -> RunCounts:
     """Write the held-back tasks whose stored job turned out not to list them any more."""
-    winners: list[TaskRows | Unchanged] = [
-        rows for rows, stored_job in state.deferred.values() if _wins(state, rows, stored_job)
-    ]
+    winners = state.claims.winners(state.ledger)
     if not winners:
         return RunCounts()
     ids = [rows.task_id for rows in winners]
     batch = Batch(tasks=winners, owners_settled=True)
     return load.write_batch(connection, batch, run_id, load.stored_tasks(connection, ids)).counts
-
-
-def _wins(state: _State, rows: TaskRows, stored_job: str) -> bool:
-    """Whether a held-back task goes to its listing job: its stored job no longer lists it."""
-    ledger, scope = state.ledger, job_scope(stored_job)
-    if ledger.is_listed(scope):
-        return ledger.lacks(scope, rows.task["task_id"])
-    # a job that failed, or was not listed by a restricted run, keeps what it had
-    return ledger.complete(ACCOUNT) and not ledger.seen(ACCOUNT, stored_job)
 
 
 def _list_account(connection: Connection, ledger: Ledger, resources: tuple[Resource, ...]) -> None:
@@ -816,19 +797,16 @@ def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:
     """Type the batch's tasks, skipping those whose stored hash (and job) matches; a task
     listed by two of the batch's jobs goes to the smaller job id."""
     known = {key: row.content_hash for key, row in stored.items()}
-    chosen: dict[str, tuple[str, TaskRows | Unchanged]] = {}
+    claims: list[Claim] = []
     for job_id, tasks in pending.untyped:
         moved = {
             t.task_id for t in tasks if t.task_id in stored and stored[t.task_id].job_id != job_id
         }
         here = {k: v for k, v in known.items() if k not in moved} if moved else known
         rows, rejects = tasks_to_rows(tasks, job_id, here)
-        for row in rows:
-            task_id = row.task_id
-            if task_id not in chosen or job_id < chosen[task_id][0]:
-                chosen[task_id] = (job_id, row)
+        claims += ((job_id, row) for row in rows)
         pending.batch.rejects.extend(replace(reject, scope=job_id) for reject in rejects)
-    pending.batch.tasks.extend(row for _, row in chosen.values())
+    pending.batch.tasks.extend(owned(claims))
 
 
 def _record_failure(
