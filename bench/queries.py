@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from etl import db
-from etl.charts import Selection
+from etl.report.queries import Selection
 
 # Postgres targets, in ms, by size (the issue: <= 100 ms at M, <= 300 ms at L = 8,000 jobs).
 TARGET_MS = {"S": 100.0, "M": 100.0, "L": 300.0}
@@ -150,7 +150,7 @@ def _run(connection: Connection, shape: Shape, params: dict[str, Any]) -> None:
 
 def _report(connection: Connection) -> None:
     """What `qianfan-etl report` asks of the database (its page built, not drawn)."""
-    from etl import page  # the report extra's module, imported only when timed
+    from etl.report import page  # the report extra's module, imported only when timed
 
     now = datetime.now(UTC)
     page.header_html(connection, Selection(), "bench", now)

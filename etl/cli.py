@@ -1,25 +1,18 @@
 """The `qianfan-etl` command line: parse options, call the stages, map errors to exit codes."""
 
-import dataclasses
-import functools
 import json
 import logging
-import os
-import signal
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from click.core import ParameterSource
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import config, db, monitor, page, progress, redact, report, stopping
-from etl.charts import Selection
+from etl import config, db, monitor, process, progress, readout
 from etl.errors import (
     EXIT_DATA,
     EXIT_SIGINT,
@@ -30,6 +23,8 @@ from etl.errors import (
 )
 from etl.qianfan import QianfanClient, RetryPolicy
 from etl.qianfan.client import DEFAULT_DEADLINE
+from etl.report import page
+from etl.report.queries import Selection
 from etl.simulator_config import JOB_FAULTS, SimulatorConfig
 from etl.sync import SyncOptions, SyncResult, sync
 
@@ -90,116 +85,20 @@ def cli() -> None:
     """Copy Baidu Qianfan fine-tuning jobs, tasks, metrics and checkpoints into SQL."""
 
 
-DATABASE_HELP = f"SQLAlchemy URL of the database (default {config.DEFAULT_DATABASE_URL})."
-
-
-def database_option(default: str | None = None) -> Callable[..., Any]:
-    """The --database-url option, read from DATABASE_URL unless given."""
-    return click.option(
-        "--database-url",
-        envvar=config.DATABASE_URL_VAR if default is None else None,
-        default=default,
-        show_default=default is not None,
-        help=DATABASE_HELP if default is None else "SQLAlchemy URL of the demo database.",
-    )
-
-
-def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """-v/-q and --log-format, shared by the commands that log."""
-    func = click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")(
-        func
-    )
-    func = click.option(
-        "-q", "--quiet", is_flag=True, help="Only errors; no progress, no summary."
-    )(func)
-    return click.option(
-        "--log-format",
-        type=click.Choice(["text", "json"]),
-        default="text",
-        envvar="QIANFAN_ETL_LOG_FORMAT",
-        show_default=True,
-        help="Log lines as text, or as one JSON object per line for log shippers.",
-    )(func)
-
-
-def budget_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Retry, deadline, database timeout and delete-guard knobs for `sync`, each an env var."""
-    budgets = [
-        (
-            "--api-attempts",
-            int,
-            RetryPolicy.max_attempts,
-            "HTTP attempts per API call before exit 75.",
-        ),
-        (
-            "--api-retry-wait",
-            float,
-            RetryPolicy.base_wait,
-            "Base of the jittered exponential retry wait, seconds.",
-        ),
-        (
-            "--api-deadline",
-            float,
-            DEFAULT_DEADLINE,
-            "Wall-clock limit on one HTTP attempt, s (0: none).",
-        ),
-        (
-            "--api-retry-after-cap",
-            float,
-            RetryPolicy.retry_after_cap,
-            "Longest Retry-After honoured; more exits 75.",
-        ),
-        (
-            "--db-lock-timeout",
-            float,
-            db.DEFAULT_LOCK_TIMEOUT,
-            "Postgres lock_timeout, seconds (0: none).",
-        ),
-        (
-            "--db-statement-timeout",
-            float,
-            db.DEFAULT_STATEMENT_TIMEOUT,
-            "Postgres statement_timeout, seconds (0: none).",
-        ),
-        (
-            "--batch-tasks",
-            int,
-            SyncOptions.batch_tasks,
-            "Tasks (of whole jobs) written per transaction.",
-        ),
-        (
-            "--max-delete-fraction",
-            click.FloatRange(0, 1),
-            SyncOptions.max_delete_fraction,
-            "A run that would soft-delete more than this share of the live jobs or tasks "
-            "deletes nothing and exits 65 (1: no limit).",
-        ),
-    ]
-    for name, kind, default, text in reversed(budgets):
-        if not isinstance(kind, click.ParamType):
-            kind = click.IntRange(1) if kind is int else click.FloatRange(0)
-        func = click.option(
-            name,
-            type=kind,
-            default=default,
-            show_default=True,
-            envvar="QIANFAN_ETL_" + name[2:].upper().replace("-", "_"),
-            help=text,
-        )(func)
-    return func
-
-
-def db_schema_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The --db-schema option: every table and view, and Alembic's version table, there."""
-    return click.option(
-        "--db-schema",
-        envvar=config.DB_SCHEMA_VAR,
-        metavar="NAME",
-        help="Postgres schema of the tables and views (created by `db upgrade`) "
-        "[default: the connection's search path].",
-    )(func)
-
-
+# Every option is one click.option call, its environment variable named in it; an option that
+# several commands take is bound to a name once, as these are.
+database_url_option = click.option(
+    "--database-url",
+    envvar=config.DATABASE_URL_VAR,
+    help=f"SQLAlchemy URL of the database (default {config.DEFAULT_DATABASE_URL}).",
+)
+db_schema_option = click.option(
+    "--db-schema",
+    envvar=config.DB_SCHEMA_VAR,
+    metavar="NAME",
+    help="Postgres schema of the tables and views (created by `db upgrade`) "
+    "[default: the connection's search path].",
+)
 # `sync` and `report` select jobs the same way.
 job_id_option = click.option(
     "--job-id", "job_ids", multiple=True, help="Only this job (repeatable)."
@@ -323,10 +222,83 @@ Example:
     envvar=config.ALLOW_PLAIN_HTTP_VAR,
     help="Allow an http:// API base URL whose host is not loopback (never taken from .env).",
 )
-@budget_options
-@database_option()
+@click.option(
+    "--api-attempts",
+    type=click.IntRange(1),
+    default=RetryPolicy.max_attempts,
+    show_default=True,
+    envvar="QIANFAN_ETL_API_ATTEMPTS",
+    help="HTTP attempts per API call before exit 75.",
+)
+@click.option(
+    "--api-retry-wait",
+    type=click.FloatRange(0),
+    default=RetryPolicy.base_wait,
+    show_default=True,
+    envvar="QIANFAN_ETL_API_RETRY_WAIT",
+    help="Base of the jittered exponential retry wait, seconds.",
+)
+@click.option(
+    "--api-deadline",
+    type=click.FloatRange(0),
+    default=DEFAULT_DEADLINE,
+    show_default=True,
+    envvar="QIANFAN_ETL_API_DEADLINE",
+    help="Wall-clock limit on one HTTP attempt, s (0: none).",
+)
+@click.option(
+    "--api-retry-after-cap",
+    type=click.FloatRange(0),
+    default=RetryPolicy.retry_after_cap,
+    show_default=True,
+    envvar="QIANFAN_ETL_API_RETRY_AFTER_CAP",
+    help="Longest Retry-After honoured; more exits 75.",
+)
+@click.option(
+    "--db-lock-timeout",
+    type=click.FloatRange(0),
+    default=db.DEFAULT_LOCK_TIMEOUT,
+    show_default=True,
+    envvar="QIANFAN_ETL_DB_LOCK_TIMEOUT",
+    help="Postgres lock_timeout, seconds (0: none).",
+)
+@click.option(
+    "--db-statement-timeout",
+    type=click.FloatRange(0),
+    default=db.DEFAULT_STATEMENT_TIMEOUT,
+    show_default=True,
+    envvar="QIANFAN_ETL_DB_STATEMENT_TIMEOUT",
+    help="Postgres statement_timeout, seconds (0: none).",
+)
+@click.option(
+    "--batch-tasks",
+    type=click.IntRange(1),
+    default=SyncOptions.batch_tasks,
+    show_default=True,
+    envvar="QIANFAN_ETL_BATCH_TASKS",
+    help="Tasks (of whole jobs) written per transaction.",
+)
+@click.option(
+    "--max-delete-fraction",
+    type=click.FloatRange(0, 1),
+    default=SyncOptions.max_delete_fraction,
+    show_default=True,
+    envvar="QIANFAN_ETL_MAX_DELETE_FRACTION",
+    help="A run that would soft-delete more than this share of the live jobs or tasks "
+    "deletes nothing and exits 65 (1: no limit).",
+)
+@database_url_option
 @db_schema_option
-@logging_options
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar=config.LOG_FORMAT_VAR,
+    help="Log lines as text, or as one JSON object per line for log shippers.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress, no summary.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def sync_command(
     job_ids: tuple[str, ...],
     concurrency: int,
@@ -353,7 +325,7 @@ def sync_command(
     batch_tasks: int,
     max_delete_fraction: float,
 ) -> None:
-    setup_logging(log_format, verbose, quiet)
+    process.setup_logging(log_format, verbose, quiet)
     env_file = click.get_current_context().obj
     _note_env_file(env_file)
     if active_only and job_ids:
@@ -383,7 +355,7 @@ def sync_command(
             statement_timeout=db_statement_timeout,
         )
         with (
-            _terminate_as_exit(),
+            process.signals_as_exit(),
             progress.on_terminal(not quiet) as bar,
             QianfanClient(
                 settings.base_url,
@@ -428,28 +400,9 @@ def _end(result: SyncResult, quiet: bool, log_format: str) -> None:
 def emit_summary(result: SyncResult, log_format: str) -> None:
     """One line at the end of a run, for people and for log shippers alike."""
     if log_format == "json":
-        click.echo(json.dumps({"event": "sync_finished", **report.summary_fields(result)}))
+        click.echo(json.dumps({"event": "sync_finished", **readout.summary_fields(result)}))
     else:
-        click.echo(report.summary_line(result))
-
-
-class _terminate_as_exit:
-    """SIGTERM/SIGINT raise SystemExit(143/130), so transactions roll back, the lock is freed
-    and the run is recorded as failed (click would turn KeyboardInterrupt into exit 1)."""
-
-    signals = (signal.SIGTERM, signal.SIGINT)
-
-    def __enter__(self) -> None:
-        self.previous = {signum: signal.signal(signum, _raise_exit) for signum in self.signals}
-
-    def __exit__(self, *_exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    stopping.request()  # every wait of the workers ends, and no batch commits after this
-    raise SystemExit(128 + signum)
+        click.echo(readout.summary_line(result))
 
 
 @cli.group("db")
@@ -459,7 +412,7 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
-@database_option()
+@database_url_option
 @db_schema_option
 def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -> None:
     """Create or migrate the tables and views to the code's revision."""
@@ -469,7 +422,7 @@ def db_upgrade(revision: str, database_url: str | None, db_schema: str | None) -
 
 
 @db_group.command("current")
-@database_option()
+@database_url_option
 @db_schema_option
 def db_current(database_url: str | None, db_schema: str | None) -> None:
     """Show the database's schema revision and the code's head."""
@@ -493,7 +446,7 @@ def db_current(database_url: str | None, db_schema: str | None) -> None:
     callback=lambda _ctx, _param, value: _duration(value),
     help="Check only: exit 0 if the latest run succeeded within DURATION (90m, 2h, 1d), else 69.",
 )
-@database_option()
+@database_url_option
 @db_schema_option
 def status_command(
     as_json: bool,
@@ -514,9 +467,9 @@ def status_command(
         if max_age is not None:
             click.echo(monitor.check_freshness(engine, *max_age))
             return
-        status = report.status(engine, runs)
-    text = json.dumps(status, indent=2, default=report.json_default) if as_json else None
-    click.echo(text or report.status_text(status))
+        status = readout.status(engine, runs)
+    text = json.dumps(status, indent=2, default=readout.json_default) if as_json else None
+    click.echo(text or readout.status_text(status))
 
 
 def _duration(value: str | None) -> tuple[float, str] | None:
@@ -570,7 +523,7 @@ class IsoMoment(click.ParamType[datetime]):
     show_default=True,
     help="Tasks drawn in the loss curves.",
 )
-@database_option()
+@database_url_option
 @db_schema_option
 def report_command(
     output: Path,
@@ -595,63 +548,42 @@ def report_command(
     click.echo(f"report: {output.resolve()} ({size / 1e6:.1f} MB)")
 
 
-SIMULATOR_OPTIONS: list[tuple[str, click.ParamType[Any], object, str]] = [
-    ("--jobs", click.IntRange(0), SimulatorConfig.jobs, "Jobs in the synthetic account."),
-    (
-        "--tasks-per-job",
-        click.IntRange(0),
-        SimulatorConfig.tasks_per_job,
-        "Tasks listed under each job.",
-    ),
-    (
-        "--checkpoints",
-        click.IntRange(0),
-        SimulatorConfig.checkpoints,
-        "Checkpoints of a finished task.",
-    ),
-    (
-        "--seed",
-        click.INT,
-        SimulatorConfig.seed,
-        "Seed of the synthetic data (same seed, same data).",
-    ),
-    (
-        "--latency-ms",
-        click.FloatRange(0),
-        SimulatorConfig.latency_ms,
-        "Delay added to every response.",
-    ),
-]
-
-
-def simulator_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Dataset options shared by `simulate` and `demo`, handed to the command as one
-    `dataset` SimulatorConfig."""
-
-    @functools.wraps(func)
-    def with_dataset(
-        *args: Any,
-        jobs: int,
-        tasks_per_job: int,
-        checkpoints: int,
-        seed: int,
-        latency_ms: float,
-        **kwargs: Any,
-    ) -> Any:
-        dataset = SimulatorConfig(
-            jobs=jobs,
-            tasks_per_job=tasks_per_job,
-            checkpoints=checkpoints,
-            seed=seed,
-            latency_ms=latency_ms,
-        )
-        return func(*args, dataset=dataset, **kwargs)
-
-    command: Callable[..., Any] = with_dataset
-    for name, kind, default, text in reversed(SIMULATOR_OPTIONS):
-        option = click.option(name, type=kind, default=default, show_default=True, help=text)
-        command = option(command)
-    return command
+# The synthetic account's options, which `simulate` and `demo` both take.
+jobs_option = click.option(
+    "--jobs",
+    type=click.IntRange(0),
+    default=SimulatorConfig.jobs,
+    show_default=True,
+    help="Jobs in the synthetic account.",
+)
+tasks_per_job_option = click.option(
+    "--tasks-per-job",
+    type=click.IntRange(0),
+    default=SimulatorConfig.tasks_per_job,
+    show_default=True,
+    help="Tasks listed under each job.",
+)
+checkpoints_option = click.option(
+    "--checkpoints",
+    type=click.IntRange(0),
+    default=SimulatorConfig.checkpoints,
+    show_default=True,
+    help="Checkpoints of a finished task.",
+)
+seed_option = click.option(
+    "--seed",
+    type=click.INT,
+    default=SimulatorConfig.seed,
+    show_default=True,
+    help="Seed of the synthetic data (same seed, same data).",
+)
+latency_option = click.option(
+    "--latency-ms",
+    type=click.FloatRange(0),
+    default=SimulatorConfig.latency_ms,
+    show_default=True,
+    help="Delay added to every response.",
+)
 
 
 SIMULATE_HELP = f"""Serve a Qianfan-compatible API with synthetic data on 127.0.0.1.
@@ -681,7 +613,11 @@ would; the first lines it prints are the exports that point qianfan-etl at it.
     help="List tasks without metrics and checkpointList (as the 2025 doc and the SDK's mock "
     "do); only DescribeFineTuningTask carries them.",
 )
-@simulator_options
+@jobs_option
+@tasks_per_job_option
+@checkpoints_option
+@seed_option
+@latency_option
 @click.option(
     "--job-fault",
     "job_faults",
@@ -696,13 +632,24 @@ def simulate_command(
     port: int,
     running_jobs: float | None,
     lean_listings: bool,
-    dataset: SimulatorConfig,
     job_faults: tuple[str, ...],
+    jobs: int,
+    tasks_per_job: int,
+    checkpoints: int,
+    seed: int,
+    latency_ms: float,
 ) -> None:
     from etl.simulator import Simulator  # here, so that production commands never load it
 
-    sim_config = dataclasses.replace(
-        dataset, running_jobs=running_jobs, lean_listings=lean_listings, now=datetime.now(UTC)
+    sim_config = SimulatorConfig(
+        jobs=jobs,
+        tasks_per_job=tasks_per_job,
+        checkpoints=checkpoints,
+        seed=seed,
+        latency_ms=latency_ms,
+        running_jobs=running_jobs,
+        lean_listings=lean_listings,
+        now=datetime.now(UTC),
     )
     simulator = Simulator(sim_config)
     simulator.job_faults = _job_faults([job["jobId"] for job in simulator.jobs()], job_faults)
@@ -735,26 +682,49 @@ def _job_faults(ids: list[str], specs: tuple[str, ...]) -> dict[str, str]:
 
 
 @cli.command("demo")
-@database_option(default="sqlite:///qianfan_demo.db")
-@simulator_options
-def demo_command(database_url: str, dataset: SimulatorConfig) -> None:
+@click.option(
+    "--database-url",
+    default="sqlite:///qianfan_demo.db",
+    show_default=True,
+    help="SQLAlchemy URL of the demo database.",
+)
+@jobs_option
+@tasks_per_job_option
+@checkpoints_option
+@seed_option
+@latency_option
+def demo_command(
+    database_url: str,
+    jobs: int,
+    tasks_per_job: int,
+    checkpoints: int,
+    seed: int,
+    latency_ms: float,
+) -> None:
     """Start the simulator, migrate the demo database, sync into it, print a summary."""
     from etl.simulator import Simulator  # here, so that production commands never load it
 
-    setup_logging("text", 0, False)
+    process.setup_logging("text", 0, False)
     engine = engine_for(database_url)
     db.upgrade(engine)
-    dataset = dataclasses.replace(dataset, now=datetime.now(UTC))  # so "this week" finds rows
+    account = SimulatorConfig(  # now: so that "this week" finds rows
+        jobs=jobs,
+        tasks_per_job=tasks_per_job,
+        checkpoints=checkpoints,
+        seed=seed,
+        latency_ms=latency_ms,
+        now=datetime.now(UTC),
+    )
     with (
-        Simulator(dataset).serve() as server,
-        QianfanClient(server.url, dataset.access_key, dataset.secret_key) as client,
+        Simulator(account).serve() as server,
+        QianfanClient(server.url, account.access_key, account.secret_key) as client,
     ):
         click.echo(f"simulator: {server.url}, database: {config.show_url(engine.url)}")
         result = sync(engine, client, SyncOptions())
-    click.echo(report.summary_line(result))
+    click.echo(readout.summary_line(result))
     with db.translated_errors(engine.url):
-        click.echo(report.status_text(report.status(engine, 3)))
-        click.echo(report.sample_text(engine))
+        click.echo(readout.status_text(readout.status(engine, 3)))
+        click.echo(readout.sample_text(engine))
     prog = sys.argv[0] if Path(sys.argv[0]).name == "qianfan-etl" else "qianfan-etl"
     shown = database_url if engine.url.password is None else config.show_url(engine.url)
     click.echo(f"Explore it: {prog} status --database-url {shown}")
@@ -772,56 +742,6 @@ def _demo_report(engine: Engine, command: str) -> str:
     return f"Report: {output.resolve()}"
 
 
-def setup_logging(log_format: str, verbose: int, quiet: bool) -> None:
-    """Log to stderr, as text or JSON lines, at the level -v/-q ask for."""
-    level = (
-        logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    )
-    # -v is about this program: libraries stay at WARNING (SQLAlchemy at INFO logs every query)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(redact.RedactingFilter())
-    handler.setFormatter(report.JsonFormatter() if log_format == "json" else report.TextFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(max(level, logging.WARNING))
-    logging.getLogger("etl").setLevel(level)
-    logging.captureWarnings(True)
-
-
-def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    """A traceback goes through the log handler, so it is scrubbed like every other line."""
-    log.critical("unexpected error (a bug: please report it)", exc_info=(kind, exc, tb))
-
-
 def main() -> None:
-    """Console-script entry point: `.env` first, then click."""
-    env_file = _read_env_file()
-    sys.excepthook = _log_uncaught
-    if not logging.getLogger().handlers:
-        setup_logging(os.environ.get("QIANFAN_ETL_LOG_FORMAT", "text"), 0, False)
-    try:
-        cli(prog_name="qianfan-etl", obj=env_file)
-    except SystemExit as exc:
-        if stopping.requested():
-            _exit_now(exc.code)
-        raise
-
-
-def _read_env_file() -> config.EnvFile | None:
-    """The `.env` read, or exit 78 saying why it is refused."""
-    try:
-        return config.load_env_file()
-    except ConfigError as exc:
-        setup_logging(os.environ.get("QIANFAN_ETL_LOG_FORMAT", "text"), 0, False)
-        log.error("%s", exc)
-        sys.exit(exc.exit_code)
-
-
-def _exit_now(code: object) -> NoReturn:
-    """End a run a signal stopped without joining its fetch workers: its batch is rolled back,
-    its lock freed and its run recorded, and a worker still blocked in a slow read holds
-    nothing (the interpreter would wait for it, up to the read timeout)."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code if isinstance(code, int) else 1)
+    """Console-script entry point."""
+    process.run(cli)

@@ -25,6 +25,7 @@ SECRET_KEY_VAR = "QIANFAN_SECRET_KEY"
 DATABASE_URL_VAR = "DATABASE_URL"
 DB_SCHEMA_VAR = "QIANFAN_ETL_DB_SCHEMA"
 ALLOW_PLAIN_HTTP_VAR = "QIANFAN_ETL_ALLOW_PLAIN_HTTP"
+LOG_FORMAT_VAR = "QIANFAN_ETL_LOG_FORMAT"
 # An opt-in must be the operator's own act, not one more line of a file in the directory.
 NOT_FROM_DOTENV = frozenset({ALLOW_PLAIN_HTTP_VAR})
 # The drivers qianfan-etl is built and tested with (a plain postgresql:// becomes the first).

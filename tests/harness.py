@@ -28,7 +28,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
 from etl import db, schema
-from etl.cli import cli, setup_logging
+from etl.cli import cli
+from etl.process import setup_logging
 from etl.qianfan import QianfanClient
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
 from etl.sync import SyncOptions

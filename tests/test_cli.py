@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.engine import URL
 
-from etl import report
+from etl import readout
 from etl.cli import cli
 from etl.load import RunCounts
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
@@ -129,7 +129,7 @@ def test_a_missing_sqlite_file_is_not_created(
 def test_json_log_time_is_rfc3339_utc_with_sub_seconds() -> None:
     record = logging.LogRecord("etl", logging.WARNING, __file__, 1, "hello", None, None)
     record.created = 1_700_000_000.25
-    stamp = json.loads(report.JsonFormatter().format(record))["time"]
+    stamp = json.loads(readout.JsonFormatter().format(record))["time"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3,6}(Z|[+-]\d\d:\d\d)", stamp), stamp
     assert datetime.fromisoformat(stamp) == datetime.fromtimestamp(1_700_000_000.25, UTC)
 
@@ -149,8 +149,8 @@ def test_status_json_times_are_aware(
 
 def test_dry_run_summary_reads_well() -> None:
     result = SyncResult(run_id=5, counts=RunCounts(jobs_seen=2), seconds=1.0, dry_run=True)
-    assert report.summary_line(result).startswith("dry run 5: 2 jobs")
-    assert report.summary_line(
+    assert readout.summary_line(result).startswith("dry run 5: 2 jobs")
+    assert readout.summary_line(
         SyncResult(run_id=6, counts=RunCounts(), seconds=1.0, dry_run=False)
     ).startswith("sync run 6:")
 

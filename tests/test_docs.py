@@ -57,3 +57,20 @@ def test_readme_exit_codes_match_the_error_classes() -> None:
     }
     assert classes <= codes
     assert codes == {0, 1, 2, 65, 69, 74, 75, 77, 78}
+
+
+def test_the_layout_table_names_every_module_and_nothing_that_is_gone() -> None:
+    """The README's layout table matches the tree: each module of etl/ has a row (a package's
+    row may name the package), and each row names a path that exists."""
+    root = Path(__file__).resolve().parent.parent
+    section = README.split("\n## Layout\n")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| `([^`]+)` \|", section, re.MULTILINE)
+    assert [row for row in rows if not (root / row).exists()] == []
+    modules = {
+        str(path.relative_to(root))
+        for path in (root / "etl").rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    }
+    named = {row for row in rows if row.endswith(".py")}
+    packages = tuple(row for row in rows if row.endswith("/"))
+    assert {m for m in modules if m not in named and not m.startswith(packages)} == set()

@@ -9,7 +9,7 @@ from sqlalchemy.exc import OperationalError
 
 from etl import config, redact
 from etl.errors import ConfigError
-from etl.report import JsonFormatter
+from etl.readout import JsonFormatter
 from tests.leaks import PASSWORD, assert_no_fragment
 
 

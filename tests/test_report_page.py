@@ -19,9 +19,9 @@ from PIL import Image
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from etl import charts, page
-from etl.charts import Selection
 from etl.cli import cli
+from etl.report import page, queries
+from etl.report.queries import Selection
 from etl.schema import finetune_task_checkpoints, finetune_task_metrics
 from etl.simulator import Simulator, SimulatorServer
 from tests.chart_rows import NOW, insert_task, load, sim_tasks, summarise, when
@@ -306,7 +306,7 @@ def test_megabyte_texts_keep_the_page_small_and_short(
     assert set(state["charts"]) == {f"chart-{key}" for key in SECTIONS}
     assert_clean(state, output)  # the screenshot too: Chromium could take it
     assert state["height"] < 12_000
-    clipped = "x" * (charts.TEXT_LIMIT - 1) + "… (1,048,577 characters)"
+    clipped = "x" * (queries.TEXT_LIMIT - 1) + "… (1,048,577 characters)"
     assert any(cell.endswith(clipped) for cell in state["cells"])  # an error message
     assert "x" * 301 not in state["text"]
 

@@ -22,10 +22,11 @@ from urllib.parse import urlsplit
 import orjson
 from sqlalchemy import Connection, Engine
 
-from etl import charts, db
-from etl.charts import Selection
+from etl import db
 from etl.errors import ConfigError, DiskFullError, EtlError
 from etl.files import replace_file
+from etl.report import queries
+from etl.report.queries import Selection
 
 if TYPE_CHECKING:
     import altair as alt
@@ -161,7 +162,7 @@ def _write_error(output: Path, exc: OSError) -> EtlError:
 
 
 def build_sections(connection: Connection, selection: Selection, now: datetime) -> list[Section]:
-    """Every section of the page, each from its queries in etl.charts."""
+    """Every section of the page, each from its queries in etl.report.queries."""
     return [
         training_section(connection, selection, now),
         loss_section(connection, selection),
@@ -177,9 +178,9 @@ def build_sections(connection: Connection, selection: Selection, now: datetime) 
 
 def header_html(connection: Connection, selection: Selection, source: str, now: datetime) -> str:
     """Freshness (latest run, its status, when) and counts, as escaped HTML."""
-    runs = charts.latest_runs(connection)
-    success = charts.last_success(connection)
-    counts = charts.task_counts(connection, selection)
+    runs = queries.latest_runs(connection)
+    success = queries.last_success(connection)
+    counts = queries.task_counts(connection, selection)
     latest = (
         f"run {runs[0]['run_id']} <b class='status-{_css(runs[0]['status'])}'>"
         f"{_e(runs[0]['status'])}</b>, started {_when(runs[0]['started_at'], now)}"
@@ -189,7 +190,7 @@ def header_html(connection: Connection, selection: Selection, source: str, now: 
     facts = [
         ("latest sync", latest),
         ("last successful sync finished", _when(success, now) if success else "never"),
-        ("jobs", _e(charts.job_count(connection, selection))),
+        ("jobs", _e(queries.job_count(connection, selection))),
         ("tasks", _e(sum(counts.values())) + _by_status(counts)),
         ("covers", _e(_describe(selection))),
         ("database", _e(source)),
@@ -243,7 +244,7 @@ def _ago(delta: Any) -> str:
 
 def training_section(connection: Connection, selection: Selection, now: datetime) -> Section:
     """The Running tasks: progress, elapsed, ETA and VisualDL link, and their loss so far."""
-    tasks, total = charts.running_tasks(connection, selection)
+    tasks, total = queries.running_tasks(connection, selection)
     empty = (
         "None of them has a checkpoint yet: curves appear once a sync has loaded one."
         if tasks
@@ -252,13 +253,13 @@ def training_section(connection: Connection, selection: Selection, now: datetime
     return Section(
         "training",
         "Training now",
-        f"Running tasks, the {charts.TRAINING_TASKS} most recently started first. Progress is "
+        f"Running tasks, the {queries.TRAINING_TASKS} most recently started first. Progress is "
         "what the latest sync read from the task's detail call; elapsed runs from the task's "
         f"creation to this page's generation time; ETA = {ETA_RULE}, the time left if the pace "
         "so far holds. Below, each task's training loss so far, on its own step axis (a task "
         "with no checkpoint yet has no panel).",
         empty=empty,
-        rows=charts.training_curves(connection, tasks),
+        rows=queries.training_curves(connection, tasks),
         build=training_chart,
         labelled=True,
         tables=[training_table(tasks, total, now)] if tasks else [],
@@ -392,10 +393,10 @@ def loss_section(connection: Connection, selection: Selection) -> Section:
         f"Training loss and perplexity of the {selection.tasks} {which}, by how far through its "
         "steps each task was (step ÷ its last step), so a 200-step and a 2,000-step task both "
         "span the axis; hover for the step. Long curves are thinned to about "
-        f"{charts.MAX_POINTS} points, the last step always kept.",
+        f"{queries.MAX_POINTS} points, the last step always kept.",
         empty=f"None of the {which} has checkpoints: curves appear once a sync has loaded a task "
         "with a checkpointList.",
-        rows=charts.loss_curves(connection, selection),
+        rows=queries.loss_curves(connection, selection),
         build=loss_chart,
         labelled=True,
     )
@@ -426,8 +427,8 @@ def loss_chart() -> dict[str, Any]:
 
 def metrics_section(connection: Connection, selection: Selection) -> Section:
     """Mean BLEU-4 and ROUGE by base model and parameter scale, and the best tasks."""
-    rows = charts.metric_means(connection, selection)
-    best = charts.best_tasks(connection, selection) if rows else []
+    rows = queries.metric_means(connection, selection)
+    best = queries.best_tasks(connection, selection) if rows else []
     return Section(
         "metrics",
         "Evaluation metrics",
@@ -467,7 +468,7 @@ def metrics_chart() -> dict[str, Any]:
 
 def best_table(best: list[dict[str, Any]]) -> str:
     """The best finished tasks by BLEU-4."""
-    headers = ["job", "task", "model", "train mode", "scale", *charts.METRICS.values()]
+    headers = ["job", "task", "model", "train mode", "scale", *queries.METRICS.values()]
     rows = [
         [
             r["job_name"] or r["job_id"],
@@ -475,7 +476,7 @@ def best_table(best: list[dict[str, Any]]) -> str:
             r["model"],
             r["train_mode"],
             r["parameter_scale"],
-            *(_number(r[column]) for column in charts.METRICS),
+            *(_number(r[column]) for column in queries.METRICS),
         ]
         for r in best
     ]
@@ -484,7 +485,7 @@ def best_table(best: list[dict[str, Any]]) -> str:
 
 def outcomes_section(connection: Connection, selection: Selection) -> Section:
     """Tasks per period by run status."""
-    result = charts.tasks_per_period(connection, selection)
+    result = queries.tasks_per_period(connection, selection)
     undated = result["undated"]
     about = (
         f"Tasks by the {result['unit']} they were created in (UTC), coloured by run status. "
@@ -528,12 +529,12 @@ def status_colour() -> "alt.Color":
 
 def failures_section(connection: Connection, selection: Selection) -> Section:
     """Failed tasks by error code, and the latest failures."""
-    rows = charts.failures_by_code(connection, selection)
-    latest = charts.recent_failures(connection, selection) if rows else []
+    rows = queries.failures_by_code(connection, selection)
+    latest = queries.recent_failures(connection, selection) if rows else []
     return Section(
         "failures",
         "Failures",
-        f"Failed tasks by Qianfan error code (the {charts.MAX_CATEGORIES} most frequent), and the "
+        f"Failed tasks by Qianfan error code (the {queries.MAX_CATEGORIES} most frequent), and the "
         "latest failures with their messages.",
         empty="No failed tasks.",
         rows=rows,
@@ -575,7 +576,7 @@ def durations_section(connection: Connection, selection: Selection) -> Section:
         "Hours from creation to finish of finished tasks: the box spans the middle half, the "
         "white tick is the median, the line runs from the shortest to the longest.",
         empty="No finished task has both a creation and a finish time yet.",
-        rows=charts.durations_by_scale(connection, selection),
+        rows=queries.durations_by_scale(connection, selection),
         build=durations_chart,
     )
 
@@ -626,7 +627,7 @@ def _e(value: Any) -> str:
     """Data as HTML text: clipped, escaped, NULL as a dash, times in UTC; Html as it is."""
     if isinstance(value, Html):
         return value
-    return html.escape(charts.clip(_text(value)))
+    return html.escape(queries.clip(_text(value)))
 
 
 def _prose(text: str) -> str:
