@@ -29,8 +29,10 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check etl tests migrations bench
 	$(BIN)/mypy
 
+# Four workers on two cores: most of a test's time is spent waiting on the processes, the
+# simulator and the databases it drives (README, Two commands).
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench $(ARGS)
