@@ -18,7 +18,15 @@ from sqlalchemy.engine import URL, make_url
 
 from etl import db
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
-from tests.harness import Etl, Snapshot, admin, admin_url, scratch_database, snapshot
+from tests.harness import (
+    Etl,
+    Snapshot,
+    admin_url,
+    create_database,
+    drop_database,
+    scratch_database,
+    snapshot,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,7 +43,7 @@ def pg_template() -> Iterator[str]:
     """A database migrated to head, copied for each test; dropped at the end."""
     name = f"qfetl_tpl_{secrets.token_hex(4)}"
     try:
-        admin(f'CREATE DATABASE "{name}"')
+        create_database(name)
     except psycopg.OperationalError as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"Postgres is required in CI and is not reachable: {exc}")
@@ -44,16 +52,16 @@ def pg_template() -> Iterator[str]:
     db.upgrade(engine)
     engine.dispose()
     yield name
-    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(name)
 
 
 @pytest.fixture
 def pg_url(pg_template: str) -> Iterator[URL]:
     """A fresh Postgres database at the Alembic head, dropped after the test."""
     name = f"qfetl_{secrets.token_hex(6)}"
-    admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    create_database(name, pg_template)
     yield admin_url().set(database=name)
-    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(name)
 
 
 @pytest.fixture

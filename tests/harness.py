@@ -4,6 +4,7 @@ cron runs it, or in this process with click's CliRunner), and the oracle of the 
 The fixtures built on these live in conftest.py.
 """
 
+import fcntl
 import gc
 import json
 import logging
@@ -12,6 +13,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import chdir, contextmanager
@@ -57,6 +59,34 @@ def admin(sql: str, database: str = "postgres") -> None:
     url = admin_url().set(database=database)
     with psycopg.connect(dsn(url), autocommit=True, connect_timeout=5) as connection:
         connection.execute(sql)  # type: ignore[arg-type]
+
+
+# Postgres checkpoints for CREATE and DROP DATABASE, and no checkpoint can finish while a
+# tablespace's disk is full. The Postgres disk-full test fills one: with the suite in parallel
+# workers, it holds this lock exclusively meanwhile, and creating or dropping a database holds
+# it shared. (flock: a lock of the machine, whichever process or suite holds it.)
+CHECKPOINT_LOCK = Path(tempfile.gettempdir()) / "qfetl-tests-checkpoints.lock"
+
+
+@contextmanager
+def checkpoints_possible(exclusive: bool = False) -> Iterator[None]:
+    """Shared: the server can checkpoint. Exclusive: the holder may stop it from doing so."""
+    with CHECKPOINT_LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+
+
+def create_database(name: str, template: str | None = None) -> None:
+    """A database on the test server, empty or a copy of `template`."""
+    copy = f' TEMPLATE "{template}"' if template else ""
+    with checkpoints_possible():
+        admin(f'CREATE DATABASE "{name}"{copy}')
+
+
+def drop_database(name: str) -> None:
+    """Drop a test database, whoever is still connected."""
+    with checkpoints_possible():
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
@@ -383,6 +413,15 @@ class Etl:
         """`qianfan-etl sync ARGS` in this process: for runs no signal or fault plan stops."""
         return invoke_cli(["sync", *args], self.env(**extra), cwd=self.cwd)
 
+    def summary(self, *args: str, exit_code: int = 0, **extra: str) -> dict[str, Any]:
+        """`qianfan-etl sync --log-format json ARGS` in this process, which must exit with
+        `exit_code`: its summary line as a dict, with its stderr under "stderr"."""
+        result = self.invoke("--log-format", "json", *args, **extra)
+        assert result.returncode == exit_code, result.stderr
+        summary: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+        summary["stderr"] = result.stderr
+        return summary
+
     def start(self, *args: str, **extra: str) -> subprocess.Popen[str]:
         """`qianfan-etl sync ARGS` in the background."""
         env = self.env(**extra)
@@ -439,11 +478,11 @@ def scratch_database(
         return
     template = request.getfixturevalue("pg_template")
     name = f"qfetl_golden_{secrets.token_hex(6)}"
-    admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    create_database(name, template)
     try:
         yield admin_url().set(database=name)
     finally:
-        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(name)
 
 
 def start_paused(etl: Etl, at: str, pause: Path) -> subprocess.Popen[str]:

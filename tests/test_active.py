@@ -5,24 +5,24 @@ The account has 8 jobs of 4 tasks; jobs 3 and 7 have a Running first task (the s
 process with click's CliRunner, against the simulator over HTTP, on Postgres and on SQLite.
 """
 
-import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy.engine import URL
 
 from etl import db, schema
-from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
-from tests.harness import cli_env, invoke_cli, scratch_database, snapshot, summary_disagreements
+from etl.simulator import Fault, Simulator, SimulatorConfig
+from tests.harness import (
+    Etl,
+    scratch_database,
+    snapshot,
+    summary_disagreements,
+)
 
 TASK = "DescribeFineTuningTask"
-FAST = {"QIANFAN_ETL_API_ATTEMPTS": "2", "QIANFAN_ETL_API_RETRY_WAIT": "0"}
 tasks, jobs, runs = schema.finetune_tasks, schema.finetune_jobs, schema.etl_runs
 
 
@@ -33,65 +33,43 @@ def sim() -> Simulator:
     return Simulator(config)
 
 
-class Etl:
-    """The CLI pointed at the simulator and one database."""
+def stored_task(etl: Etl, task_id: str) -> Any:
+    with etl.engine.connect() as connection:
+        return connection.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
 
-    def __init__(self, sim: Simulator, server: SimulatorServer, url: URL, cwd: Path) -> None:
-        self.sim, self.server, self.url, self.cwd = sim, server, url, cwd
-        self.engine = db.create(url)
 
-    def sync(self, *args: str, exit_code: int = 0, **env: str) -> dict[str, Any]:
-        """`qianfan-etl sync ARGS`, which must exit with `exit_code`; its JSON summary."""
-        result = invoke_cli(
-            ["sync", "--log-format", "json", *args],
-            cli_env(self.sim, self.server, self.url, **{**FAST, **env}),
-            cwd=self.cwd,
+def stored_job(etl: Etl, job_id: str) -> Any:
+    with etl.engine.connect() as connection:
+        return connection.execute(sa.select(jobs).where(jobs.c.job_id == job_id)).first()
+
+
+def soft_deleted(etl: Etl) -> int:
+    """Soft-deleted jobs and tasks."""
+    with etl.engine.connect() as connection:
+        return sum(
+            connection.execute(
+                sa.select(sa.func.count()).where(table.c.deleted_at.is_not(None))
+            ).scalar_one()
+            for table in (jobs, tasks)
         )
-        assert result.returncode == exit_code, result.stderr
-        summary: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
-        summary["stderr"] = result.stderr
-        return summary
 
-    def task(self, task_id: str) -> Any:
-        with self.engine.connect() as connection:
-            return connection.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
 
-    def job(self, job_id: str) -> Any:
-        with self.engine.connect() as connection:
-            return connection.execute(sa.select(jobs).where(jobs.c.job_id == job_id)).first()
+def history(etl: Etl, task_id: str) -> list[str]:
+    table = schema.finetune_task_status_history
+    with etl.engine.connect() as connection:
+        query = sa.select(table.c.run_status).where(table.c.task_id == task_id)
+        return list(connection.execute(query.order_by(table.c.run_id)).scalars())
 
-    def deleted(self) -> int:
-        """Soft-deleted jobs and tasks."""
-        with self.engine.connect() as connection:
-            return sum(
-                connection.execute(
-                    sa.select(sa.func.count()).where(table.c.deleted_at.is_not(None))
-                ).scalar_one()
-                for table in (jobs, tasks)
+
+def age_full_runs(etl: Etl, hours: float) -> None:
+    """Move the recorded full runs back in time, as if they finished `hours` earlier."""
+    with etl.engine.begin() as connection:
+        full = connection.execute(sa.select(runs).where(runs.c.mode == "full")).all()
+        for run in full:  # in Python: SQLite has no interval arithmetic
+            earlier = run.finished_at - timedelta(hours=hours)
+            connection.execute(
+                runs.update().where(runs.c.run_id == run.run_id).values(finished_at=earlier)
             )
-
-    def history(self, task_id: str) -> list[str]:
-        history = schema.finetune_task_status_history
-        with self.engine.connect() as connection:
-            query = sa.select(history.c.run_status).where(history.c.task_id == task_id)
-            return list(connection.execute(query.order_by(history.c.run_id)).scalars())
-
-    def age_full_runs(self, hours: float) -> None:
-        """Move the recorded full runs back in time, as if they finished `hours` earlier."""
-        with self.engine.begin() as connection:
-            full = connection.execute(sa.select(runs).where(runs.c.mode == "full")).all()
-            for run in full:  # in Python: SQLite has no interval arithmetic
-                earlier = run.finished_at - timedelta(hours=hours)
-                connection.execute(
-                    runs.update().where(runs.c.run_id == run.run_id).values(finished_at=earlier)
-                )
-
-
-@pytest.fixture
-def etl(sim: Simulator, server: SimulatorServer, db_url: URL, tmp_path: Path) -> Iterator[Etl]:
-    runner = Etl(sim, server, db_url, tmp_path)
-    yield runner
-    runner.engine.dispose()
 
 
 def running_task(sim: Simulator, job_id: str) -> str:
@@ -118,7 +96,7 @@ def test_active_only_run_captures_unfinished_and_new_jobs_and_deletes_nothing(et
     sim = etl.sim
     ids = [job["jobId"] for job in sim.jobs()]
     finishing, progressing = running_task(sim, ids[3]), running_task(sim, ids[7])
-    assert etl.sync()["mode"] == "full"
+    assert etl.summary()["mode"] == "full"
     sim.finish_task(finishing)
     sim.set_progress(progressing, "40%")
     fresh = new_job(sim, "job-fresh")
@@ -129,7 +107,7 @@ def test_active_only_run_captures_unfinished_and_new_jobs_and_deletes_nothing(et
     sim.delete_task(sim.tasks(ids[7])[1]["taskId"])  # in a job the run lists again
     sim.requests.clear()
 
-    summary = etl.sync("--active-only")
+    summary = etl.summary("--active-only")
 
     assert (summary["mode"], summary["jobs_skipped"], summary["jobs_seen"]) == ("active", 5, 8)
     listed = [ids[3], ids[7], "job-fresh"]
@@ -137,12 +115,15 @@ def test_active_only_run_captures_unfinished_and_new_jobs_and_deletes_nothing(et
     assert sorted(
         r.body.get("jobId") for r in sim.requests if r.action.endswith("Tasks")
     ) == sorted(listed)
-    assert etl.task(finishing).run_status == "Done"
-    assert (etl.task(progressing).run_progress, etl.task(fresh).run_progress) == (40.0, 10.0)
-    assert etl.task(progressing).vdl_link.endswith(progressing)
-    assert etl.job("job-fresh") is not None
-    assert etl.task("task-late") is None, "a finished job's tasks are carried over"
-    assert etl.deleted() == 0, "an active-only run soft-deletes nothing"
+    assert stored_task(etl, finishing).run_status == "Done"
+    assert (stored_task(etl, progressing).run_progress, stored_task(etl, fresh).run_progress) == (
+        40.0,
+        10.0,
+    )
+    assert stored_task(etl, progressing).vdl_link.endswith(progressing)
+    assert stored_job(etl, "job-fresh") is not None
+    assert stored_task(etl, "task-late") is None, "a finished job's tasks are carried over"
+    assert soft_deleted(etl) == 0, "an active-only run soft-deletes nothing"
     with etl.engine.connect() as connection:
         run = connection.execute(sa.select(runs).order_by(runs.c.run_id.desc())).first()
     assert run is not None and (run.mode, run.jobs_skipped, run.status) == (
@@ -155,16 +136,16 @@ def test_active_only_run_captures_unfinished_and_new_jobs_and_deletes_nothing(et
 def test_a_job_without_tasks_is_listed_again_for_its_first_task(etl: Etl) -> None:
     sim = etl.sim
     sim.put_job({"jobId": "job-empty", "name": "just created", "trainMode": "SFT"})
-    etl.sync()
-    assert etl.job("job-empty") is not None
+    etl.summary()
+    assert stored_job(etl, "job-empty") is not None
     sim.put_task(
         "job-empty", {"taskId": "task-first", "jobId": "job-empty", "runStatus": "Waiting"}
     )
 
-    summary = etl.sync("--active-only")
+    summary = etl.summary("--active-only")
 
     assert (summary["mode"], summary["jobs_skipped"]) == ("active", 6)
-    assert etl.task("task-first").run_status == "Waiting"
+    assert stored_task(etl, "task-first").run_status == "Waiting"
 
 
 def task_listings_of(sim: Simulator, job_id: str) -> int:
@@ -185,10 +166,10 @@ def test_an_empty_job_is_listed_again_only_while_younger_than_full_every(etl: Et
     for job_id, moment in created.items():
         stamp = {"createTime": moment.strftime("%Y-%m-%dT%H:%M:%SZ")} if moment else {}
         sim.put_job({"jobId": job_id, "name": job_id, "trainMode": "SFT", **stamp})
-    etl.sync()
+    etl.summary()
     sim.requests.clear()
 
-    assert etl.sync("--active-only", "--full-every", "24h")["mode"] == "active"
+    assert etl.summary("--active-only", "--full-every", "24h")["mode"] == "active"
     calls = {job_id: task_listings_of(sim, job_id) for job_id in created}
     assert calls == {"job-young": 1, "job-old": 0, "job-undated": 1}
 
@@ -199,7 +180,7 @@ def test_an_empty_job_is_listed_again_only_while_younger_than_full_every(etl: Et
             .values(first_seen_at=now - timedelta(hours=25))
         )
     sim.requests.clear()
-    assert etl.sync("--active-only", "--full-every", "24h")["mode"] == "active"
+    assert etl.summary("--active-only", "--full-every", "24h")["mode"] == "active"
     assert task_listings_of(sim, "job-undated") == 0, "it waits for the next full run"
     assert task_listings_of(sim, "job-young") == 1
 
@@ -207,49 +188,49 @@ def test_an_empty_job_is_listed_again_only_while_younger_than_full_every(etl: Et
 def test_full_every_elapsed_makes_the_run_full_and_it_catches_up(etl: Etl) -> None:
     sim = etl.sim
     ids = [job["jobId"] for job in sim.jobs()]
-    etl.sync()
+    etl.summary()
     sim.put_task(ids[0], {"taskId": "task-late", "jobId": ids[0], "runStatus": "Done"})
     sim.delete_job(ids[1])
-    assert etl.sync("--active-only")["mode"] == "active"
-    assert etl.task("task-late") is None and etl.deleted() == 0
+    assert etl.summary("--active-only")["mode"] == "active"
+    assert stored_task(etl, "task-late") is None and soft_deleted(etl) == 0
 
-    etl.age_full_runs(hours=2)
-    assert etl.sync("--active-only", QIANFAN_ETL_FULL_EVERY="3h")["mode"] == "active"
-    summary = etl.sync("--active-only", "--full-every", "90m")
+    age_full_runs(etl, hours=2)
+    assert etl.summary("--active-only", QIANFAN_ETL_FULL_EVERY="3h")["mode"] == "active"
+    summary = etl.summary("--active-only", "--full-every", "90m")
 
     assert (summary["mode"], summary["jobs_skipped"]) == ("full", 0)
-    assert etl.task("task-late") is not None
-    assert etl.job(ids[1]).deleted_at is not None
+    assert stored_task(etl, "task-late") is not None
+    assert stored_job(etl, ids[1]).deleted_at is not None
     assert summary["soft_deleted"] == 1 + sim.config.tasks_per_job  # the job and its tasks
 
 
 def test_active_only_without_any_full_run_is_full(etl: Etl) -> None:
-    assert etl.sync("--active-only")["mode"] == "full"
-    assert etl.sync("--active-only")["mode"] == "active"
+    assert etl.summary("--active-only")["mode"] == "full"
+    assert etl.summary("--active-only")["mode"] == "active"
 
 
 def test_active_only_run_after_a_partial_run_relists_the_jobs_that_failed(etl: Etl) -> None:
     sim = etl.sim
     ids = [job["jobId"] for job in sim.jobs()]
-    etl.sync()
+    etl.summary()
     sim.put_task(ids[2], {"taskId": "task-missed", "jobId": ids[2], "runStatus": "Done"})
     sim.job_faults[ids[2]] = "500"
-    assert etl.sync(exit_code=75)["status"] == "partial"
+    assert etl.summary(exit_code=75)["status"] == "partial"
     sim.put_task(ids[4], {"taskId": "task-later", "jobId": ids[4], "runStatus": "Done"})
     # the job fails again in an active-only run: it stays owed
-    assert etl.sync("--active-only", exit_code=75)["mode"] == "active"
+    assert etl.summary("--active-only", exit_code=75)["mode"] == "active"
     del sim.job_faults[ids[2]]
 
-    summary = etl.sync("--active-only")
+    summary = etl.summary("--active-only")
 
     assert (summary["mode"], summary["status"], summary["jobs_skipped"]) == (
         "active",
         "succeeded",
         5,
     )
-    assert etl.task("task-missed") is not None
-    assert etl.task("task-later") is None, "a finished job that listed fine is carried over"
-    again = etl.sync("--active-only")
+    assert stored_task(etl, "task-missed") is not None
+    assert stored_task(etl, "task-later") is None, "a finished job that listed fine is carried over"
+    again = etl.summary("--active-only")
     assert again["jobs_skipped"] == 6, "once listed, the failed job is carried over again"
 
 
@@ -257,37 +238,39 @@ def test_progress_alone_is_no_change_and_leaves_with_running(etl: Etl) -> None:
     sim = etl.sim
     ids = [job["jobId"] for job in sim.jobs()]
     task_id = running_task(sim, ids[7])
-    etl.sync()
-    before = etl.task(task_id)
+    etl.summary()
+    before = stored_task(etl, task_id)
     assert before.run_progress is not None and before.progress_at is not None
 
     sim.set_progress(task_id, "87.5%")
-    summary = etl.sync("--active-only")
+    summary = etl.summary("--active-only")
 
-    after = etl.task(task_id)
+    after = stored_task(etl, task_id)
     assert (summary["tasks_changed"], summary["rows_written"]) == (0, 1)
     assert after.run_progress == 87.5 and after.progress_at > before.progress_at
     assert (after.content_hash, after.last_changed_at) == (
         before.content_hash,
         before.last_changed_at,
     )
-    assert etl.history(task_id) == ["Running"]
-    assert etl.sync("--active-only")["rows_written"] == 0, "unchanged progress is not rewritten"
+    assert history(etl, task_id) == ["Running"]
+    assert etl.summary("--active-only")["rows_written"] == 0, "unchanged progress is not rewritten"
 
     sim.set_progress(task_id, "N/A")
-    etl.sync("--active-only")
-    assert etl.task(task_id).run_progress is None, "a progress that is not a percent is NULL"
+    etl.summary("--active-only")
+    assert stored_task(etl, task_id).run_progress is None, (
+        "a progress that is not a percent is NULL"
+    )
 
     sim.finish_task(task_id)
-    etl.sync("--active-only")
-    done = etl.task(task_id)
+    etl.summary("--active-only")
+    done = stored_task(etl, task_id)
     assert (done.run_status, done.run_progress, done.vdl_link, done.progress_at) == (
         "Done",
         None,
         None,
         None,
     )
-    assert etl.history(task_id) == ["Running", "Done"]
+    assert history(etl, task_id) == ["Running", "Done"]
 
 
 def test_a_failed_detail_call_costs_only_that_tasks_progress(etl: Etl) -> None:
@@ -295,18 +278,18 @@ def test_a_failed_detail_call_costs_only_that_tasks_progress(etl: Etl) -> None:
     ids = [job["jobId"] for job in sim.jobs()]
     kept, moved = running_task(sim, ids[3]), running_task(sim, ids[7])
     sim.set_progress(kept, "20%")
-    etl.sync()
+    etl.summary()
     sim.set_progress(kept, "30%")
     sim.set_progress(moved, "60%")
     # the first detail call: job 3's first task (one worker lists the jobs in order)
     sim.inject(Fault("status", TASK, status=404, code="ResourceNotFound"))
 
-    summary = etl.sync("--active-only", "--concurrency", "1")
+    summary = etl.summary("--active-only", "--concurrency", "1")
 
     assert summary["progress_failed"] == 1
     assert f"no live progress for task {kept}" in summary["stderr"]
-    assert etl.task(kept).run_progress == 20.0, "kept as it was"
-    assert etl.task(moved).run_progress == 60.0
+    assert stored_task(etl, kept).run_progress == 20.0, "kept as it was"
+    assert stored_task(etl, moved).run_progress == 60.0
 
 
 def test_a_full_run_after_active_only_runs_equals_a_lone_full_run(
@@ -316,9 +299,9 @@ def test_a_full_run_after_active_only_runs_equals_a_lone_full_run(
     ids = [job["jobId"] for job in sim.jobs()]
     kind = etl.engine.dialect.name
     with scratch_database(kind, request, tmp_path_factory) as lone_url:
-        lone = Etl(sim, etl.server, lone_url, etl.cwd)
-        etl.sync()
-        lone.sync()
+        lone = Etl(sim, etl.server, lone_url, db.create(lone_url), etl.cwd)
+        etl.summary()
+        lone.summary()
         # each task changes status at most once, so both histories see the same statuses
         sim.finish_task(running_task(sim, ids[3]))
         sim.set_progress(running_task(sim, ids[7]), "40%")
@@ -326,14 +309,14 @@ def test_a_full_run_after_active_only_runs_equals_a_lone_full_run(
         sim.put_task(ids[0], {"taskId": "task-late", "jobId": ids[0], "runStatus": "Failed"})
         sim.delete_job(ids[1])
         sim.delete_task(sim.tasks(ids[7])[1]["taskId"])
-        etl.sync("--active-only")
+        etl.summary("--active-only")
         sim.set_progress(running_task(sim, ids[7]), "55%")
         sim.rename_job(ids[4], "renamed")
         sim.delete_task(sim.tasks(ids[5])[0]["taskId"])
-        etl.sync("--active-only")
-        etl.age_full_runs(hours=25)
-        assert etl.sync("--active-only")["mode"] == "full"
-        assert lone.sync()["mode"] == "full"
+        etl.summary("--active-only")
+        age_full_runs(etl, hours=25)
+        assert etl.summary("--active-only")["mode"] == "full"
+        assert lone.summary()["mode"] == "full"
         assert snapshot(etl.engine) == snapshot(lone.engine)
         lone.engine.dispose()
 
@@ -431,21 +414,22 @@ def test_any_sequence_of_active_only_runs_then_a_full_run_equals_a_lone_full_run
         scratch_database(kind, request, tmp_path_factory) as etl_url,
         scratch_database(kind, request, tmp_path_factory) as lone_url,
     ):
-        etl, lone = Etl(sim, server, etl_url, cwd), Etl(sim, server, lone_url, cwd)
-        etl.sync()
-        lone.sync()
+        etl = Etl(sim, server, etl_url, db.create(etl_url), cwd)
+        lone = Etl(sim, server, lone_url, db.create(lone_url), cwd)
+        etl.summary()
+        lone.summary()
         untouched = {job["jobId"] for job in sim.jobs()}
         for step, (change, pick) in enumerate(steps):
             if change == "run":
-                assert etl.sync("--active-only")["mode"] == "active"
+                assert etl.summary("--active-only")["mode"] == "active"
                 assert summary_disagreements(etl.engine) == []  # kept with the children
             else:
                 change_upstream(sim, step, change, pick, untouched)
-        etl.age_full_runs(hours=25)
+        age_full_runs(etl, hours=25)
         everything = ("--max-delete-fraction", "1")  # a small account: the guard is not tested here
         code = _full_run_exit(sim)
-        assert etl.sync("--active-only", *everything, exit_code=code)["mode"] == "full"
-        assert lone.sync(*everything, exit_code=code)["mode"] == "full"
+        assert etl.summary("--active-only", *everything, exit_code=code)["mode"] == "full"
+        assert lone.summary(*everything, exit_code=code)["mode"] == "full"
         assert snapshot(etl.engine) == snapshot(lone.engine)
         etl.engine.dispose()
         lone.engine.dispose()
@@ -457,12 +441,12 @@ def test_no_task_details_lists_tasks_only_and_leaves_progress_alone(etl: Etl) ->
     progressing = running_task(sim, ids[7])
     sim.set_progress(progressing, "40%")
 
-    summary = etl.sync("--no-task-details")
+    summary = etl.summary("--no-task-details")
 
     assert summary["api_calls"] == 1 + len(ids), "one job page and one task page per job"
     assert not [r for r in sim.requests if r.action == TASK]
-    assert etl.task(progressing).run_progress is None
+    assert stored_task(etl, progressing).run_progress is None
     sim.requests.clear()
-    summary = etl.sync(QIANFAN_ETL_TASK_DETAILS="true")
+    summary = etl.summary(QIANFAN_ETL_TASK_DETAILS="true")
     assert summary["api_calls"] == 1 + len(ids) + listed_running(sim, ids)
-    assert etl.task(progressing).run_progress == 40.0
+    assert stored_task(etl, progressing).run_progress == 40.0

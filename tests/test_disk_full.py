@@ -25,6 +25,7 @@ from tests.harness import (
     Etl,
     admin,
     admin_url,
+    checkpoints_possible,
     etl_for,
     invoke_cli,
     run_cli,
@@ -117,7 +118,8 @@ def pg_disk(pg_template: str) -> Iterator[tuple[URL, Path]]:
     """A fresh Postgres database at head whose files are all on a small tmpfs of their own
     (a tablespace there), and that tmpfs; database, tablespace and mount go afterwards."""
     owner = pwd.getpwnam("postgres")
-    with tmpfs("16m", owner=owner.pw_uid) as disk:
+    # the disk filled, no checkpoint of the server finishes: no other test may need one
+    with checkpoints_possible(exclusive=True), tmpfs("16m", owner=owner.pw_uid) as disk:
         location = disk / "tablespace"
         location.mkdir()
         os.chown(location, owner.pw_uid, owner.pw_gid)

@@ -22,8 +22,6 @@ from etl.extract import BREAKER_FAILURES
 from etl.simulator import Simulator, SimulatorConfig
 from tests.harness import Etl, Snapshot, invoke_cli, scratch_database, snapshot, whole_jobs_of
 
-FAST = ("--api-attempts", "2", "--api-retry-wait", "0")
-
 
 @pytest.fixture
 def pair(
@@ -140,7 +138,7 @@ def test_one_broken_and_one_failing_job_among_300(pair: Any) -> None:
         before = stored_rows(etl.engine, {broken, failing})
 
         etl.sim.job_faults = {broken: "missing_next_marker", failing: "500"}
-        result = etl.invoke(*FAST, "--log-format", "json")
+        result = etl.invoke("--log-format", "json")
         assert result.returncode == 65, result.stderr
         # first what the issue saw fail (0 of 300 jobs loaded), then how the run reports it
         assert others(snapshot(etl.engine), {broken, failing}) == others(
@@ -199,7 +197,7 @@ def test_a_failing_job_is_kept_and_recorded_and_the_rest_load(
         etl.sim.job_faults = {bad: fault}
         # a subprocess: here the run would share the simulator's interpreter lock, and on a
         # busy machine a good page could miss the deadline
-        result = etl.run(*FAST, "--api-deadline", "1.5")
+        result = etl.run("--api-deadline", "1.5")
         assert result.returncode == code, result.stderr
         assert stored_rows(etl.engine, {bad}) == before
         loaded = snapshot(etl.engine)
@@ -218,7 +216,7 @@ def test_a_slow_job_and_an_oversized_page_load(pair: Any) -> None:
     with pair(config) as (etl, control):
         ids = [job["jobId"] for job in etl.sim.jobs()]
         etl.sim.job_faults = {ids[0]: "slow:0.3", ids[2]: "oversized_page"}
-        result = etl.invoke(*FAST, "--api-deadline", "5")
+        result = etl.invoke("--api-deadline", "5")
         assert result.returncode == 0, result.stderr
         assert "3 jobs, 480 tasks (480 changed)" in result.stdout
         assert "1 listing warnings" in result.stdout and "page of 151 items" in result.stderr
@@ -246,7 +244,7 @@ def test_a_run_stopped_early_commits_what_it_fetched(fault: str, code: int, pair
         etl.sim.job_faults = dict.fromkeys(ids[10:], fault)
         before = stored_rows(etl.engine, set(ids[10:]))
         etl.sim.requests.clear()
-        result = etl.invoke(*FAST, "--concurrency", "1", "--batch-tasks", "2000")
+        result = etl.invoke("--concurrency", "1", "--batch-tasks", "2000")
         assert result.returncode == code, result.stderr
         names = {job["job_id"]: job["name"] for job in snapshot(etl.engine)["finetune_jobs"]}
         assert [names[job_id] for job_id in ids[:10]] == ["renamed upstream"] * 10
@@ -383,7 +381,7 @@ def test_status_shows_failed_jobs_and_runs_record_mode_and_exit_code(pair: Any) 
         ids = [job["jobId"] for job in etl.sim.jobs()]
         assert etl.invoke("--job-id", ids[0]).returncode == 0
         etl.sim.job_faults = {ids[1]: "500"}
-        assert etl.invoke(*FAST).returncode == 75
+        assert etl.invoke().returncode == 75
         env = etl.env()
         text = invoke_cli(["status"], env, cwd=etl.cwd)
         assert text.returncode == 0, text.stderr

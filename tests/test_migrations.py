@@ -17,7 +17,14 @@ from sqlalchemy.engine import URL, make_url
 from etl import db, load, transform
 from etl.schema import metadata
 from migrations import views
-from tests.harness import admin, admin_url, code_descriptions, descriptions, invoke_cli
+from tests.harness import (
+    admin_url,
+    code_descriptions,
+    create_database,
+    descriptions,
+    drop_database,
+    invoke_cli,
+)
 
 VIEWS = {"finetune_task_metrics_wide", "finetune_task_overview"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,9 +148,9 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
         return
     request.getfixturevalue("pg_template")  # Postgres is up, or the test skips (fails in CI)
     name = f"qfetl_empty_{secrets.token_hex(6)}"
-    admin(f'CREATE DATABASE "{name}"')
+    create_database(name)
     yield admin_url().set(database=name)
-    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(name)
 
 
 def test_revision_by_revision_the_database_becomes_the_code_schema(empty_url: URL) -> None:

@@ -17,9 +17,7 @@ from etl import db, load
 from etl.config import parse_duration
 from etl.schema import etl_runs
 from etl.simulator import Simulator, SimulatorServer
-from tests.harness import cli_env, free_port, invoke_cli, run_cli
-
-FAST = {"QIANFAN_ETL_API_ATTEMPTS": "1", "QIANFAN_ETL_API_RETRY_WAIT": "0"}
+from tests.harness import FAST, cli_env, free_port, invoke_cli, run_cli
 
 
 def cli(

@@ -29,6 +29,8 @@ from tests.harness import (
     admin_url,
     assert_whole_jobs,
     cli_env,
+    create_database,
+    drop_database,
     dsn,
     etl_command,
     etl_for,
@@ -408,9 +410,9 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
         yield make_url(f"sqlite:///{tmp_path / 'etl.db'}")
         return
     name = f"qfetl_empty_{secrets.token_hex(6)}"
-    admin(f'CREATE DATABASE "{name}"')
+    create_database(name)
     yield admin_url().set(database=name)
-    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(name)
 
 
 @pytest.mark.parametrize("empty_url", ["postgresql", "sqlite"], indirect=True)
