@@ -345,29 +345,29 @@ def sync_command(
     retry = RetryPolicy(
         max_attempts=api_attempts, base_wait=api_retry_wait, retry_after_cap=api_retry_after_cap
     )
-    with monitor.RunMetrics(metrics_file, dry_run) as metrics:
+    try:
         settings = config.api_settings(allow_plain_http=allow_plain_http, env_file=env_file)
-        engine = metrics.engine = engine_for(
+        engine = engine_for(
             database_url,
             db_schema,
             existing=True,
             lock_timeout=db_lock_timeout,
             statement_timeout=db_statement_timeout,
         )
-        with (
-            process.signals_as_exit(),
-            progress.on_terminal(not quiet) as bar,
-            QianfanClient(
-                settings.base_url,
-                settings.access_key,
-                settings.secret_key,
-                deadline=api_deadline,
-                retry=retry,
-                qps=qps,
-                concurrency=concurrency,
-            ) as client,
-        ):
-            metrics.client = client
+    except BaseException as exc:  # the run cannot start: the metrics file says so all the same
+        monitor.RunMetrics(metrics_file, dry_run).record(exc)
+        raise
+    client = QianfanClient(
+        settings.base_url,
+        settings.access_key,
+        settings.secret_key,
+        deadline=api_deadline,
+        retry=retry,
+        qps=qps,
+        concurrency=concurrency,
+    )
+    with monitor.RunMetrics(metrics_file, dry_run, engine, client):
+        with process.signals_as_exit(), progress.on_terminal(not quiet) as bar, client:
             result = sync(engine, client, options, bar.update if bar else None)
         _end(result, quiet, log_format)
 

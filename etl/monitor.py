@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -17,6 +17,9 @@ from etl.config import show_duration
 from etl.errors import EXIT_OK, StaleError, exit_code_of
 from etl.files import replace_file
 from etl.schema import etl_held_back_scopes, etl_runs
+
+if TYPE_CHECKING:
+    from etl.qianfan import QianfanClient
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +100,21 @@ class RunOutcome:
 
 
 class RunMetrics:
-    """Around one `sync`: whatever ends it, write the metrics file (unless it is a dry run).
+    """Around one `sync`: whatever ends it, write the metrics file (unless it is a dry run),
+    from the run record in `engine` where it can be read and the calls `client` made; with
+    neither (the run could not start), from what is known. The last success time is carried
+    over from the file when the database cannot say."""
 
-    The command sets `engine` and `client` as soon as it has them; what could not be read
-    (the database down) is left out, and the last success time is carried over from the file."""
-
-    def __init__(self, path: Path | None, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        dry_run: bool = False,
+        engine: Engine | None = None,
+        client: "QianfanClient | None" = None,
+    ) -> None:
         self.path = None if dry_run else path
-        self.engine: Engine | None = None
-        self.client: Any = None
+        self.engine = engine
+        self.client = client
         self.started = time.time()
         self._monotonic = time.monotonic()
 
@@ -118,13 +127,17 @@ class RunMetrics:
         exc: BaseException | None,
         _tb: TracebackType | None,
     ) -> None:
+        self.record(exc)
+
+    def record(self, exc: BaseException | None) -> None:
+        """Write the file for a run that ended with `exc` (None: it went through)."""
         if self.path is None:
             return
         outcome = RunOutcome(
             exit_code=exit_code_of(exc),
             finished=time.time(),
             duration=time.monotonic() - self._monotonic,
-            api_calls=getattr(self.client, "api_calls", 0),
+            api_calls=self.client.api_calls if self.client is not None else 0,
         )
         try:
             self._write(self.path, outcome)
