@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL
 
 from etl import db, redact
 from etl.simulator import Simulator, SimulatorConfig, SimulatorServer
+from tests.faulty_cli import FAULT_VAR
 from tests.harness import (
     FAST,
     admin,
@@ -27,8 +28,9 @@ from tests.harness import (
     bi_session,
     cli_env,
     dsn,
-    etl_command,
     free_port,
+    invoke_cli,
+    run_cli,
     run_status,
 )
 from tests.leaks import PASSWORD, assert_no_fragment, fragments
@@ -53,8 +55,9 @@ SYNCED = "2 jobs, 6 tasks ("
 
 @dataclass
 class Runs:
-    """Runs the real CLI in a subprocess, once with text logs and once with JSON logs, at -vv,
-    and keeps everything it printed, every metrics file `sync` wrote and the report pages."""
+    """Runs the real CLI once with text logs and once with JSON logs, at -vv (in this process,
+    or in a subprocess where a fault plan needs one), and keeps everything it printed, every
+    metrics file `sync` wrote and the report pages."""
 
     env: dict[str, str]
     cwd: Path
@@ -68,14 +71,12 @@ class Runs:
         for log_format in self.formats:
             metrics.unlink(missing_ok=True)
             env = {**self.env, "QIANFAN_ETL_LOG_FORMAT": log_format, **extra}
-            done = subprocess.run(
-                [*etl_command(env), *args, *log_args],
-                env=env,
-                cwd=self.cwd,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            # a process only where one is under test: a fault plan, or a crash's traceback
+            # written by the process's exception hook
+            if FAULT_VAR in env:
+                done = run_cli([*args, *log_args], env, self.cwd)
+            else:
+                done = invoke_cli([*args, *log_args], env, self.cwd)
             self.outputs += [done.stdout, done.stderr]
             if log_args:
                 self.outputs.append(metrics.read_text())
