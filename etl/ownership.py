@@ -17,17 +17,18 @@ import sqlalchemy as sa
 from etl.scopes import ACCOUNT, Ledger, job_scope
 from etl.transform import TaskRows, Unchanged
 
-Claim = tuple[str, TaskRows | Unchanged]  # the listing job's id, and the task as it listed it
+JobTasks = tuple[str, list[TaskRows | Unchanged]]  # a job's id, and its tasks as it listed them
 
 
-def owned(claims: Iterable[Claim]) -> list[TaskRows | Unchanged]:
-    """Of the claims on each task id in one batch, that of the smallest job id (the first of
-    equals)."""
-    chosen: dict[str, Claim] = {}
-    for job_id, rows in claims:
-        held = chosen.get(rows.task_id)
-        if held is None or job_id < held[0]:
-            chosen[rows.task_id] = (job_id, rows)
+def owned(listed: Iterable[JobTasks]) -> list[TaskRows | Unchanged]:
+    """Of the tasks each job of one batch listed (job id, its tasks), for each task id, the
+    one the smallest job id listed (the first of equals)."""
+    chosen: dict[str, tuple[str, TaskRows | Unchanged]] = {}
+    for job_id, tasks in listed:
+        for rows in tasks:
+            held = chosen.get(rows.task_id)
+            if held is None or job_id < held[0]:
+                chosen[rows.task_id] = (job_id, rows)
     return [rows for _, rows in chosen.values()]
 
 

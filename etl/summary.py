@@ -3,6 +3,7 @@
 The load writes it on the task's row in the same statement batch (and transaction) that
 replaces the task's metrics and checkpoints, so it always equals the aggregate of them."""
 
+from operator import itemgetter
 from typing import Any
 
 from etl.schema import PIVOTED_METRICS
@@ -24,7 +25,7 @@ def checkpoint_summary(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
             "final_training_loss": None,
             "min_perplexity": None,
         }
-    last = max(checkpoints, key=lambda row: row["step"])
+    last = max(checkpoints, key=itemgetter("step"))
     perplexities = [row["perplexity"] for row in checkpoints if row["perplexity"] is not None]
     return {
         "checkpoint_count": len(checkpoints),

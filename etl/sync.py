@@ -43,7 +43,7 @@ from etl.extract import (
 )
 from etl.faults import fault_point
 from etl.load import Batch, RunCounts, Written
-from etl.ownership import Claim, Claims, owned
+from etl.ownership import Claims, JobTasks, owned
 from etl.qianfan import QianfanClient
 from etl.qianfan.pagination import id_of
 from etl.resources import BUILT_IN, JOBS, LISTED, SOFT_DELETE, TASKS, Resource
@@ -203,7 +203,7 @@ class _BigJob:
             task_id = self.ids[n]
             if task_id is not None and last[task_id] != n:
                 continue
-            piece.append(prepare_task(raw, self.digests.get(id_of(raw, "taskId") or "")))
+            piece.append(prepare_task(raw, _lean_digest(self.digests, raw)))
             if len(piece) == size:
                 yield piece
                 piece = []
@@ -495,11 +495,15 @@ def _add_listed(batch: Batch, ledger: Ledger, listed: Listed) -> None:
 def _prepared(listing: JobListing, ahead: str | None) -> list[PreparedTask]:
     """The listing's tasks prepared, each lean one under the hash its enrichment decided, and
     typed now as listed by job `ahead`, if given."""
-    digests = listing.digests
-    tasks = [prepare_task(raw, digests.get(id_of(raw, "taskId") or "")) for raw in listing.tasks]
+    tasks = [prepare_task(raw, _lean_digest(listing.digests, raw)) for raw in listing.tasks]
     if ahead is None:
         return tasks
     return [typed_ahead(task, ahead) for task in tasks]
+
+
+def _lean_digest(digests: dict[str, str], raw: Any) -> str | None:
+    """The hash a lean task stands for, decided by its enrichment (most listings have none)."""
+    return digests.get(id_of(raw, "taskId") or "") if digests else None
 
 
 def _add_failure(state: _State, failure: JobFailure) -> None:
@@ -797,14 +801,14 @@ def _type_tasks(pending: _Pending, stored: dict[str, Any]) -> None:
     """Type the batch's tasks, skipping those whose stored hash (and job) matches; a task
     listed by two of the batch's jobs goes to the smaller job id."""
     known = {key: row.content_hash for key, row in stored.items()}
-    claims: list[Claim] = []
+    claims: list[JobTasks] = []
     for job_id, tasks in pending.untyped:
         moved = {
             t.task_id for t in tasks if t.task_id in stored and stored[t.task_id].job_id != job_id
         }
         here = {k: v for k, v in known.items() if k not in moved} if moved else known
         rows, rejects = tasks_to_rows(tasks, job_id, here)
-        claims += ((job_id, row) for row in rows)
+        claims.append((job_id, rows))
         pending.batch.rejects.extend(replace(reject, scope=job_id) for reject in rejects)
     pending.batch.tasks.extend(owned(claims))
 

@@ -4,9 +4,9 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, cached_property
 from typing import Any
 
 from etl.canonical import (
@@ -61,7 +61,7 @@ class TaskRows:
     # The JSON text of task["raw"], made while cleaning it, so the loader can reuse it.
     raw_json: str = field(default="", compare=False, repr=False)
 
-    @property
+    @cached_property  # read several times a task by the load and the ownership rule
     def task_id(self) -> str:
         return str(self.task["task_id"])
 
@@ -183,7 +183,10 @@ def typed_ahead(prepared: PreparedTask, job_id: str) -> PreparedTask:
     when most tasks change (README, Performance)."""
     if prepared.typed is not None:
         return prepared
-    return replace(prepared, typed=task_to_rows(prepared, job_id))
+    typed = task_to_rows(prepared, job_id)
+    return PreparedTask(
+        raw=prepared.raw, task_id=prepared.task_id, digest=prepared.digest, typed=typed
+    )
 
 
 def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:

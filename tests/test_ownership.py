@@ -4,7 +4,7 @@ under two jobs, a task moving job) are in test_isolation.py."""
 from types import SimpleNamespace
 from typing import Any
 
-from etl.ownership import Claims, outranked, owned
+from etl.ownership import Claims, JobTasks, outranked, owned
 from etl.scopes import ACCOUNT, Ledger, job_scope
 from etl.transform import TaskRows, Unchanged
 
@@ -20,10 +20,11 @@ def _stored(job_id: str, deleted: bool = False) -> Any:
 def test_of_one_batch_s_claims_the_smallest_job_id_wins_and_the_first_of_equals() -> None:
     first, second = _rows("t1", "job-b"), _rows("t1", "job-b")
     low = _rows("t1", "job-a")
-    claims = [("job-b", first), ("job-c", _rows("t1", "job-c")), ("job-b", second)]
-    chosen = owned(claims)
+    listed: list[JobTasks] = [("job-b", [first]), ("job-c", [_rows("t1", "job-c")])]
+    listed.append(("job-b", [second]))
+    chosen = owned(listed)
     assert len(chosen) == 1 and chosen[0] is first  # equal rows: the first by identity
-    assert owned([*claims, ("job-a", low), ("job-a", _rows("t2", "job-a"))])[0] is low
+    assert owned([*listed, ("job-a", [low, _rows("t2", "job-a")])])[0] is low
 
 
 def test_a_task_listed_by_a_job_ranking_after_its_live_stored_job_is_held() -> None:
