@@ -346,7 +346,7 @@ def write_batch(
     written = _write(connection, batch, changed, stored, run_id)
     recorded, keys = _save_rejects(connection, batch, run_id)
     seen = {rows.task_id for rows in tasks}
-    seen |= {r.source_id for r in batch.rejects if r.source_id and r.entity == "task"}
+    seen |= {r.source_id for r in batch.rejects if r.source_id and r.entity == TASKS.entity}
     counts = RunCounts(
         tasks_seen=len(tasks) + len(deferred),
         tasks_changed=len(changed),

@@ -465,7 +465,7 @@ def _add_listing(state: _State, listing: JobListing, big: bool) -> None:
     state.ledger.saw(ACCOUNT, [job_id])
     state.batch.jobs.append(job)
     if big:
-        ids = [readable_id(raw, "taskId") for raw in listing.tasks]
+        ids = [readable_id(raw, TASKS.id_field) for raw in listing.tasks]
         state.big = (job_id, _BigJob(listing.tasks, listing.digests, ids))
     else:
         # Hashing here, while the fetch workers wait on the network, keeps the writer short.
@@ -503,7 +503,7 @@ def _prepared(listing: JobListing, ahead: str | None) -> list[PreparedTask]:
 
 def _lean_digest(digests: dict[str, str], raw: Any) -> str | None:
     """The hash a lean task stands for, decided by its enrichment (most listings have none)."""
-    return digests.get(id_of(raw, "taskId") or "") if digests else None
+    return digests.get(id_of(raw, TASKS.id_field) or "") if digests else None
 
 
 def _add_failure(state: _State, failure: JobFailure) -> None:
@@ -770,7 +770,7 @@ class _Writer:
             done = load.write_batch(self._connection, piece.batch, self._run.run_id, stored)
             self._reject_room -= done.rejects_recorded
             written.add(done)
-            refused |= {r.source_id or "" for r in piece.batch.rejects if r.entity == "task"}
+            refused |= {r.source_id or "" for r in piece.batch.rejects if r.entity == TASKS.entity}
             fault_point("after_piece")
         return written, refused
 

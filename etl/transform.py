@@ -168,13 +168,12 @@ def prepare_task(raw: Any, digest: str | None = None) -> PreparedTask:
 
     A `digest` given stands for the record's own (a lean listing's enrichment decides it).
     """
-    task_id = readable_id(raw, "taskId")
+    task_id = readable_id(raw, TASKS.id_field)
     try:
         digest = digest or content_hash(raw)
     except Untypable as exc:
-        return PreparedTask(
-            raw=raw, task_id=task_id, digest="", typed=_reject("task", raw, "taskId", exc)
-        )
+        reject = _reject(TASKS.entity, raw, TASKS.id_field, exc)
+        return PreparedTask(raw=raw, task_id=task_id, digest="", typed=reject)
     return PreparedTask(raw=raw, task_id=task_id, digest=digest)
 
 
@@ -197,11 +196,11 @@ def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
     raw, digest = prepared.raw, prepared.digest
     try:
         cleaned, text = cleaned_json(raw)
-        task_id = _record_id(raw, "task", "taskId")
+        task_id = _record_id(raw, TASKS.entity, TASKS.id_field)
         metrics = _metric_rows(task_id, raw.get("metrics"))
         checkpoints = _checkpoint_rows(task_id, raw.get("checkpointList"))
     except Untypable as exc:
-        return _reject("task", raw, "taskId", exc)
+        return _reject(TASKS.entity, raw, TASKS.id_field, exc)
     task = {
         "task_id": task_id,
         "job_id": clean_text(job_id),

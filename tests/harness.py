@@ -184,15 +184,16 @@ def _logging_restored() -> Iterator[None]:
 def sync(
     sim: Simulator, server: SimulatorServer, url: URL, tmp_path: Path, *args: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """`qianfan-etl sync ARGS` in this process, in the environment cron would give it."""
+    """`qianfan-etl sync ARGS` in this process, in the environment cron would give it (without
+    the fast settings: Etl.invoke has them)."""
     return invoke_cli(["sync", *args], cli_env(sim, server, url, **env), cwd=tmp_path)
 
 
-def seeded(sim: Simulator, server: SimulatorServer, url: URL, tmp_path: Path) -> list[str]:
+def seeded(etl: "Etl") -> list[str]:
     """A first sync of the account, which must succeed; the job ids it listed."""
-    first = sync(sim, server, url, tmp_path)
+    first = etl.invoke()
     assert first.returncode == 0, first.stderr
-    return [job["jobId"] for job in sim.jobs()]
+    return [job["jobId"] for job in etl.sim.jobs()]
 
 
 def is_live(engine: Engine, table: sa.Table, record_id: str) -> bool:

@@ -4,13 +4,11 @@ different scopes on one account, end to end through the CLI, the simulator over 
 and SQLite."""
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import URL
 
-from etl.simulator import Simulator, SimulatorServer
-from tests.harness import FAST, sync
+from etl.simulator import Simulator
+from tests.harness import Etl
 
 # One case: what it does to the account after the first sync, the exit code the second sync
 # must end with, and a phrase its summary or message must hold.
@@ -60,15 +58,13 @@ CASES: dict[str, Case] = {
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_the_run_exits_with_the_code_that_comes_first(
-    case: str, sim: Simulator, server: SimulatorServer, db_url: URL, tmp_path: Path
-) -> None:
+def test_the_run_exits_with_the_code_that_comes_first(case: str, etl: Etl) -> None:
     change, code, phrase = CASES[case]
     # one job at a time, so that "in a row" is the job list's order
     args = ("--concurrency", "1")
-    first = sync(sim, server, db_url, tmp_path, *args, **FAST)
+    first = etl.invoke(*args)
     assert first.returncode == 0, first.stderr
-    change(sim, [job["jobId"] for job in sim.jobs()])
-    run = sync(sim, server, db_url, tmp_path, *args, **FAST)
+    change(etl.sim, [job["jobId"] for job in etl.sim.jobs()])
+    run = etl.invoke(*args)
     assert run.returncode == code, run.stderr
     assert phrase in run.stdout + run.stderr

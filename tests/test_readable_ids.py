@@ -3,17 +3,14 @@ holds back its own scope's deletes and no other's, says so with 65, and a run wi
 after it writes no row, end to end through the CLI, the simulator over HTTP, Postgres and
 SQLite."""
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL
 
 from etl import schema
-from etl.simulator import Simulator, SimulatorServer
-from tests.harness import held_back_rows, is_live, scalar, seeded, sync
+from tests.harness import Etl, held_back_rows, is_live, scalar, seeded
 
 MISSING = object()
 # a number, an object, null, the empty string, and no key at all: none is a readable id
@@ -60,57 +57,44 @@ def _writes(engine: Engine) -> list[tuple[Any, ...]]:
         return sorted(tuple(row) for row in rows)
 
 
-def _then_nothing_new_writes_nothing(
-    sim: Simulator, server: SimulatorServer, db_url: URL, engine: Engine, tmp_path: Path
-) -> None:
+def _then_nothing_new_writes_nothing(etl: Etl) -> None:
+    engine = etl.engine
     _count_writes(engine)
-    again = sync(sim, server, db_url, tmp_path)
+    again = etl.invoke()
     assert again.returncode == 65, again.stderr  # loud every run until upstream fixes it
     assert _writes(engine) == []
 
 
 @pytest.mark.parametrize("shape", UNREADABLE, ids=list(UNREADABLE))
-def test_a_task_with_an_unreadable_id_holds_back_only_its_job(
-    shape: str,
-    sim: Simulator,
-    server: SimulatorServer,
-    db_url: URL,
-    engine: Engine,
-    tmp_path: Path,
-) -> None:
-    ids = seeded(sim, server, db_url, tmp_path)
+def test_a_task_with_an_unreadable_id_holds_back_only_its_job(shape: str, etl: Etl) -> None:
+    sim, engine = etl.sim, etl.engine
+    ids = seeded(etl)
     kept, gone = sim.tasks(ids[0])[0]["taskId"], sim.tasks(ids[1])[0]["taskId"]
     sim.put_task(ids[0], _record("taskId", UNREADABLE[shape], jobId=ids[0], runStatus="Done"))
     sim.delete_task(kept)
     sim.delete_task(gone)
-    run = sync(sim, server, db_url, tmp_path)
+    run = etl.invoke()
     assert run.returncode == 65, run.stderr
     assert f"job {ids[0]} kept 1" in run.stdout
     assert is_live(engine, schema.finetune_tasks, kept)  # it may be the unreadable one
     assert not is_live(engine, schema.finetune_tasks, gone)  # the other jobs still delete
     assert held_back_rows(engine) == [(2, "job", ids[0], 1)]
     assert scalar(engine, "SELECT count(*) FROM etl_rejects WHERE source_id IS NULL") == 1
-    _then_nothing_new_writes_nothing(sim, server, db_url, engine, tmp_path)
+    _then_nothing_new_writes_nothing(etl)
 
 
 @pytest.mark.parametrize("shape", UNREADABLE, ids=list(UNREADABLE))
-def test_a_job_with_an_unreadable_id_holds_back_only_the_account(
-    shape: str,
-    sim: Simulator,
-    server: SimulatorServer,
-    db_url: URL,
-    engine: Engine,
-    tmp_path: Path,
-) -> None:
-    ids = seeded(sim, server, db_url, tmp_path)
+def test_a_job_with_an_unreadable_id_holds_back_only_the_account(shape: str, etl: Etl) -> None:
+    sim, engine = etl.sim, etl.engine
+    ids = seeded(etl)
     gone_task = sim.tasks(ids[2])[0]["taskId"]
     sim.put_job(_record("jobId", UNREADABLE[shape], name="an unreadable id"))
     sim.delete_job(ids[1])
     sim.delete_task(gone_task)
-    run = sync(sim, server, db_url, tmp_path)
+    run = etl.invoke()
     assert run.returncode == 65, run.stderr
     assert "account kept 1" in run.stdout
     assert is_live(engine, schema.finetune_jobs, ids[1])  # it may be the unreadable one
     assert not is_live(engine, schema.finetune_tasks, gone_task)  # job scopes still delete
     assert held_back_rows(engine) == [(2, "account", "", 1)]
-    _then_nothing_new_writes_nothing(sim, server, db_url, engine, tmp_path)
+    _then_nothing_new_writes_nothing(etl)
