@@ -351,28 +351,12 @@ def _copy_account(
         select = None if state.ledger.deletes else _active_selection(connection, options.full_every)
     writer = _Writer(connection, run, options)
     try:
-        listings = fetch_account(
-            client,
-            job_ids=options.job_ids or None,
-            concurrency=options.concurrency,
-            select=select,
-            stats=stats,
-            task_details=options.task_details,
-            stored_hashes=_hash_reader(connection.engine),
-            listed=() if options.job_ids else options.listed,
-        )
+        listings = _walk(connection, client, options, select, stats)
         for listing in _until_stopped(listings, state):
             if isinstance(listing, Listed):
                 _add_listed(state.batch, state.ledger, listing)
                 continue
-            fault_point("after_fetch")
-            big = len(listing.tasks) > options.batch_tasks
-            if big and state.untyped_tasks:  # a job bigger than a batch is a batch alone
-                _check(state, counts, writer.submit(_take(state)))
-            _add_listing(state, listing, big)
-            counts.jobs_seen += 1
-            if state.untyped_tasks >= options.batch_tasks:
-                _check(state, counts, writer.submit(_take(state)))
+            _add_job(state, counts, writer, listing, options.batch_tasks)
             if progress:
                 counts.api_calls = client.api_calls
                 progress(counts, stats)
@@ -386,6 +370,41 @@ def _copy_account(
     if select is not None:
         _count_skipped(counts, select)
     return _settle(connection, options, run, counts, state, full=select is None)
+
+
+def _walk(
+    connection: Connection,
+    client: QianfanClient,
+    options: SyncOptions,
+    select: ActiveSelection | None,
+    stats: WalkStats,
+) -> Iterator[JobListing | Listed]:
+    """The account's listings as the walk completes them (a --job-id run: those jobs only)."""
+    return fetch_account(
+        client,
+        job_ids=options.job_ids or None,
+        concurrency=options.concurrency,
+        select=select,
+        stats=stats,
+        task_details=options.task_details,
+        stored_hashes=_hash_reader(connection.engine),
+        listed=() if options.job_ids else options.listed,
+    )
+
+
+def _add_job(
+    state: _State, counts: RunCounts, writer: "_Writer", listing: JobListing, batch_tasks: int
+) -> None:
+    """One listed job into the batch; a full batch goes to the writer (a job bigger than a
+    batch is a batch alone)."""
+    fault_point("after_fetch")
+    big = len(listing.tasks) > batch_tasks
+    if big and state.untyped_tasks:
+        _check(state, counts, writer.submit(_take(state)))
+    _add_listing(state, listing, big)
+    counts.jobs_seen += 1
+    if state.untyped_tasks >= batch_tasks:
+        _check(state, counts, writer.submit(_take(state)))
 
 
 def _settle(
