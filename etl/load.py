@@ -36,7 +36,7 @@ from etl.schema import (
 )
 from etl.scopes import HeldBack
 from etl.summary import summarised
-from etl.transform import TERMINAL_STATUSES, Reject, TaskRows, Unchanged
+from etl.transform import RUNNING, TERMINAL_STATUSES, Reject, TaskRows, Unchanged
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 ADVISORY_LOCK_KEY = 0x5A3F0E3C6B1D2E4F
 LOCK_POLL_SECONDS = 0.2
 ID_CHUNK = 1000
-RUNNING = "Running"
 # Written by their own UPDATEs, never by the content upsert: progress alone is no change.
 PROGRESS_COLUMNS = ("run_progress", "vdl_link", "progress_at")
 
@@ -272,8 +271,6 @@ class Batch:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[TaskRows | Unchanged] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
-    # how many of the rejects the run may still record (new or changed): --max-rejects
-    reject_room: int = 0
     # jobs whose task listing was read to its end, each with the readable task ids it listed
     listed: dict[str, set[str]] = field(default_factory=dict)
     # jobs whose task listing failed: job_id, error_class, exit_code, message
@@ -337,14 +334,17 @@ def write_batch(
     batch: Batch,
     run_id: int,
     stored: dict[str, sa.Row[Any]],
+    reject_room: int = 0,
 ) -> Written:
     """Write what changed in a batch of whole jobs; skip what is unchanged, children included.
 
-    `stored` is `stored_tasks` for the batch's task ids, read in the same transaction."""
+    `stored` is `stored_tasks` for the batch's task ids, read in the same transaction;
+    `reject_room`, how many of its rejects the run may still record (new or changed:
+    --max-rejects)."""
     tasks, deferred = _owned_now(batch, stored)
     changed = [rows for rows in tasks if isinstance(rows, TaskRows) and _changed(rows, stored)]
     written = _write(connection, batch, changed, stored, run_id)
-    recorded, keys = _save_rejects(connection, batch, run_id)
+    recorded, keys = _save_rejects(connection, batch.rejects, run_id, reject_room)
     seen = {rows.task_id for rows in tasks}
     seen |= {r.source_id for r in batch.rejects if r.source_id and r.entity == TASKS.entity}
     counts = RunCounts(
@@ -514,16 +514,18 @@ def _reject_row(reject: Reject) -> dict[str, Any]:
     }
 
 
-def _save_rejects(connection: Connection, batch: Batch, run_id: int) -> tuple[int, set[str]]:
-    """Record the batch's rejects not yet stored as they are (within its reject_room);
-    returns how many were recorded and the identity of every one."""
-    rows = {row["reject_key"]: row for row in map(_reject_row, batch.rejects)}
+def _save_rejects(
+    connection: Connection, rejects: list[Reject], run_id: int, room: int
+) -> tuple[int, set[str]]:
+    """Record the rejects not yet stored as they are, `room` at most; returns how many were
+    recorded and the identity of every one."""
+    rows = {row["reject_key"]: row for row in map(_reject_row, rejects)}
     stored = _open_rejects(connection, list(rows))
     fresh = [
         row
         for key, row in rows.items()
         if key not in stored or stored[key] != (row["raw_hash"], row["reason"])
-    ][: max(batch.reject_room, 0)]
+    ][: max(room, 0)]
     stamp = now()
     new = [
         {**row, "run_id": run_id, "rejected_at": stamp}

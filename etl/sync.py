@@ -785,8 +785,9 @@ class _Writer:
         written, refused = Written(counts=RunCounts()), set[str]()
         for piece in pending.pieces(self._piece_tasks):
             _type_tasks(piece, stored)
-            piece.batch.reject_room = self._reject_room
-            done = load.write_batch(self._connection, piece.batch, self._run.run_id, stored)
+            done = load.write_batch(
+                self._connection, piece.batch, self._run.run_id, stored, self._reject_room
+            )
             self._reject_room -= done.rejects_recorded
             written.add(done)
             refused |= {r.source_id or "" for r in piece.batch.rejects if r.entity == TASKS.entity}

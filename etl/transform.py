@@ -29,6 +29,7 @@ BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 MAX_ID_BYTES = 1024
 # Statuses a task does not leave; any other (`Running`, `Waiting`, `""`, NULL, one not yet
 # known) may still change.
+RUNNING = "Running"
 TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
 # The keys a lean listing leaves out of a task; only DescribeFineTuningTask carries them.
 CHILD_KEYS = ("metrics", "checkpointList")

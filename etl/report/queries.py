@@ -16,10 +16,10 @@ from etl.schema import (
     finetune_task_checkpoints,
     finetune_tasks,
 )
+from etl.transform import RUNNING
 
 DONE = "Done"
 FAILED = "Failed"
-RUNNING = "Running"
 # Points kept per loss curve: enough for the shape, few enough that the page stays a few MB.
 MAX_POINTS = 200
 # The Training now panels are small: fewer points draw the same shape.
