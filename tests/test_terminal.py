@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 
 from etl import terminal
 from etl.simulator import Fault, Simulator, SimulatorConfig
-from tests.harness import cli_env, run_cli, run_status
+from tests.harness import FAST, cli_env, run_cli, run_status
 
 # a text-mode record as the log formatter writes it: the line data must not be able to fake
 FORGED = "2026-12-02 03:00:00,000 ERROR etl: FORGED LINE"
@@ -31,7 +31,6 @@ SHOWN = (
     + "\\x1b[0m."
 )
 RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+: ")
-ENV = {"QIANFAN_ETL_API_ATTEMPTS": "2", "QIANFAN_ETL_API_RETRY_WAIT": "0"}
 
 
 def hostile_account() -> Simulator:
@@ -84,7 +83,7 @@ def test_hostile_upstream_text_is_escaped_on_the_terminal_and_verbatim_in_the_da
 ) -> None:
     sim = hostile_account()
     with sim.serve() as server:
-        env = cli_env(sim, server, db_url, **ENV)
+        env = cli_env(sim, server, db_url, **FAST)
         text = run_cli(["sync"], env, cwd=tmp_path)
         as_json = run_cli(["sync", "--log-format", "json"], env, cwd=tmp_path)
     assert text.returncode == 75, text.stderr  # partial: the hostile job's listing failed
@@ -114,7 +113,7 @@ def test_status_and_the_max_age_line_escape_hostile_text(
 ) -> None:
     sim = hostile_account()
     with sim.serve() as server:
-        env = cli_env(sim, server, db_url, **ENV)
+        env = cli_env(sim, server, db_url, **FAST)
         assert run_cli(["sync"], env, cwd=tmp_path).returncode == 75
         status = run_cli(["status"], env, cwd=tmp_path)
         check = run_cli(["status", "--max-age", "1h"], env, cwd=tmp_path)
