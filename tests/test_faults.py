@@ -492,7 +492,11 @@ def test_second_run_waits_for_the_lock_then_succeeds(
     expected = golden(pg_etl)
     pause = tmp_path / "pause"
     first = start_paused(pg_etl, "before_commit:1", pause)
-    calls = pg_etl.sim.api_calls
+    # its writer waits at the first commit while its walk goes on to the end of the account
+    calls = _calls_of_a_full_run(pg_etl.sim)
+    deadline = time.monotonic() + 20
+    while pg_etl.sim.api_calls < calls and time.monotonic() < deadline:
+        time.sleep(0.01)
     second = pg_etl.start("--lock-wait", "20")
     _wait_for_sessions(pg_etl.url, 3, second)  # first: lock + work; second: polling the lock
     assert pg_etl.sim.api_calls == calls, "the waiting run made no API call"
@@ -503,6 +507,14 @@ def test_second_run_waits_for_the_lock_then_succeeds(
     assert "(0 changed)" in out
     assert snapshot(pg_etl.engine) == expected
     assert [run_status(pg_etl.engine, r)[0] for r in (1, 2)] == ["succeeded", "succeeded"]
+
+
+def _calls_of_a_full_run(sim: Simulator) -> int:
+    """On an account of one job page and one task page a job: the job page, the task pages
+    and a detail call per Running task."""
+    jobs = sim.jobs()
+    running = sum(t["runStatus"] == "Running" for job in jobs for t in sim.tasks(job["jobId"]))
+    return 1 + len(jobs) + running
 
 
 def _wait_for_sessions(url: URL, count: int, process: subprocess.Popen[str]) -> None:
