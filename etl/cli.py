@@ -641,15 +641,8 @@ def simulate_command(
 ) -> None:
     from etl.simulator import Simulator  # here, so that production commands never load it
 
-    sim_config = SimulatorConfig(
-        jobs=jobs,
-        tasks_per_job=tasks_per_job,
-        checkpoints=checkpoints,
-        seed=seed,
-        latency_ms=latency_ms,
-        running_jobs=running_jobs,
-        lean_listings=lean_listings,
-        now=datetime.now(UTC),
+    sim_config = _dated_account(
+        jobs, tasks_per_job, checkpoints, seed, latency_ms, running_jobs, lean_listings
     )
     simulator = Simulator(sim_config)
     simulator.job_faults = _job_faults([job["jobId"] for job in simulator.jobs()], job_faults)
@@ -668,6 +661,29 @@ def simulate_command(
         server.serve_forever()
     except KeyboardInterrupt:
         server.shutdown()
+
+
+def _dated_account(
+    jobs: int,
+    tasks_per_job: int,
+    checkpoints: int,
+    seed: int,
+    latency_ms: float,
+    running_jobs: float | None = None,
+    lean_listings: bool = False,
+) -> SimulatorConfig:
+    """The synthetic account the dataset options describe, dated now, so that "this week"
+    finds its rows."""
+    return SimulatorConfig(
+        jobs=jobs,
+        tasks_per_job=tasks_per_job,
+        checkpoints=checkpoints,
+        seed=seed,
+        latency_ms=latency_ms,
+        running_jobs=running_jobs,
+        lean_listings=lean_listings,
+        now=datetime.now(UTC),
+    )
 
 
 def _job_faults(ids: list[str], specs: tuple[str, ...]) -> dict[str, str]:
@@ -707,14 +723,7 @@ def demo_command(
     process.setup_logging("text", 0, False)
     engine = engine_for(database_url)
     db.upgrade(engine)
-    account = SimulatorConfig(  # now: so that "this week" finds rows
-        jobs=jobs,
-        tasks_per_job=tasks_per_job,
-        checkpoints=checkpoints,
-        seed=seed,
-        latency_ms=latency_ms,
-        now=datetime.now(UTC),
-    )
+    account = _dated_account(jobs, tasks_per_job, checkpoints, seed, latency_ms)
     with (
         Simulator(account).serve() as server,
         QianfanClient(server.url, account.access_key, account.secret_key) as client,

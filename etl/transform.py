@@ -4,9 +4,9 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import cache, cached_property
+from functools import cache
 from typing import Any
 
 from etl.canonical import (
@@ -29,8 +29,9 @@ BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 MAX_ID_BYTES = 1024
 # Statuses a task does not leave; any other (`Running`, `Waiting`, `""`, NULL, one not yet
 # known) may still change.
-RUNNING = "Running"
 TERMINAL_STATUSES = ("Done", "Failed", "Stopped")
+# The status of a task in training: the one whose detail carries its live progress.
+RUNNING = "Running"
 # The keys a lean listing leaves out of a task; only DescribeFineTuningTask carries them.
 CHILD_KEYS = ("metrics", "checkpointList")
 
@@ -62,7 +63,7 @@ class TaskRows:
     # The JSON text of task["raw"], made while cleaning it, so the loader can reuse it.
     raw_json: str = field(default="", compare=False, repr=False)
 
-    @cached_property  # read several times a task by the load and the ownership rule
+    @property
     def task_id(self) -> str:
         return str(self.task["task_id"])
 
@@ -183,10 +184,7 @@ def typed_ahead(prepared: PreparedTask, job_id: str) -> PreparedTask:
     when most tasks change (README, Performance)."""
     if prepared.typed is not None:
         return prepared
-    typed = task_to_rows(prepared, job_id)
-    return PreparedTask(
-        raw=prepared.raw, task_id=prepared.task_id, digest=prepared.digest, typed=typed
-    )
+    return replace(prepared, typed=task_to_rows(prepared, job_id))
 
 
 def task_to_rows(raw: Any, job_id: str) -> TaskRows | Reject:
