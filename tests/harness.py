@@ -263,12 +263,15 @@ SKIPPED_COLUMNS = frozenset(
         "resolved_run_id",
     }
 )
-# retries immediate, deadlines and lock waits short (the per-attempt deadline a second, so a
-# healthy page on a busy machine still makes it)
+# Retries immediate, deadlines and lock waits short. The per-attempt deadline is one a healthy
+# page meets with the suite's four workers busy on two cores (at 1 s, an in-process run that
+# shares its interpreter with the simulator sometimes missed it, and a test counting calls saw
+# a retry); a test of a body that never ends sets the SHORT_DEADLINE that cuts it.
+SHORT_DEADLINE = {"QIANFAN_ETL_API_DEADLINE": "1"}
 FAST = {
     "QIANFAN_ETL_API_ATTEMPTS": "4",
     "QIANFAN_ETL_API_RETRY_WAIT": "0",
-    "QIANFAN_ETL_API_DEADLINE": "1",
+    "QIANFAN_ETL_API_DEADLINE": "5",
     "QIANFAN_ETL_API_RETRY_AFTER_CAP": "5",
     "QIANFAN_ETL_DB_LOCK_TIMEOUT": "0.5",
     "QIANFAN_ETL_DB_STATEMENT_TIMEOUT": "10",

@@ -31,6 +31,7 @@ from etl import db, schema
 from etl.simulator import Fault, Simulator, SimulatorConfig, SimulatorServer
 from tests.harness import (
     CAPTURED,
+    SHORT_DEADLINE,
     Etl,
     admin,
     admin_url,
@@ -95,7 +96,7 @@ def test_transient_api_faults_are_retried_and_the_run_succeeds(pg_etl: Etl, gold
     faults = [fault for group in TRANSIENT.values() for fault in group]
     for fault in faults:
         pg_etl.sim.inject(fault)
-    result = pg_etl.invoke(QIANFAN_ETL_API_ATTEMPTS="30")
+    result = pg_etl.invoke(QIANFAN_ETL_API_ATTEMPTS="30", **SHORT_DEADLINE)
     assert result.returncode == 0, result.stderr
     failures = sum(fault.times for fault in faults)
     assert pg_etl.sim.api_calls == clean_calls + failures
@@ -140,7 +141,7 @@ def test_exhausted_api_budget_exits_75_and_changes_nothing(
         pg_etl.sim.delete_job(pg_etl.sim.jobs()[0]["jobId"])
     pg_etl.sim.requests.clear()
     pg_etl.sim.inject(fault)
-    result = pg_etl.invoke(QIANFAN_ETL_API_ATTEMPTS=str(attempts))
+    result = pg_etl.invoke(QIANFAN_ETL_API_ATTEMPTS=str(attempts), **SHORT_DEADLINE)
     assert result.returncode == 75, result.stderr
     assert message in result.stderr
     failed = [r for r in pg_etl.sim.requests if r.action == fault.action]
